@@ -1,0 +1,50 @@
+# Every target installs first (idempotent), so `make demo` and `make test` work on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+AROMNI := $(VENV)/bin/aromni
+STAMP  := $(VENV)/.installed
+APT_PKGS := espeak-ng alsa-utils
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install system-deps demo-data demo test test-fast bench clean
+
+install: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+$(STAMP): pyproject.toml | system-deps
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+	@$(MAKE) --no-print-directory demo-data
+
+# The built-in demo corpus (real photos, speech and text in the sources' published formats), made once.
+demo-data:
+	@test -f demo_data/tokenizer/tokenizer.json || $(AROMNI) demo-corpus --out demo_data
+
+demo: install demo-data
+	$(AROMNI) build recipes/demo.yaml --out runs/demo
+	$(AROMNI) validate runs/demo
+	@echo
+	@echo "Done. Results: runs/demo/data/*.parquet (shards), runs/demo/manifest.json, runs/demo/rejects/"
+	@echo "Next: $(AROMNI) readers | $(AROMNI) --help"
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/build.py
+
+clean:
+	rm -rf runs demo_data .pytest_cache

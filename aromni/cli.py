@@ -1,0 +1,163 @@
+"""The ``aromni`` command line. Thin: every command parses its arguments and calls into the packages.
+
+Exit codes: 0 ok, 1 the work found problems (validate) or failed, 2 bad usage or a bad recipe.
+Other areas add their commands in their own module with a ``register(app)`` function (see EXTENSIONS).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="aromni: build AR-Omni training data. YAML recipe -> Ray build -> validated, mixed parquet shards.\n\n"
+         "Start with `make demo`, then `aromni build recipes/demo.yaml --out runs/demo` and "
+         "`aromni validate runs/demo`.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
+console = Console(stderr=True)
+out_console = Console()
+
+# Modules that add commands (stats/show/card/publish/export, train, infer, ...). Missing ones are skipped.
+EXTENSIONS = ("aromni.cli_data", "aromni.train.cli", "aromni.infer.cli")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def build(
+    recipe: Path = typer.Argument(..., help="the recipe YAML (see recipes/demo.yaml)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. mixing.seed=7 "
+                                                               "sources[0].path=/data/laion"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder: data/, rejects/, parts/, manifest.json"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="parallel units (default: all CPUs)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="join a running Ray cluster (e.g. 127.0.0.1:6379)"),
+    force: bool = typer.Option(False, "--force", help="discard parts in --out that this recipe does not produce"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs, CI)"),
+):
+    """Build a dataset from a recipe: tokenize every unit on Ray, mix groups, write shards and manifest.
+
+    Rerunning the same command on the same --out skips finished units (resume after a crash). The same recipe and
+    inputs give byte-identical shards for any --workers.
+    """
+    from aromni.pipeline.build import BuildError, build as run_build
+    from aromni.pipeline.mix import MixError
+    from aromni.recipe import RecipeError, load_recipe
+
+    try:
+        r = load_recipe(recipe, overrides or [])
+    except RecipeError as e:
+        _fail(f"{recipe}: {e}")
+    try:
+        rep = run_build(r, out, workers=workers, ray_address=ray_address, force=force, progress=not no_progress,
+                        console=console)
+    except RecipeError as e:
+        _fail(f"{recipe}: {e}")
+    except (BuildError, MixError) as e:
+        _fail(str(e), 1)
+    print_summary(rep.manifest, out, rep)
+
+
+def print_summary(m: dict, out: Path, rep=None) -> None:
+    if m.get("stand_in_tokenizers"):
+        out_console.print(f"[bold yellow]{m['warning']}[/]")
+    t = Table(title=f"{m['name']}: {m['rows']} rows, {m['tokens']} tokens in {len(m['shards'])} shard(s)")
+    for c in ("source", "group", "read", "written", "rejected", "top reject reasons"):
+        t.add_column(c)
+    for src, a in m["accounting"].items():
+        rej = sum(a["rejected"].values())
+        top = ", ".join(f"{k} {v}" for k, v in sorted(a["rejected"].items(), key=lambda kv: -kv[1])[:3])
+        t.add_row(src, a["group"], str(a["read"]), str(a["written"]), str(rej), top)
+    out_console.print(t)
+    mix = ", ".join(f"{g} {v['used']}/{v['available']}" for g, v in m["mixing"]["groups"].items())
+    out_console.print(f"mixing ({m['mixing']['stop']}): used/available {mix}")
+    if rep is not None:
+        out_console.print(f"units: {rep.units_total} ({rep.units_skipped} already done), {rep.seconds:.1f} s")
+    out_console.print(f"shards:   {out}/data/*.parquet\nmanifest: {out}/manifest.json\nrejects:  {out}/rejects/")
+
+
+@app.command()
+def validate(out: Path = typer.Argument(..., help="a build folder (holding manifest.json)"),
+             max_findings: int = typer.Option(50, help="print at most this many findings")):
+    """Check every row's grammar (ids, markers, 1024-code images, speech spans, segments, final stop id) and every
+    shard against the manifest (sha256, rows, tokens); exit 1 when anything is wrong."""
+    from aromni.pipeline.validate import validate as run_validate
+
+    f = run_validate(out)
+    for p in f.problems[:max_findings]:
+        out_console.print(f"[red]x[/] {p}", highlight=False, soft_wrap=True)
+    extra = len(f.problems) - max_findings + f.more
+    if extra > 0:
+        out_console.print(f"... and {extra} more")
+    if f.ok:
+        out_console.print(f"[green]ok[/]: {f.rows} rows in {f.shards} shard(s) follow the grammar and the manifest")
+    else:
+        out_console.print(f"[red]{len(f.problems) + f.more} problem(s)[/] in {f.rows} rows / {f.shards} shard(s)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def readers(name: Optional[str] = typer.Argument(None, help="show one reader only"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable")):
+    """List every registered reader with the input layout it expects and its options."""
+    from aromni.pipeline.readers import READERS
+
+    names = [name] if name else sorted(READERS)
+    if name and name not in READERS:
+        _fail(f"unknown reader {name!r}; known: {sorted(READERS)}")
+    info = {n: {"layout": READERS[n].layout_doc.strip(),
+                "options": {k: {"default": f.default, "description": f.description or ""}
+                            for k, f in READERS[n].Options.model_fields.items()}} for n in names}
+    if as_json:
+        out_console.print_json(json.dumps(info, default=str))
+        return
+    for n in names:
+        out_console.rule(f"[bold]{n}")
+        out_console.print(info[n]["layout"], highlight=False)
+        for k, o in info[n]["options"].items():
+            out_console.print(f"  options.{k} (default {o['default']!r}): {o['description']}", highlight=False)
+
+
+@app.command("demo-corpus")
+def demo_corpus(out: Path = typer.Option(Path("demo_data"), "--out", help="where to write the corpus")):
+    """Write the built-in demo corpus (real photos, espeak-ng speech, real text) in the sources' real formats."""
+    from aromni.demo import make_demo_corpus
+
+    paths = make_demo_corpus(out)
+    for k, v in paths.items():
+        out_console.print(f"{k}: {v}")
+
+
+def _register_extensions() -> None:
+    for mod in EXTENSIONS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        m.register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""manifest.json: everything needed to trust, reproduce and consume a build."""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aromni import __version__
+from aromni.layout import Layout
+from aromni.pipeline.parts import part_paths, write_json_atomic, write_parquet_atomic
+from aromni.recipe import Recipe
+from aromni.sample import REJECT_SCHEMA
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REJECTS = "rejects"
+
+
+def accounting(recipe: Recipe, stats: list[dict]) -> dict:
+    acc: dict = {}
+    for s in recipe.sources:
+        acc[s.name] = {"reader": s.reader, "group": s.group, "units": 0, "read": 0, "written": 0,
+                       "rejected": Counter(), "circuit_breakers": []}
+    for st in stats:
+        a = acc[st["source"]]
+        a["units"] += 1
+        a["read"] += st["read"]
+        a["written"] += st["written"]
+        a["rejected"].update(st["rejected"])
+        if st.get("circuit_breaker"):
+            a["circuit_breakers"].append(st["circuit_breaker"])
+    for a in acc.values():
+        a["rejected"] = dict(sorted(a["rejected"].items()))
+        a["reconciles"] = a["read"] == a["written"] + sum(a["rejected"].values())
+    return acc
+
+
+def totals(shards_tables: list[pa.Table], recipe: Recipe) -> dict:
+    group_of = {s.name: s.group for s in recipe.sources}
+    by = {"task": defaultdict(lambda: [0, 0]), "group": defaultdict(lambda: [0, 0]),
+          "source": defaultdict(lambda: [0, 0])}
+    for t in shards_tables:
+        for task, src, n in zip(t.column("task").to_pylist(), t.column("source").to_pylist(),
+                                t.column("n_tokens").to_pylist()):
+            for k, v in (("task", task), ("group", group_of.get(src, "?")), ("source", src)):
+                by[k][v][0] += 1
+                by[k][v][1] += n
+    return {k: {name: {"rows": r, "tokens": n} for name, (r, n) in sorted(d.items())} for k, d in by.items()}
+
+
+def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str]]) -> list[str]:
+    d = Path(out) / REJECTS
+    d.mkdir(parents=True, exist_ok=True)
+    written = []
+    for s in recipe.sources:
+        tables = [pq.read_table(part_paths(out, stem)["rejects"], schema=REJECT_SCHEMA)
+                  for stem in stems_by_source.get(s.name, [])]
+        t = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
+        path = d / f"{s.name}.parquet"
+        write_parquet_atomic(t, path, compression="zstd")
+        written.append(f"{REJECTS}/{path.name}")
+    for old in d.glob("*.parquet"):
+        if f"{REJECTS}/{old.name}" not in written:
+            old.unlink()
+    return written
+
+
+def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[dict],
+                   mixing: dict, totals_: dict, rejects: list[str]) -> dict:
+    stand_in = any(t and t.get("stand_in") for t in tokenizer_ids.values())
+    return {
+        "format_version": FORMAT_VERSION,
+        "aromni_version": __version__,
+        "name": recipe.name,
+        "stand_in_tokenizers": stand_in,
+        "warning": ("STAND-IN tokenizers: these ids are NOT the released Chameleon/WavTokenizer codes; "
+                    "do not train a real model on them") if stand_in else None,
+        "layout": layout.to_dict(),
+        "recipe": recipe.to_dict(),
+        "recipe_sha256": recipe.sha256(),
+        "tokenizers": tokenizer_ids,
+        "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "totals": totals_,
+        "accounting": accounting(recipe, stats),
+        "mixing": mixing,
+        "rejects": rejects,
+        "units": [{k: st[k] for k in ("source", "unit", "unit_id", "read", "written", "tokens")} for st in stats],
+    }
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    write_json_atomic(manifest, Path(out) / MANIFEST)
+
+
+def read_manifest(out: Path) -> dict:
+    return json.loads((Path(out) / MANIFEST).read_text())

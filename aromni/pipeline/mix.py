@@ -1,0 +1,157 @@
+"""Mix: unit parts -> final shards that each hold the recipe's group ratio exactly.
+
+Each group's rows are ordered by hash(seed, id) (so the order depends on nothing but the recipe and the data), cut
+to ratio-proportional counts (``first_exhausted``: stop at the first exhausted group, the paper's rule;
+``all_exhausted``: repeat smaller groups, repeated rows get an ``@repK`` id suffix and are counted), then laid out in
+*blocks* of ``ratio[g]`` rows per group, interleaved. A shard is a run of whole blocks, so every shard holds the ratio
+exactly, as MosaicML's MDS does per batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aromni.pipeline.parts import part_paths, write_parquet_atomic
+from aromni.pipeline.unit import stable_hash
+from aromni.recipe import Recipe
+from aromni.sample import ROW_SCHEMA
+
+DATA = "data"
+
+
+class MixError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RowRef:
+    order: int      # hash(seed, id)
+    id: str
+    part: int       # index into the part list
+    row: int
+    tokens: int
+    rep: int = 0
+
+
+def index_parts(out: Path, stems: list[str]) -> list[tuple[str, str, int, int]]:
+    """(id, task, n_tokens, part index) for every row of every part, without loading ids' payloads."""
+    refs = []
+    for k, stem in enumerate(stems):
+        t = pq.read_table(part_paths(out, stem)["rows"], columns=["id", "n_tokens"])
+        for r, (i, n) in enumerate(zip(t.column("id").to_pylist(), t.column("n_tokens").to_pylist())):
+            refs.append((i, k, r, n))
+    return refs
+
+
+def order_groups(recipe: Recipe, out: Path, stems: list[str], stem_group: dict[str, str]) -> dict[str, list[RowRef]]:
+    groups: dict[str, list[RowRef]] = {g: [] for g in recipe.mixing.ratio}
+    for i, k, r, n in index_parts(out, stems):
+        groups[stem_group[stems[k]]].append(RowRef(stable_hash(recipe.mixing.seed, i), i, k, r, n))
+    for g in groups:
+        groups[g].sort(key=lambda x: (x.order, x.id))
+    return groups
+
+
+def select(recipe: Recipe, groups: dict[str, list[RowRef]]) -> tuple[list[list[RowRef]], dict]:
+    """Cut groups to ratio-proportional counts; returns the blocks and the mixing report."""
+    ratio = recipe.mixing.ratio
+    avail = {g: len(groups[g]) for g in ratio}
+    if recipe.mixing.stop == "first_exhausted":
+        n_blocks = min(avail[g] // ratio[g] for g in ratio)
+    else:
+        empty = [g for g in ratio if avail[g] == 0]
+        if empty:
+            raise MixError(f"mixing.stop=all_exhausted cannot repeat empty group(s) {empty}: no rows were written "
+                           f"for them (see rejects)")
+        n_blocks = max(math.ceil(avail[g] / ratio[g]) for g in ratio)
+    taken: dict[str, list[RowRef]] = {}
+    for g in ratio:
+        need = n_blocks * ratio[g]
+        rows = groups[g]
+        taken[g] = [rows[j] if j < len(rows) else _rep(rows[j % len(rows)], j // len(rows)) for j in range(need)]
+    blocks = []
+    for b in range(n_blocks):
+        block = []
+        per_group = [taken[g][b * ratio[g]:(b + 1) * ratio[g]] for g in ratio]
+        for j in range(max(ratio.values())):  # interleave: g1 g2 g3 g1 g2 g3 ...
+            block += [rows[j] for rows in per_group if j < len(rows)]
+        blocks.append(block)
+    report = {g: {"ratio": ratio[g], "available": avail[g], "used": n_blocks * ratio[g],
+                  "unique_used": min(avail[g], n_blocks * ratio[g]),
+                  "repeated": max(0, n_blocks * ratio[g] - avail[g])} for g in ratio}
+    return blocks, {"stop": recipe.mixing.stop, "seed": recipe.mixing.seed, "blocks": n_blocks, "groups": report}
+
+
+def _rep(ref: RowRef, k: int) -> RowRef:
+    return RowRef(ref.order, ref.id, ref.part, ref.row, ref.tokens, k)
+
+
+def shard_blocks(recipe: Recipe, blocks: list[list[RowRef]]) -> list[list[RowRef]]:
+    m = recipe.mixing
+    shards, cur, cur_tokens = [], [], 0
+    per = max(1, (m.shard_rows or 0) // max(1, sum(m.ratio.values())))
+    for b in blocks:
+        cur += b
+        cur_tokens += sum(r.tokens for r in b)
+        full = (cur_tokens >= m.shard_tokens) if m.shard_tokens else (len(cur) >= per * len(b))
+        if full:
+            shards.append(cur)
+            cur, cur_tokens = [], 0
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def write_shards(recipe: Recipe, out: Path, stems: list[str], shards: list[list[RowRef]]) -> list[dict]:
+    data = Path(out) / DATA
+    data.mkdir(parents=True, exist_ok=True)
+    n = len(shards)
+    names = [f"train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    for old in data.glob("*.parquet"):
+        if old.name not in names:
+            old.unlink()
+    o = recipe.output
+    comp = None if o.compression == "none" else o.compression
+    level = o.compression_level if o.compression in ("zstd", "gzip") else None
+    result = []
+    for name, refs in zip(names, shards):
+        table = gather(out, stems, refs)
+        path = data / name
+        write_parquet_atomic(table, path, compression=comp, compression_level=level,
+                             row_group_size=o.row_group_rows, write_statistics=True)
+        result.append({"path": f"{DATA}/{name}", "rows": table.num_rows,
+                       "tokens": int(pc.sum(table.column("n_tokens")).as_py() or 0),
+                       "bytes": os.path.getsize(path), "sha256": _sha256(path)})
+    return result
+
+
+def gather(out: Path, stems: list[str], refs: list[RowRef]) -> pa.Table:
+    """The shard's rows, in ``refs`` order, reading each part it touches once."""
+    by_part: dict[int, list[int]] = {}
+    for pos, r in enumerate(refs):
+        by_part.setdefault(r.part, []).append(pos)
+    pieces, positions = [], []
+    for k in sorted(by_part):
+        t = pq.read_table(part_paths(out, stems[k])["rows"], schema=ROW_SCHEMA)
+        poss = by_part[k]
+        piece = t.take([refs[p].row for p in poss])
+        reps = [refs[p].rep for p in poss]
+        if any(reps):
+            ids = [i if k_ == 0 else f"{i}@rep{k_}" for i, k_ in zip(piece.column("id").to_pylist(), reps)]
+            piece = piece.set_column(0, "id", pa.array(ids, pa.string()))
+        pieces.append(piece)
+        positions += poss
+    table = pa.concat_tables(pieces) if pieces else ROW_SCHEMA.empty_table()
+    inverse = sorted(range(len(positions)), key=positions.__getitem__)
+    return table.take(inverse).combine_chunks()
+
+
+def _sha256(path: Path) -> str:
+    from aromni.model.text import file_sha256
+    return file_sha256(path)

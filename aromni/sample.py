@@ -1,0 +1,215 @@
+"""The sample grammar: what one shard row is, how to check it, and how labels and loss weights derive from it.
+
+A row stores only ``input_ids`` and ``segments`` (plus identity and ``meta``); everything a trainer needs
+(labels, loss weights, perceptual positions) is *derived* here, so a loss policy can change without rebuilding shards.
+
+Segments cover the row without gaps or overlap. Span markers belong to their span's segment: an image segment is
+``[8197] 1024 codes [8196]``, a speech segment is ``[12821] codes [12820]``; everything else (bos, "USER:", 12830,
+eos, ...) sits in text segments. ``role`` is ``user`` or ``assistant``: assistant segments are what a model produces.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from aromni.layout import AR_OMNI_V0_1, Layout
+
+ROLES = ("user", "assistant")
+MODALITIES = ("text", "image", "speech")
+IGNORE_INDEX = -100
+
+SEGMENT_TYPE = pa.struct([("role", pa.string()), ("modality", pa.string()),
+                          ("start", pa.int32()), ("end", pa.int32())])
+# The shard row schema (issue "The spine"). Column order is part of the format.
+ROW_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("task", pa.string()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("segments", pa.list_(SEGMENT_TYPE)),
+    ("n_tokens", pa.int32()),
+    ("meta", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
+                           ("reason", pa.string()), ("message", pa.string())])
+
+
+@dataclass(frozen=True)
+class Segment:
+    role: str
+    modality: str
+    start: int
+    end: int  # exclusive
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "modality": self.modality, "start": self.start, "end": self.end}
+
+
+@dataclass
+class Sample:
+    id: str
+    source: str
+    task: str
+    input_ids: list[int]
+    segments: list[Segment]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def to_row(self) -> dict:
+        return {"id": self.id, "source": self.source, "task": self.task, "input_ids": self.input_ids,
+                "segments": [s.as_dict() for s in self.segments], "n_tokens": len(self.input_ids),
+                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False)}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Sample":
+        meta = row.get("meta") or "{}"
+        return cls(id=row["id"], source=row["source"], task=row["task"], input_ids=list(row["input_ids"]),
+                   segments=[Segment(**s) for s in row["segments"]],
+                   meta=json.loads(meta) if isinstance(meta, str) else meta)
+
+
+def rows_to_table(samples: Iterable[Sample]) -> pa.Table:
+    rows = [s.to_row() for s in samples]
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels and loss weights
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossPolicy:
+    """How labels and weights derive from a row.
+
+    ``on``: ``all`` (pretraining: every token is a target) or ``assistant`` (SFT: only assistant segments).
+    ``response_weight`` applies to the response tail of ``response_tasks`` (reference §4: the last len(response)
+    label positions, final eos excluded). ``transcript_weight`` applies to tokens strictly between <-Ins-> and
+    <-Res-> (SFT). AR-Omni's defaults: 2.0 and 1.0 (no extra weight) unless a recipe says otherwise.
+    """
+    on: str = "all"
+    response_weight: float = 2.0
+    response_tasks: tuple[str, ...] = ("image_caption", "speech_to_text")
+    transcript_weight: float = 1.0
+
+
+def labels_and_weights(input_ids: Sequence[int], segments: Sequence, task: str,
+                       policy: LossPolicy = LossPolicy(), layout: Layout = AR_OMNI_V0_1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Derive (labels, weights) for one row, HF convention: labels[t] is the target *for* position t (the model
+    shifts). labels are -100 where no loss; weights are 0 there and >0 elsewhere.
+
+    The one function the trainer, the exporter and the tests use.
+    """
+    ids = np.asarray(input_ids, dtype=np.int64)
+    n = len(ids)
+    segs = [s if isinstance(s, Segment) else Segment(**s) for s in segments]
+    if policy.on == "all":
+        mask = np.ones(n, dtype=bool)
+        mask[0] = ids[0] != layout.bos  # bos is never a target: nothing precedes it
+    elif policy.on == "assistant":
+        mask = np.zeros(n, dtype=bool)
+        for s in segs:
+            if s.role == "assistant":
+                mask[s.start:s.end] = True
+    else:
+        raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
+    labels = np.where(mask, ids, IGNORE_INDEX)
+    weights = mask.astype(np.float32)
+
+    if task in policy.response_tasks and policy.response_weight != 1.0:
+        resp = response_length(segs, ids, layout)
+        valid = np.flatnonzero(mask)
+        if len(valid) and ids[valid[-1]] in layout.stop_ids:
+            valid = valid[:-1]  # the final eos is excluded from the weighted tail
+        if resp > 0:
+            weights[valid[-resp:]] = policy.response_weight
+    if policy.transcript_weight != 1.0:
+        ins = np.flatnonzero(ids == layout.ins)
+        for i in ins:
+            after = np.flatnonzero(ids[i + 1:] == layout.res)
+            if len(after):
+                j = i + 1 + after[0]
+                sel = np.arange(i + 1, j)
+                weights[sel[mask[sel]]] = policy.transcript_weight
+    return labels, weights
+
+
+def response_length(segments: Sequence[Segment], ids: np.ndarray, layout: Layout = AR_OMNI_V0_1) -> int:
+    """Number of assistant tokens, final stop id excluded (AR-Omni's ``len(response)``)."""
+    n = sum(s.end - s.start for s in segments if s.role == "assistant")
+    if n and int(ids[-1]) in layout.stop_ids:
+        n -= 1
+    return n
+
+
+def image_code_positions(input_ids: Sequence[int], segments: Sequence, role: str = "assistant",
+                         layout: Layout = AR_OMNI_V0_1) -> np.ndarray:
+    """Positions of the image codes (without 8197/8196) inside image segments of ``role``: where the perceptual
+    loss applies for text_to_image."""
+    out = []
+    for s in segments:
+        s = s if isinstance(s, Segment) else Segment(**s)
+        if s.modality == "image" and s.role == role:
+            out.extend(range(s.start + 1, s.end - 1))
+    return np.asarray(out, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grammar check
+# ---------------------------------------------------------------------------------------------------------------
+def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_OMNI_V0_1) -> list[str]:
+    """Every way this row breaks the sample grammar, as short messages; [] when it is well formed."""
+    ids = [int(i) for i in input_ids]
+    n = len(ids)
+    problems: list[str] = []
+    if n == 0:
+        return ["row is empty"]
+    out_of_vocab = [i for i in ids if not 0 <= i < layout.vocab_size]
+    if out_of_vocab:
+        problems.append(f"ids outside 0..{layout.vocab_size - 1}: {out_of_vocab[:3]}")
+    if ids[0] != layout.bos:
+        problems.append(f"row starts with {ids[0]}, not bos {layout.bos}")
+    if ids[-1] not in layout.stop_ids:
+        problems.append(f"row ends with {ids[-1]}, not {layout.eos} or {layout.eom}")
+
+    segs = [s if isinstance(s, Segment) else Segment(**s) for s in segments]
+    pos = 0
+    for k, s in enumerate(segs):
+        where = f"segment {k} ({s.role}/{s.modality} {s.start}:{s.end})"
+        if s.role not in ROLES or s.modality not in MODALITIES:
+            problems.append(f"{where}: role must be one of {ROLES}, modality one of {MODALITIES}")
+            continue
+        if s.start != pos:
+            problems.append(f"{where}: starts at {s.start}, previous ended at {pos} (gap or overlap)")
+        if s.end <= s.start or s.end > n:
+            problems.append(f"{where}: bad bounds for a row of {n} tokens")
+            pos = max(pos, min(s.end, n))
+            continue
+        pos = s.end
+        body = ids[s.start:s.end]
+        if s.modality == "image":
+            if body[0] != layout.boi or body[-1] != layout.eoi:
+                problems.append(f"{where}: image segment must be [{layout.boi}] codes [{layout.eoi}]")
+            codes = body[1:-1]
+            if len(codes) != layout.image_tokens:
+                problems.append(f"{where}: {len(codes)} image codes, expected {layout.image_tokens}")
+            if any(not layout.is_image_code(i) for i in codes):
+                problems.append(f"{where}: non-image id inside the image span")
+        elif s.modality == "speech":
+            if body[0] != layout.boa or body[-1] != layout.eoa:
+                problems.append(f"{where}: speech segment must be [{layout.boa}] codes [{layout.eoa}]")
+            if any(not layout.is_speech_code(i) for i in body[1:-1]):
+                problems.append(f"{where}: non-speech id inside the speech span")
+        else:
+            stray = [i for i in body if not layout.is_text_id(i)]
+            if stray:
+                problems.append(f"{where}: image/speech codes or span markers in a text segment: {stray[:3]}")
+    if pos != n:
+        problems.append(f"segments cover {pos} of {n} tokens")
+    return problems
