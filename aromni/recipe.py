@@ -106,6 +106,22 @@ class SourceConfig(Strict):
         return self
 
 
+class StepConfig(Strict):
+    name: str = Field(description="a registered step (noise, voice, ...)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self):
+        from aromni.pipeline.steps import STEPS
+        if self.name not in STEPS:
+            raise ValueError(f"unknown step {self.name!r}; allowed: {sorted(STEPS)}")
+        try:
+            STEPS[self.name].Options(**self.options)
+        except ValidationError as e:
+            raise ValueError("options: " + _flatten(e, prefix="options")) from None
+        return self
+
+
 class FiltersConfig(Strict):
     min_tokens: int = Field(1, ge=1, description="rows shorter than this are rejected (too_short)")
     max_tokens: int = Field(1300, ge=2, description="rows longer than this are rejected (too_long); AR-Omni: < 1300")
@@ -159,6 +175,7 @@ class Recipe(Strict):
     tokenizers: TokenizersConfig
     sources: list[SourceConfig] = Field(min_length=1)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    steps: list[StepConfig] = Field(default_factory=list, description="per-example steps after decoding, in order")
     mixing: MixingConfig = Field(default_factory=MixingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

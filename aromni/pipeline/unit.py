@@ -12,7 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aromni.layout import AR_OMNI_V0_1, Layout
+import numpy as np
+
 from aromni.pipeline.readers import READERS, Example, Rejected, Unit
+from aromni.pipeline.steps import build_steps
 from aromni.pipeline.steps.media import MediaError, decode_audio, decode_image
 from aromni.pipeline.steps.text import TextError, clean_text
 from aromni.recipe import Recipe, SourceConfig
@@ -40,7 +43,7 @@ def unit_id(recipe: Recipe, source: SourceConfig, unit: Unit, tokenizer_ids: dic
     """What a unit's output depends on: the source's config, the shared filters/seed/tokenizers, and the file."""
     import json
     key = json.dumps({"source": source.model_dump(mode="json"), "filters": recipe.filters.model_dump(mode="json"),
-                      "seed": recipe.seed, "tokenizers": tokenizer_ids,
+                      "steps": [s.model_dump(mode="json") for s in recipe.steps], "seed": recipe.seed, "tokenizers": tokenizer_ids,
                       "unit": [unit.path, unit.size, unit.part]}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -63,6 +66,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     reasons: Counter = Counter()
     f = recipe.filters
     reader = READERS[source.reader](source.name, recipe.resolve(source.path), source.options)
+    steps = build_steps(recipe)
     seen_content: set[str] = set()
     consecutive = 0
     read = 0
@@ -117,6 +121,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
             ex.task = source.tasks[stable_hash(recipe.seed, ex.id) % len(source.tasks)]
             try:
                 prepared = prepare(ex, recipe, seen_content)
+                for step in steps:
+                    step.apply(ex, prepared, np.random.default_rng(stable_hash(recipe.seed, step.name, ex.id)))
             except (MediaError, TextError) as e:
                 reject(ex.key, e.reason, e.message, ex.id)
                 continue
