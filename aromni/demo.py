@@ -211,5 +211,8 @@ def make_demo_corpus(out: str | Path) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = {"laion": write_laion(root), "gigaspeech": write_gigaspeech(root),
              "ultrafineweb": write_ultrafineweb(root), "text tokenizer (STAND-IN)": write_text_tokenizer(root)}
+    # random-weight VQGAN + WavTokenizer in their published formats, for recipes/demo_realformat.yaml
+    from aromni.model.random_checkpoints import write_demo_checkpoints
+    paths.update(write_demo_checkpoints(root / "tokenizer"))
     (root / "README.txt").write_text(__doc__)
     return paths

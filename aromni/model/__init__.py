@@ -17,6 +17,32 @@ IMAGE_LOADERS: dict[str, Callable[..., Any]] = {"standin": lambda path, layout, 
 SPEECH_LOADERS: dict[str, Callable[..., Any]] = {"standin": lambda path, layout, stand_in: StandInSpeechTokenizer(layout)}
 
 
+def _real(kind: str, load: Callable[..., Any]) -> Callable[..., Any]:
+    """Real checkpoints load lazily: the config is read now (identity, rate, resolution), the weights on first use
+    (a build's driver never loads them; its actor pools do, and fail the build early on a bad file)."""
+    def loader(path, layout, stand_in):
+        if path is None:
+            raise ValueError(f"tokenizer kind {kind!r} needs a path (its checkpoint files)")
+        return load(path, layout=layout, stand_in=stand_in, lazy=True)
+    return loader
+
+
+def _load_vqgan(path, **kw):
+    from aromni.model.vqgan import load_image_tokenizer
+    return load_image_tokenizer(path, **kw)
+
+
+def _load_wavtokenizer(path, **kw):
+    from aromni.model.wavtokenizer import load_speech_tokenizer
+    return load_speech_tokenizer(path, **kw)
+
+
+# vqgan: Meta's vqgan.yaml + vqgan.ckpt, or an HF Chameleon/Anole model dir (encode only)
+IMAGE_LOADERS["vqgan"] = _real("vqgan", _load_vqgan)
+# wavtokenizer: the official yaml + Lightning ckpt (a dir holding both)
+SPEECH_LOADERS["wavtokenizer"] = _real("wavtokenizer", _load_wavtokenizer)
+
+
 @dataclass
 class Tokenizers:
     text: TextTokenizer
@@ -39,4 +65,7 @@ def load_tokenizers(cfg, layout: Layout = AR_OMNI_V0_1) -> Tokenizers:
     text = load_text_tokenizer(cfg.text.path, layout, stand_in=cfg.text.stand_in)
     image = IMAGE_LOADERS[cfg.image.kind](cfg.image.path, layout, cfg.image.stand_in) if cfg.image else None
     speech = SPEECH_LOADERS[cfg.speech.kind](cfg.speech.path, layout, cfg.speech.stand_in) if cfg.speech else None
+    for tok, c in ((image, cfg.image), (speech, cfg.speech)):
+        if tok is not None and hasattr(tok, "batch_size"):  # real models run fixed-shape batches of this size
+            tok.batch_size = c.batch_size
     return Tokenizers(text, image, speech)

@@ -6,6 +6,7 @@ rerun on the same ``--out`` redoes only units without a marker, and the final sh
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -38,33 +39,42 @@ class BuildReport:
 _TOKENIZER_CACHE: dict[str, object] = {}
 
 
-def tokenizers_for(recipe: Recipe):
-    """Load the recipe's tokenizers once per process (Ray reuses worker processes across units)."""
-    import json
-
-    from aromni.model import load_tokenizers
+def _tokenizers_cfg(recipe: Recipe):
+    """The recipe's tokenizers section with absolute checkpoint paths."""
     cfg = recipe.tokenizers.model_copy(deep=True)
     for kind in ("text", "image", "speech"):
         c = getattr(cfg, kind)
         if c is not None and c.path is not None:
             c.path = str(recipe.resolve(c.path))
+    return cfg
+
+
+def tokenizers_for(recipe: Recipe, pools=None):
+    """Load the recipe's tokenizers once per process (Ray reuses worker processes across units). Model tokenizers
+    load lazily (config only); with ``pools`` their encode goes to the build's actor pools instead."""
+    import json
+
+    from aromni.model import load_tokenizers
+    from aromni.pipeline.pools import attach
+    cfg = _tokenizers_cfg(recipe)
     key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     if key not in _TOKENIZER_CACHE:
         _TOKENIZER_CACHE[key] = load_tokenizers(cfg, AR_OMNI_V0_1)
-    return _TOKENIZER_CACHE[key]
+    return attach(_TOKENIZER_CACHE[key], pools)
 
 
-def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str) -> dict:
+def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str, pools=None) -> dict:
     """Process one unit and write its part; returns the unit's stats. Runs inside a Ray worker."""
     from aromni.pipeline.unit import process_unit
     recipe = parse_recipe(recipe_dict)
-    tok = tokenizers_for(recipe)
+    tok = tokenizers_for(recipe, pools)
     result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
     write_part(Path(out), pu.part_stem, result, recipe)
     return result.stats
 
 
-def _init_ray(workers: int | None, ray_address: str | None):
+def _init_ray(workers: int | None, ray_address: str | None, extra_cpus: float = 0.0):
+    """``extra_cpus``: logical CPUs the tokenizer actor pools reserve, added on top of the unit workers' locally."""
     import ray
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
@@ -72,7 +82,8 @@ def _init_ray(workers: int | None, ray_address: str | None):
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=(workers or os.cpu_count() or 1) + math.ceil(extra_cpus),
+                 include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     return ray
 
@@ -94,17 +105,24 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     stats_by_stem: dict[str, dict] = {u.part_stem: read_done(out, u.part_stem) for u in units if u not in todo}
     failed: list[str] = []
     if todo:
-        ray = _init_ray(workers, ray_address)
+        from aromni.pipeline.pools import PoolError, cpu_demand, start_pools
+        tok_cfg = _tokenizers_cfg(run_recipe)
+        pool_cpus = cpu_demand(tok_cfg, tok)
+        ray = _init_ray(workers, ray_address, pool_cpus)
+        try:  # model tokenizers (VQGAN, WavTokenizer) run in actor pools shared by all units
+            pools = start_pools(tok_cfg, tok, ray)
+        except PoolError as e:
+            raise BuildError(str(e)) from None
         task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
         recipe_dict = run_recipe.to_dict()
-        limit = workers or int(ray.cluster_resources().get("CPU", 1))
+        limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
         pending: dict = {}
         queue = list(todo)
-        with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
+        with pools_stopped(pools), _progress(progress, console, len(units), len(units) - len(todo)) as bar:
             while queue or pending:
                 while queue and len(pending) < max(1, limit):
                     pu = queue.pop(0)
-                    pending[task.remote(recipe_dict, pu, str(out))] = pu
+                    pending[task.remote(recipe_dict, pu, str(out), pools or None)] = pu
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     pu = pending.pop(ref)
@@ -170,6 +188,19 @@ def _clean_temp(out: Path) -> None:
     """Temp files of a killed run are never promoted; remove them."""
     for p in out.rglob(".*.tmp-*"):
         p.unlink(missing_ok=True)
+
+
+class pools_stopped:
+    """Stop the tokenizer actors when the units are done (or the build fails)."""
+
+    def __init__(self, pools):
+        self.pools = pools
+
+    def __enter__(self):
+        return self.pools
+
+    def __exit__(self, *exc):
+        self.pools.stop()
 
 
 class _progress:
