@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -49,6 +50,9 @@ def build(
     Rerunning the same command on the same --out skips finished units (resume after a crash). The same recipe and
     inputs give byte-identical shards for any --workers.
     """
+    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+        # A local build is one node: keep Ray on loopback instead of the machine's public interface.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from aromni.pipeline.build import BuildError, build as run_build
     from aromni.pipeline.mix import MixError
     from aromni.recipe import RecipeError, load_recipe

@@ -102,7 +102,7 @@ class SourceConfig(Strict):
         try:
             READERS[self.reader].Options(**self.options)
         except ValidationError as e:
-            raise ValueError("options: " + _flatten(e, prefix="options")) from None
+            raise ValueError(_nested(e, "options")) from None
         return self
 
 
@@ -118,19 +118,24 @@ class StepConfig(Strict):
         try:
             STEPS[self.name].Options(**self.options)
         except ValidationError as e:
-            raise ValueError("options: " + _flatten(e, prefix="options")) from None
+            raise ValueError(_nested(e, "options")) from None
         return self
 
 
 class FiltersConfig(Strict):
     min_tokens: int = Field(1, ge=1, description="rows shorter than this are rejected (too_short)")
     max_tokens: int = Field(1300, ge=2, description="rows longer than this are rejected (too_long); AR-Omni: < 1300")
+    max_chat_tokens: int = Field(3456, ge=2, description="chat rows: whole trailing turns are dropped to fit (counted "
+                                                         "as dropped_turns); a first exchange over it: too_long. "
+                                                         "AR-Omni SFT: 3456")
     min_text_chars: int = Field(1, ge=0, description="captions/transcripts/documents shorter than this: empty_text")
     max_text_chars: int = Field(20000, ge=1, description="documents longer than this are cut at a word boundary")
-    min_audio_seconds: float = Field(0.2, ge=0)
-    max_audio_seconds: float = Field(30.0, gt=0)
-    min_image_side: int = Field(32, ge=1)
-    dedup: bool = Field(True, description="drop exact duplicate content within a unit (duplicate)")
+    min_audio_seconds: float = Field(0.2, ge=0, description="shorter clips: audio_too_short")
+    max_audio_seconds: float = Field(30.0, gt=0, description="longer clips: audio_too_long")
+    min_image_side: int = Field(32, ge=1, description="images with a smaller side: image_too_small")
+    dedup: bool = Field(True, description="drop exact duplicate content (text + media bytes) across the whole build: "
+                                          "the first in hash(seed, id) order is kept, the others are rejects "
+                                          "(duplicate)")
     max_consecutive_failures: int = Field(100, ge=1, description="circuit breaker: stop a unit after this many")
 
 
@@ -221,12 +226,23 @@ def _loc(loc) -> str:
     return out
 
 
+NESTED = "\x1e"  # marks a message that carries its own sub-path (errors of a reader's / step's options)
+
+
+def _nested(e: ValidationError, prefix: str) -> str:
+    """Errors of a nested model raised from a validator keep their full key path (sources[2].options.min_score)."""
+    return "\x1f".join(f"{NESTED}{m}" for m in _flatten(e, prefix=prefix).split("; "))
+
+
 def _flatten(e: ValidationError, prefix: str = "") -> str:
     msgs = []
     for err in e.errors():
         loc = _loc(err["loc"])
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith(NESTED):
+            msgs += [f"{key}.{m.removeprefix(NESTED)}" if key else m.removeprefix(NESTED) for m in msg.split("\x1f")]
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (misspelled?)"
         elif err["type"] == "missing":

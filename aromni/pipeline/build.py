@@ -80,12 +80,34 @@ def _init_ray(workers: int | None, ray_address: str | None, extra_cpus: float = 
     if ray.is_initialized():
         return ray
     if address:
-        ray.init(address=address, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise BuildError(f"cannot join the Ray cluster at {address}: {last}. Check the address (ray status on the "
+                             f"head node); if the cluster uses token authentication (Ray's default for `ray start`), "
+                             f"run with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or "
+                             f"RAY_AUTH_TOKEN.") from None
     else:
-        ray.init(num_cpus=(workers or os.cpu_count() or 1) + math.ceil(extra_cpus),
+        # address="local": always a fresh local instance, never a cluster some other process left running
+        ray.init(address="local", num_cpus=(workers or os.cpu_count() or 1) + math.ceil(extra_cpus),
                  include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a cluster address (Ray itself retries for long)."""
+    import socket
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or address == "auto":
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise BuildError(f"cannot join the Ray cluster at {address}: nothing answers there ({e}). Start one with "
+                         f"`ray start --head`, or leave out --ray-address / RAY_ADDRESS to run locally.") from None
 
 
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
@@ -140,7 +162,9 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     stems = [u.part_stem for u in units]
     stats = [stats_by_stem[s] for s in stems]
     stem_group = {u.part_stem: recipe.sources[u.source_index].group for u in units}
-    groups = mixing.order_groups(recipe, out, stems, stem_group)
+    dups = mixing.find_duplicates(recipe, out, stems) if recipe.filters.dedup else {}
+    stats, dup_rejects = mixing.account_duplicates(stats, stems, dups)
+    groups = mixing.order_groups(recipe, out, stems, stem_group, skip=dups)
     blocks, mix_report = mixing.select(recipe, groups)
     shards = mixing.write_shards(recipe, out, stems, mixing.shard_blocks(recipe, blocks))
     import pyarrow.parquet as pq
@@ -148,7 +172,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     by_source: dict[str, list[str]] = {}
     for u in units:
         by_source.setdefault(u.unit.source, []).append(u.part_stem)
-    rejects = write_rejects(out, recipe, by_source)
+    rejects = write_rejects(out, recipe, by_source, dup_rejects)
     manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, shards, stats, mix_report, totals_, rejects)
     write_manifest(out, manifest)
     return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0)

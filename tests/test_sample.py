@@ -1,0 +1,88 @@
+"""The grammar check catches each way a row can break, and labels derive from segments."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aromni.sample import (LossPolicy, Sample, Segment, check_row, image_code_positions, labels_and_weights,
+                           rows_to_table)
+
+TEXT = [20000, 20001]
+IMG = [8197, *range(4, 1028), 8196]
+SPEECH = [12821, 8724, 9000, 12820]
+
+
+def good_row():
+    ids = [0, *TEXT, *IMG, 12830, *TEXT, *SPEECH, 2]
+    segs = [Segment("user", "text", 0, 3), Segment("user", "image", 3, 1029), Segment("user", "text", 1029, 1030),
+            Segment("assistant", "text", 1030, 1032), Segment("assistant", "speech", 1032, 1036),
+            Segment("assistant", "text", 1036, 1037)]
+    return ids, segs
+
+
+def test_good_row_is_clean():
+    assert check_row(*good_row()) == []
+
+
+def _mutate(kind):
+    ids, segs = good_row()
+    if kind == "no_bos":
+        ids[0] = 20000
+    elif kind == "no_stop":
+        ids[-1] = 20000
+    elif kind == "short_image":
+        del ids[10]
+        segs = [s if s.end <= 10 else Segment(s.role, s.modality, s.start - (s.start > 10), s.end - 1) for s in segs]
+    elif kind == "code_in_text":
+        ids[1] = 9000
+    elif kind == "text_in_speech":
+        ids[1034] = 20000
+    elif kind == "gap":
+        segs[1] = Segment("user", "image", 4, 1029)
+    elif kind == "overlap":
+        segs[2] = Segment("user", "text", 1028, 1030)
+    elif kind == "uncovered":
+        segs = segs[:-1]
+    elif kind == "out_of_vocab":
+        ids[1] = 70000
+    elif kind == "bad_role":
+        segs[0] = Segment("system", "text", 0, 3)
+    elif kind == "marker_in_text":
+        ids[2] = 8197
+    return ids, segs
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("no_bos", "not bos"), ("no_stop", "ends with"), ("short_image", "1023 image codes"),
+    ("code_in_text", "text segment"), ("text_in_speech", "non-speech id"), ("gap", "gap or overlap"),
+    ("overlap", "gap or overlap"), ("uncovered", "segments cover"), ("out_of_vocab", "outside"),
+    ("bad_role", "role must be"), ("marker_in_text", "text segment")])
+def test_each_violation_is_reported(kind, needle):
+    problems = check_row(*_mutate(kind))
+    assert problems and any(needle in p for p in problems), problems
+
+
+def test_labels_assistant_only_and_perceptual_positions():
+    ids, segs = good_row()
+    labels, w = labels_and_weights(ids, segs, "chat", LossPolicy(on="assistant"))
+    assert (labels[:1030] == -100).all() and labels[1030:].tolist() == ids[1030:]
+    assert w.sum() == len(ids) - 1030
+    # image is a *user* segment here: no perceptual positions for the assistant, 1024 for the user
+    assert len(image_code_positions(ids, segs)) == 0
+    pos = image_code_positions(ids, segs, role="user")
+    assert pos.tolist() == list(range(4, 1028))
+
+
+def test_transcript_weight_between_ins_and_res():
+    ids = [0, 20000, 12830, 20001, 12840, 20002, 20003, 12841, 20004, 2]
+    segs = [Segment("user", "text", 0, 3), Segment("assistant", "text", 3, 10)]
+    _, w = labels_and_weights(ids, segs, "chat", LossPolicy(on="assistant", transcript_weight=3.0))
+    assert w.tolist() == [0, 0, 0, 1, 1, 3, 3, 1, 1, 1]
+
+
+def test_row_round_trip_through_arrow():
+    ids, segs = good_row()
+    s = Sample("src/k", "src", "chat", ids, segs, {"caption": "é"})
+    t = rows_to_table([s])
+    back = Sample.from_row(t.to_pylist()[0])
+    assert back == s and t.schema.field("input_ids").type.value_type.bit_width == 32
