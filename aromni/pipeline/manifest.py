@@ -51,13 +51,17 @@ def totals(shards_tables: list[pa.Table], recipe: Recipe) -> dict:
     return {k: {name: {"rows": r, "tokens": n} for name, (r, n) in sorted(d.items())} for k, d in by.items()}
 
 
-def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str]]) -> list[str]:
+def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str]],
+                  extra: dict[str, list[dict]] | None = None) -> list[str]:
+    """rejects/{source}.parquet: the units' rejects, then ``extra`` ones decided at mix time (duplicate)."""
     d = Path(out) / REJECTS
     d.mkdir(parents=True, exist_ok=True)
     written = []
     for s in recipe.sources:
         tables = [pq.read_table(part_paths(out, stem)["rejects"], schema=REJECT_SCHEMA)
                   for stem in stems_by_source.get(s.name, [])]
+        if extra and extra.get(s.name):
+            tables.append(pa.Table.from_pylist(extra[s.name], schema=REJECT_SCHEMA))
         t = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
         path = d / f"{s.name}.parquet"
         write_parquet_atomic(t, path, compression="zstd")

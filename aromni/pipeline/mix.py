@@ -49,13 +49,70 @@ def index_parts(out: Path, stems: list[str]) -> list[tuple[str, str, int, int]]:
     return refs
 
 
-def order_groups(recipe: Recipe, out: Path, stems: list[str], stem_group: dict[str, str]) -> dict[str, list[RowRef]]:
+def order_groups(recipe: Recipe, out: Path, stems: list[str], stem_group: dict[str, str],
+                 skip: dict | None = None) -> dict[str, list[RowRef]]:
+    """Each group's rows in hash(seed, id) order; rows in ``skip`` ((part, row) -> Duplicate) are left out."""
     groups: dict[str, list[RowRef]] = {g: [] for g in recipe.mixing.ratio}
     for i, k, r, n in index_parts(out, stems):
+        if skip and (k, r) in skip:
+            continue
         groups[stem_group[stems[k]]].append(RowRef(stable_hash(recipe.mixing.seed, i), i, k, r, n))
     for g in groups:
         groups[g].sort(key=lambda x: (x.order, x.id))
     return groups
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    part: int
+    row: int
+    id: str
+    kept: str    # the id of the row with the same content that stays
+    tokens: int
+
+
+_CONTENT = r'"content_hash": "(?P<h>[0-9a-f]+)"'
+
+
+def find_duplicates(recipe: Recipe, out: Path, stems: list[str]) -> dict[tuple[int, int], Duplicate]:
+    """Rows whose content (meta.content_hash: text + media bytes, or the ids of an imported row) an earlier row of the
+    build already has. "Earlier" is the mixing order, (hash(seed, id), id), over the whole build, so which copy stays
+    depends only on the recipe and the data, never on the number of workers or the units' order."""
+    seen: list[tuple[int, str, str, int, int, int]] = []
+    for k, stem in enumerate(stems):
+        t = pq.read_table(part_paths(out, stem)["rows"], columns=["id", "n_tokens", "meta"])
+        if t.num_rows == 0:
+            continue
+        h = pc.struct_field(pc.extract_regex(t.column("meta"), _CONTENT), "h").to_pylist()
+        for r, (i, n, c) in enumerate(zip(t.column("id").to_pylist(), t.column("n_tokens").to_pylist(), h)):
+            if c is not None:
+                seen.append((stable_hash(recipe.mixing.seed, i), i, c, k, r, n))
+    seen.sort()
+    first: dict[str, str] = {}
+    dups = {}
+    for _, i, c, k, r, n in seen:
+        if c in first:
+            dups[(k, r)] = Duplicate(k, r, i, first[c], n)
+        else:
+            first[c] = i
+    return dups
+
+
+def account_duplicates(stats: list[dict], stems: list[str], dups: dict) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Move dropped duplicates from written to rejected (reason duplicate) in copies of the units' stats, and make their
+    reject rows (per source), so read = written + rejected still holds for every source."""
+    stats = [dict(st, rejected=dict(st["rejected"])) for st in stats]
+    rows: dict[str, list[dict]] = {}
+    for d in sorted(dups.values(), key=lambda d: (d.part, d.row)):
+        st = stats[d.part]
+        st["written"] -= 1
+        st["tokens"] -= d.tokens
+        st["rejected"]["duplicate"] = st["rejected"].get("duplicate", 0) + 1
+        st["rejected"] = dict(sorted(st["rejected"].items()))
+        rows.setdefault(st["source"], []).append(
+            {"id": d.id, "source": st["source"], "unit": st["unit"], "reason": "duplicate",
+             "message": f"same content as {d.kept}, which is kept (first in mixing order)"})
+    return stats, rows
 
 
 def select(recipe: Recipe, groups: dict[str, list[RowRef]]) -> tuple[list[list[RowRef]], dict]:

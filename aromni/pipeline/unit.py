@@ -21,15 +21,18 @@ from aromni.pipeline.steps.text import TextError, clean_text
 from aromni.recipe import Recipe, SourceConfig
 from aromni.sample import Sample, check_row
 from aromni.templates import TemplateError, render_task, task_templates
+from aromni.templates.dialog import DialogTooLong, DialogTurn, render_dialog
 
 # Rejects that mean "the input is broken" (count towards the circuit breaker); filters do not.
 FAILURE_REASONS = {"unreadable_file", "truncated_tar", "bad_image", "bad_audio", "bad_text", "bad_metadata",
-                   "missing_file", "missing_audio", "missing_columns", "tokenize_error", "bad_tar_member"}
+                   "missing_file", "missing_audio", "missing_columns", "tokenize_error", "bad_tar_member",
+                   "bad_dialog", "bad_labels"}
 # Which example field a task needs: (text role, media)
 TASK_NEEDS = {
     "image_caption": ("response", "image"), "text_to_image": ("input", "image"),
     "speech_to_text": ("response", "speech"), "text_to_speech": ("input", "speech"),
     "text_to_text": ("response", None),
+    "chat": ("dialog", None),  # media per turn: media["turns"][i] = {"speech": (wave, sr), "image": PIL}
 }
 
 
@@ -70,6 +73,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     seen_content: set[str] = set()
     consecutive = 0
     read = 0
+    dropped_turns = 0
     pending: list[tuple[Example, dict]] = []
 
     def reject(key: str, reason: str, message: str, ex_id: str | None = None):
@@ -89,6 +93,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
 
     def emit(ex: Example, media: dict):
         nonlocal consecutive
+        if ex.task == "chat":
+            return emit_chat(ex, media)
         tmpl = task_templates()[ex.task]
         text_role, _ = TASK_NEEDS[ex.task]
         try:
@@ -109,6 +115,44 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         res.rows.append(Sample(ex.id, source.name, ex.task, ids, segs, meta))
         consecutive = 0
 
+    def emit_chat(ex: Example, media: dict):
+        nonlocal dropped_turns
+        codes = media.get("turns") or []
+        turns = [DialogTurn(t.role, t.text or "", *((codes[i] if i < len(codes) else {}).get(k) for k in
+                                                    ("image", "speech"))) for i, t in enumerate(ex.turns)]
+        try:
+            r = render_dialog(turns, tok.text.encode, max_tokens=f.max_chat_tokens, instruction=source.instruction,
+                              layout=layout)
+        except DialogTooLong as e:
+            return reject(ex.key, "too_long", str(e), ex.id)
+        except (TemplateError, ValueError) as e:
+            return reject(ex.key, "bad_dialog", str(e), ex.id)
+        dropped_turns += r.dropped_turns
+        meta = dict(ex.meta)
+        meta.update(kept_turns=r.kept_turns, dropped_turns=r.dropped_turns)
+        if any(t.speech_codes is not None for t in turns if t.role == "user"):  # the append text was used
+            meta["instruction"] = (source.instruction if source.instruction is not None
+                                   else task_templates()["chat"]["instruction"])
+        if r.dropped:
+            meta["dropped_reasons"] = dict(sorted(Counter(r.dropped).items()))
+        if any(t.meta for t in ex.turns):
+            meta["turns"] = [{"role": t.role, **t.meta} for t in ex.turns]
+        add_row(ex, r.ids, r.segments, meta)
+
+    def add_row(ex: Example, ids: list[int], segs, meta: dict):
+        """Length and grammar checks shared by chat rows and imported rows, then the row."""
+        nonlocal consecutive
+        limit = f.max_chat_tokens if ex.task == "chat" else f.max_tokens
+        if len(ids) > limit:
+            return reject(ex.key, "too_long", f"{len(ids)} tokens > {limit}", ex.id)
+        if len(ids) < f.min_tokens:
+            return reject(ex.key, "too_short", f"{len(ids)} tokens < min_tokens {f.min_tokens}", ex.id)
+        problems = check_row(ids, segs, layout)
+        if problems:
+            return reject(ex.key, "grammar_error", "; ".join(problems), ex.id)
+        res.rows.append(Sample(ex.id, source.name, ex.task, list(ids), list(segs), meta))
+        consecutive = 0
+
     broken = None
     try:
         for item in reader.read(unit):
@@ -119,6 +163,14 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
             ex = item
             ex.id = f"{source.name}/{ex.key}"
             ex.task = source.tasks[stable_hash(recipe.seed, ex.id) % len(source.tasks)]
+            if ex.tokens is not None:  # an already tokenized row (aromni_instruct): checks only
+                try:
+                    mark_content(ex, hashlib.sha1(np.asarray(ex.tokens[0], dtype=np.int32).tobytes()), f, seen_content)
+                except TextError as e:
+                    reject(ex.key, e.reason, e.message, ex.id)
+                    continue
+                add_row(ex, *ex.tokens, dict(ex.meta))
+                continue
             try:
                 prepared = prepare(ex, recipe, seen_content)
                 for step in steps:
@@ -141,7 +193,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         "unit": unit.label, "unit_id": uid, "source": source.name, "group": source.group,
         "read": read, "written": len(res.rows), "rejected": dict(sorted(reasons.items())),
         "tokens": sum(r.n_tokens for r in res.rows), "seconds": round(time.perf_counter() - t0, 3),
-        "circuit_breaker": broken,
+        "circuit_breaker": broken, "dropped_turns": dropped_turns,
     }
     return res
 
@@ -154,6 +206,10 @@ def batch_size(tok, recipe: Recipe) -> int:
 def prepare(ex: Example, recipe: Recipe, seen: set) -> dict:
     """Clean text, decode media, drop duplicates; returns the decoded media (not yet tokenized)."""
     f = recipe.filters
+    if ex.task == "chat":
+        out, digest = prepare_dialog(ex, f)
+        mark_content(ex, digest, f, seen)
+        return out
     _, media_kind = TASK_NEEDS[ex.task]
     ex.text, info = clean_text(ex.text, f.min_text_chars, f.max_text_chars)
     if info:
@@ -171,37 +227,82 @@ def prepare(ex: Example, recipe: Recipe, seen: set) -> dict:
         digest.update(ex.audio if isinstance(ex.audio, bytes) else ex.audio[0].tobytes())
         wave, sr, ex.meta["audio"] = decode_audio(ex.audio, f.min_audio_seconds, f.max_audio_seconds)
         out["speech"] = (wave, sr)
-    if f.dedup:
-        h = digest.hexdigest()
-        if h in seen:
-            raise TextError("duplicate", f"same content as an earlier example of this unit ({h[:12]})")
-        seen.add(h)
+    mark_content(ex, digest, f, seen)
     return out
 
 
+def mark_content(ex: Example, digest, f, seen: set) -> None:
+    """Record the content hash in meta (the mix drops duplicates across units by it) and drop duplicates within the
+    unit right away, before any tokenizing."""
+    h = digest.hexdigest()[:32]
+    ex.meta["content_hash"] = h
+    if f.dedup:
+        if h in seen:
+            raise TextError("duplicate", f"same content as an earlier example of this unit ({h[:12]})")
+        seen.add(h)
+
+
+def prepare_dialog(ex: Example, f) -> tuple[dict, object]:
+    """Clean each turn's text and decode its media into ``media["turns"][i]`` (aligned with ``ex.turns``): the noise
+    step noises user speech there, the voice step adds assistant speech there."""
+    if not ex.turns:
+        raise TextError("bad_dialog", "the example has no turns")
+    digest = hashlib.sha1()
+    media = []
+    for i, turn in enumerate(ex.turns):
+        m: dict = {}
+        turn.text = turn.text if isinstance(turn.text, str) else ""
+        if turn.text.strip():
+            try:
+                turn.text, info = clean_text(turn.text, 1, f.max_text_chars)
+            except TextError as e:
+                raise TextError(e.reason, f"turn {i} ({turn.role}): {e.message}") from None
+            if info:
+                turn.meta["text_cleanup"] = info
+        else:
+            turn.text = ""
+        digest.update(f"{turn.role}\x1f{turn.text}\x1e".encode("utf-8", "surrogatepass"))
+        try:
+            if turn.image is not None:
+                digest.update(turn.image)
+                m["image"], turn.meta["image"] = decode_image(turn.image, f.min_image_side)
+            if turn.audio is not None:
+                digest.update(turn.audio if isinstance(turn.audio, bytes) else np.asarray(turn.audio[0]).tobytes())
+                wave, sr, turn.meta["audio"] = decode_audio(turn.audio, f.min_audio_seconds, f.max_audio_seconds)
+                m["speech"] = (wave, sr)
+        except MediaError as e:
+            raise MediaError(e.reason, f"turn {i} ({turn.role}): {e.message}") from None
+        if not turn.text and not m:
+            raise TextError("empty_text", f"turn {i} ({turn.role}) has no text, speech or image")
+        media.append(m)
+    return {"turns": media}, digest
+
+
 def tokenize_batch(pending, tok, reject):
-    """Encode the batch's images and audio in one call per modality; yields (example, {image/speech: codes})."""
-    results = [dict() for _ in pending]
+    """Encode the batch's images and audio (dialog turns' included) in one call per modality; yields
+    (example, codes) with codes shaped like the media: {"image": [...]}, {"speech": [...]} or {"turns": [{...}, ...]}."""
+    results = [{"turns": [dict() for _ in m["turns"]]} if "turns" in m else {} for _, m in pending]
     for kind, model in (("image", tok.image), ("speech", tok.speech)):
-        idx = [i for i, (_, m) in enumerate(pending) if kind in m]
-        if not idx:
+        jobs = [(i, t, v) for i, (_, m) in enumerate(pending) for t, v in _media_items(m, kind)]
+        if not jobs:
             continue
         if model is None:
-            for i in idx:
-                results[i] = None
-                ex = pending[i][0]
-                reject(ex.key, "tokenize_error", f"recipe has no {kind} tokenizer", ex.id)
+            for i, _, _ in jobs:
+                if results[i] is not None:
+                    results[i] = None
+                    ex = pending[i][0]
+                    reject(ex.key, "tokenize_error", f"recipe has no {kind} tokenizer", ex.id)
             continue
         try:
-            codes = model.encode([pending[i][1][kind] for i in idx])
+            codes = model.encode([v for _, _, v in jobs])
         except Exception as e:  # noqa: BLE001 - one bad batch is retried item by item to isolate the culprit
             codes = []
-            for i in idx:
+            for _, _, v in jobs:
                 try:
-                    codes.append(model.encode([pending[i][1][kind]])[0])
+                    codes.append(model.encode([v])[0])
                 except Exception as e1:  # noqa: BLE001
                     codes.append(e1)
-        for i, c in zip(idx, codes):
+        for (i, t, _), c in zip(jobs, codes):
             if results[i] is None:
                 continue
             if isinstance(c, Exception):
@@ -209,7 +310,17 @@ def tokenize_batch(pending, tok, reject):
                 results[i] = None
                 reject(ex.key, "tokenize_error", f"{type(c).__name__}: {c}", ex.id)
             else:
-                results[i][kind] = [int(x) for x in c.reshape(-1).tolist()]
+                target = results[i] if t is None else results[i]["turns"][t]
+                target[kind] = [int(x) for x in c.reshape(-1).tolist()]
     for (ex, _), r in zip(pending, results):
         if r is not None:
             yield ex, r
+
+
+def _media_items(media: dict, kind: str):
+    """(turn index or None, decoded media) of one kind in an example's media."""
+    if kind in media:
+        yield None, media[kind]
+    for t, m in enumerate(media.get("turns") or []):
+        if kind in m:
+            yield t, m[kind]

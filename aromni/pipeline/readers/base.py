@@ -36,6 +36,7 @@ class Example:
     image: bytes | None = None       # encoded image file bytes (decoded by the decode step)
     audio: Any = None                # encoded audio bytes, or (np.ndarray, sample_rate)
     turns: list[Turn] | None = None  # instruction dialogs
+    tokens: Any = None               # already tokenized: (input_ids, segments), e.g. an imported AR-Omni-Instruct row
     meta: dict = field(default_factory=dict)
     # filled in by the steps
     task: str | None = None

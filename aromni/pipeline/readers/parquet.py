@@ -24,7 +24,8 @@ class ParquetReader(Reader):
             out += [Unit(self.source, str(f), os.path.getsize(f), part=i) for i in range(max(n, 1))]
         return out
 
-    def read(self, unit: Unit) -> Iterator[Example | Rejected]:
+    def iter_rows(self, unit: Unit) -> Iterator[tuple[int, dict] | Rejected]:
+        """(row index within the file, row) for the unit's row group, or a Rejected for a file that cannot be read."""
         try:
             pf = pq.ParquetFile(unit.path)
         except Exception as e:  # noqa: BLE001
@@ -37,12 +38,22 @@ class ParquetReader(Reader):
             return
         if pf.metadata.num_row_groups == 0:
             return
+        group = unit.part or 0
+        index = sum(pf.metadata.row_group(g).num_rows for g in range(group))
         try:
-            for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[unit.part or 0]):
+            for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[group]):
                 for r in batch.to_pylist():
-                    yield from self.row(r, unit)
+                    yield index, r
+                    index += 1
         except OSError as e:
             yield Rejected(unit.label, "unreadable_file", f"{unit.label}: {e}")
+
+    def read(self, unit: Unit) -> Iterator[Example | Rejected]:
+        for item in self.iter_rows(unit):
+            if isinstance(item, Rejected):
+                yield item
+            else:
+                yield from self.row(item[1], unit)
 
     def row(self, r: dict, unit: Unit) -> Iterator[Example | Rejected]:
         raise NotImplementedError

@@ -1,0 +1,93 @@
+"""Mozilla Common Voice as released (cv-corpus-*/{lang}/ tsv files + clips/*.mp3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import Field
+
+from aromni.pipeline.readers.base import Example, Rejected, Unit, register
+from aromni.pipeline.readers.files import LineFileReader, LineOptions, decode_line, iter_lines, read_header
+
+# Columns kept in meta when the release has them (old releases: accent; new: accents, variant, sentence_id, ...).
+KEEP = ("sentence_id", "locale", "up_votes", "down_votes", "age", "gender", "accent", "accents", "variant", "segment")
+
+
+class CommonVoiceOptions(LineOptions):
+    split: str = Field("validated", description="which tsv: validated, train, dev, test, other, invalidated")
+    min_up_votes: int | None = Field(None, description="keep clips with at least this many up votes")
+    max_down_votes: int | None = Field(None, description="keep clips with at most this many down votes")
+    min_vote_margin: int | None = Field(None, description="keep clips with up_votes - down_votes >= this")
+
+
+@register
+class CommonVoiceReader(LineFileReader):
+    name = "common_voice"
+    layout_doc = """Common Voice release as extracted from cv-corpus-{version}-{date}-{lang}.tar.gz:
+    cv-corpus-20.0-2024-12-06/en/validated.tsv (also train/dev/test/other/invalidated.tsv)
+    cv-corpus-20.0-2024-12-06/en/clips/common_voice_en_{n}.mp3
+    tsv columns (new releases): client_id path sentence_id sentence sentence_domain up_votes down_votes age gender
+    accents variant locale segment; old releases: client_id path sentence up_votes down_votes age gender accent
+    [locale segment]. Columns are read by header name; path and sentence are required.
+    Votes filters (options) reject as votes; a clip missing from clips/ as missing_audio.
+    Units: byte ranges of the tsv (options.unit_bytes).
+    path: the language folder, or one tsv."""
+    Options = CommonVoiceOptions
+
+    def files(self) -> list[Path]:
+        if self.path.is_dir():
+            f = self.path / f"{self.opts.split}.tsv"
+            return [f] if f.is_file() else []
+        return super().files()
+
+    def read(self, unit: Unit) -> Iterator[Example | Rejected]:
+        tsv = Path(unit.path)
+        header = read_header(tsv).decode("utf-8", errors="replace").split("\t")
+        col = {name: i for i, name in enumerate(header)}
+        if "path" not in col or "sentence" not in col:
+            if unit.part in (0, None):
+                yield Rejected(tsv.name, "missing_columns", f"{tsv}: header {header} lacks path/sentence")
+            return
+        clips = tsv.parent / "clips"
+        for off, raw in iter_lines(tsv, unit.part or 0, self.opts.unit_bytes, skip_header=True):
+            line, bad = decode_line(raw, f"{tsv.name}@{off}")
+            if bad:
+                yield bad
+                continue
+            if not line.strip():
+                continue
+            cells = line.split("\t")
+            rec = {name: cells[i] if i < len(cells) else "" for name, i in col.items()}
+            yield from self._clip(rec, clips, tsv, off)
+
+    def _clip(self, rec: dict, clips: Path, tsv: Path, off: int) -> Iterator[Example | Rejected]:
+        path = rec["path"]
+        key = Path(path).stem or f"{tsv.name}@{off}"
+        votes = self._votes_reject(rec)
+        if votes:
+            yield Rejected(key, "votes", votes)
+            return
+        try:
+            audio = (clips / path).read_bytes()
+        except OSError as e:
+            yield Rejected(key, "missing_audio", f"{clips / path}: {e.strerror or e}")
+            return
+        meta = {"transcript": rec["sentence"], "path": f"{tsv.parent.name}/clips/{path}", "split": tsv.stem}
+        meta.update({k: rec[k] for k in KEEP if rec.get(k) not in (None, "")})
+        yield Example(key=key, text=rec["sentence"], audio=audio, meta=meta)
+
+    def _votes_reject(self, rec: dict) -> str | None:
+        o = self.opts
+        if o.min_up_votes is None and o.max_down_votes is None and o.min_vote_margin is None:
+            return None
+        try:
+            up, down = int(rec.get("up_votes") or 0), int(rec.get("down_votes") or 0)
+        except ValueError:
+            return f"unreadable votes {rec.get('up_votes')!r}/{rec.get('down_votes')!r}"
+        if o.min_up_votes is not None and up < o.min_up_votes:
+            return f"up_votes {up} < {o.min_up_votes}"
+        if o.max_down_votes is not None and down > o.max_down_votes:
+            return f"down_votes {down} > {o.max_down_votes}"
+        if o.min_vote_margin is not None and up - down < o.min_vote_margin:
+            return f"up_votes - down_votes = {up - down} < {o.min_vote_margin}"
+        return None
