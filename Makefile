@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | system-deps
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,cosyvoice]"
 	touch $(STAMP)
 	@$(MAKE) --no-print-directory demo-data
 

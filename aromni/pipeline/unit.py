@@ -194,6 +194,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         "read": read, "written": len(res.rows), "rejected": dict(sorted(reasons.items())),
         "tokens": sum(r.n_tokens for r in res.rows), "seconds": round(time.perf_counter() - t0, 3),
         "circuit_breaker": broken, "dropped_turns": dropped_turns,
+        "steps": {s.name: dict(sorted(s.stats.items())) for s in steps if getattr(s, "stats", None)},
     }
     return res
 

@@ -38,3 +38,7 @@ class Step:
 
 def build_steps(recipe) -> list[Step]:
     return [STEPS[s.name](s.options, recipe) for s in recipe.steps]
+
+
+# the registered steps (imported last: they subclass Step)
+from aromni.pipeline.steps import noise, voice  # noqa: E402,F401
