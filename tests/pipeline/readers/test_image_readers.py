@@ -1,0 +1,77 @@
+"""LAION (all three img2dataset formats + metadata filters) and JourneyDB (jsonl + image archives)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aromni.pipeline.readers import READERS, Example, Rejected
+from aromni.pipeline.readers.journeydb import strip_params
+from tests.pipeline.readers.published import fixture_tree, run_source, unit_level
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return fixture_tree()
+
+
+def test_laion_reads_tar_files_and_parquet_shards(tree):
+    root, expect = tree
+    reader = READERS["laion"]("laion", root / "laion-aesthetics-v2-5plus", {"min_aesthetic": 5.0})
+    units = reader.units()
+    assert [u.path.rsplit("/", 1)[-1] for u in units] == ["00000.tar", "00001", "00002.parquet"]
+    r = run_source("laion", "laion-aesthetics-v2-5plus", ["image_caption", "text_to_image"], {"min_aesthetic": 5.0})
+    assert {k: r[k] for k in ("read", "written", "rejected")} == unit_level(expect["laion"])
+    row = next(x for x in r["rows"] if x.id == "laion/000000000")
+    assert row.meta["aesthetic"] == 5.6 and row.meta["url"].endswith("000000000.jpg") and row.meta["caption"]
+    failed = [x for x in r["rejects"] if x["reason"] == "download_failed"]
+    assert sorted(x["id"] for x in failed) == ["laion/000000009", "laion/000010009", "laion/000020009"]
+
+
+@pytest.mark.parametrize("opts,reason", [({"min_similarity": 0.4}, "low_similarity"), ({"min_side": 1000}, "image_too_small"),
+                                         ({"max_aspect": 1.1}, "bad_aspect"), ({"max_punsafe": 0.0}, "nsfw"),
+                                         ({"max_pwatermark": 0.05}, "watermark")])
+def test_laion_metadata_filters_each_count_under_their_reason(tree, opts, reason):
+    root, _ = tree
+    reader = READERS["laion"]("laion", root / "laion-aesthetics-v2-5plus", opts)
+    items = [x for u in reader.units() for x in reader.read(u)]
+    assert len(items) == 12
+    got = {x.reason for x in items if isinstance(x, Rejected)}
+    assert got == {reason, "download_failed", "nsfw"} and not any(isinstance(x, Example) for x in items)
+
+
+def test_laion_unsure_and_missing_aesthetic(tree, tmp_path):
+    from aromni.pipeline.readers.laion import LaionReader
+    r = LaionReader("laion", tmp_path, {"min_aesthetic": 5.0, "drop_unsure": True})
+    assert r._metadata_reject({"NSFW": "UNSURE", "aesthetic": 6}) == ("nsfw", "NSFW column says UNSURE")
+    assert r._metadata_reject({"WIDTH": 10, "HEIGHT": 10})[0] == "low_aesthetic"   # no score: dropped when filtering
+    assert r._metadata_reject({"aesthetic_score": 6.1}) is None
+
+
+def test_journeydb_caption_else_prompt_recorded_in_meta(tree):
+    root, expect = tree
+    r = run_source("journeydb", "JourneyDB/data/train", ["image_caption"])
+    assert {k: r[k] for k in ("read", "written", "rejected")} == unit_level(expect["journeydb"])
+    fields = sorted(x.meta["text_field"] for x in r["rows"])
+    assert fields == ["Task2.Caption"] * 4 + ["prompt"]
+    from_prompt = next(x for x in r["rows"] if x.meta["text_field"] == "prompt")
+    assert from_prompt.meta["caption"] == "Glue the sheet to the dark blue background."   # --ar/--v flags stripped
+    assert r["units"] == 2 and all(x.id.startswith("journeydb/00") for x in r["rows"])
+
+
+def test_journeydb_options_and_annotation_archive(tree, tmp_path):
+    import shutil
+    import tarfile
+    root, _ = tree
+    src = root / "JourneyDB" / "data" / "train"
+    d = tmp_path / "train"
+    shutil.copytree(src / "imgs", d / "imgs")
+    with tarfile.open(d / "train_anno_realease_repath.jsonl.tgz", "w:gz") as tf:   # as downloaded, not extracted
+        tf.add(src / "train_anno_realease_repath.jsonl", arcname="train_anno_realease_repath.jsonl")
+    reader = READERS["journeydb"]("journeydb", d, {"text": "caption"})
+    assert len(reader.units()) == 2
+    items = [x for u in reader.units() for x in reader.read(u)]
+    assert sum(isinstance(x, Example) for x in items) == 4
+    assert [x.message for x in items if isinstance(x, Rejected) and x.reason == "empty_text"] == ["no Task2.Caption"]
+    assert strip_params("a cat --ar 16:9 --v 5 --q 2") == "a cat" and strip_params("a -- b") == "a -- b"
+    assert json.loads((src / "train_anno_realease_repath.jsonl").read_text().splitlines()[0])["img_path"][:6] == "./000/"
