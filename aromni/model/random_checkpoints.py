@@ -189,7 +189,7 @@ def wavtokenizer_state(cfg: wt.WavTokenizerConfig, n_filters: int, dimension: in
     # codebook drawn from the random encoder's own outputs on noise and tones (as k-means init does on real data),
     # so different audio gets different codes
     model.load_state_dict(sd)
-    t = torch.arange(cfg.sample_rate * 4) / cfg.sample_rate
+    t = torch.arange(cfg.sample_rate) / cfg.sample_rate
     probe = [torch.randn(len(t), generator=g) * a for a in (0.01, 0.1, 0.5)]
     probe += [torch.sin(2 * torch.pi * f * t) * 0.3 for f in (110.0, 440.0, 1760.0)]
     with torch.inference_mode():

@@ -1,0 +1,177 @@
+"""WavTokenizer: the official yaml + Lightning ckpt load (widths read from tensor shapes, legacy weight norm folded),
+the blocks match the encodec and vocos packages on the same weights, 40 codes/s round trips, and broken
+checkpoints fail with the keys that are wrong."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from aromni.model.checkpoint import CheckpointError, sha256_file
+from aromni.model.random_checkpoints import tiny_wavtokenizer_config, write_wavtokenizer
+from aromni.model.wavtokenizer import CKPT_40HZ, CONFIG_40HZ, ENC, load_speech_tokenizer, to_mono
+
+warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+QUANT = "feature_extractor.encodec.quantizer."
+
+
+@pytest.fixture(scope="module")
+def wt_dir(tmp_path_factory):
+    return write_wavtokenizer(tmp_path_factory.mktemp("wt"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def tok(wt_dir):
+    return load_speech_tokenizer(wt_dir)
+
+
+def _speech_like(seconds: float, sr: int, seed: int = 0, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    x = 0.3 * np.sin(2 * np.pi * np.cumsum(f0) / sr) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    x = x + 0.02 * rng.standard_normal(len(t))
+    x = x.astype(np.float32)
+    return np.stack([x, 0.5 * x], 1) if channels == 2 else x
+
+
+def _state(wt_dir):
+    return torch.load(wt_dir / CKPT_40HZ, weights_only=True)["state_dict"]
+
+
+def test_encoder_and_codebook_match_encodec(wt_dir, tok):
+    """encodec's SEANetEncoder (built with WavTokenizer's arguments, legacy weight_norm) + ResidualVectorQuantizer,
+    loaded with the checkpoint's own keys, give our embeddings and identical codes."""
+    from encodec.modules import SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+
+    sd = _state(wt_dir)
+    cfg = tiny_wavtokenizer_config()
+    enc = SEANetEncoder(causal=False, n_residual_layers=1, norm="weight_norm", pad_mode="reflect", lstm=2,
+                        dimension=cfg.backbone_in, channels=1, n_filters=4, ratios=cfg.downsamples, activation="ELU",
+                        kernel_size=7, residual_kernel_size=3, last_kernel_size=7, dilation_base=2, true_skip=False,
+                        compress=2).eval()
+    enc.load_state_dict({k.removeprefix(ENC): v for k, v in sd.items() if k.startswith(ENC)}, strict=True)
+    q = ResidualVectorQuantizer(dimension=cfg.backbone_in, n_q=1, bins=cfg.vq_bins).eval()
+    q.load_state_dict({k.removeprefix(QUANT): v for k, v in sd.items() if k.startswith(QUANT)}, strict=True)
+
+    wave = to_mono(_speech_like(1.3, 16000), 16000)  # resampled to 24 kHz, odd length
+    with torch.no_grad():
+        ref_emb = enc(wave.reshape(1, 1, -1))
+        ref_codes = q.encode(ref_emb, 24000, 6.6).reshape(-1)
+        emb = tok.model.feature_extractor.encodec.encoder(wave.reshape(1, 1, -1))
+    assert emb.shape == ref_emb.shape == (1, cfg.backbone_in, math.ceil(len(wave) / 600))
+    assert torch.allclose(emb, ref_emb, atol=1e-5)
+    codes = tok.encode_prepared([wave.numpy()])[0]
+    assert torch.equal(codes, ref_codes)
+    assert len(set(codes.tolist())) > 5  # the random model is not degenerate
+
+
+def test_backbone_blocks_and_head_match_vocos(tok):
+    """vocos' ConvNeXtBlock (with AdaLayerNorm) and ISTFTHead with our weights give our outputs."""
+    from vocos.heads import ISTFTHead
+    from vocos.modules import ConvNeXtBlock
+
+    cfg = tiny_wavtokenizer_config()
+    ours = tok.model.backbone.convnext[0]
+    ref = ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, layer_scale_init_value=0.5,
+                        adanorm_num_embeddings=cfg.adanorm_num_embeddings).eval()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, cfg.dim, 17, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([0])
+    with torch.no_grad():
+        assert torch.allclose(ours(x, cond), ref(x, cond_embedding_id=cond), atol=1e-5)
+        head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop_length, padding="same").eval()
+        head.load_state_dict(tok.model.head.state_dict(), strict=True)
+        h = torch.randn(1, 9, cfg.dim, generator=torch.Generator().manual_seed(1)) * 0.1
+        assert torch.allclose(tok.model.head(h), head(h), atol=1e-5)
+
+
+def test_round_trip_40_codes_per_second(tok):
+    for seconds, sr, ch in ((2.0, 16000, 2), (1.37, 44100, 1), (0.5, 24000, 1)):
+        codes = tok.encode([(_speech_like(seconds, sr, channels=ch), sr)])[0]
+        assert codes.dtype == torch.long and codes.ndim == 1
+        assert len(codes) == math.ceil(seconds * 40)
+        assert 0 <= int(codes.min()) and int(codes.max()) < 4096
+        wave, rate = tok.decode(codes)
+        assert rate == 24000 and wave.dtype == np.float32 and np.isfinite(wave).all()
+        assert len(wave) == len(codes) * 600 and abs(len(wave) / rate - seconds) < 1 / 40
+    with pytest.raises(ValueError, match="0..4095"):
+        tok.decode([4096])
+
+
+def test_clips_are_encoded_independently(tok):
+    a, b = (_speech_like(0.9, 24000, seed=1), 24000), (_speech_like(1.6, 16000, seed=2), 16000)
+    together = tok.encode([a, b])
+    assert torch.equal(together[0], tok.encode([a])[0]) and torch.equal(together[1], tok.encode([b])[0])
+
+
+def test_widths_come_from_the_checkpoint_and_new_style_weight_norm_loads(tmp_path, tok):
+    """The yaml never states n_filters/dimension; an 8-filter model loads from the same yaml layout. A checkpoint
+    saved with torch's parametrized weight norm (original0/original1) gives the same codes as the legacy pair."""
+    wide = load_speech_tokenizer(write_wavtokenizer(tmp_path / "w8", n_filters=8, seed=4))
+    assert wide.model.feature_extractor.encodec.encoder.model[0].conv.conv.out_channels == 8
+
+    legacy = write_wavtokenizer(tmp_path / "legacy", seed=5)
+    ck = torch.load(legacy / CKPT_40HZ, weights_only=True)
+    sd = ck["state_dict"]
+    for k in [k for k in sd if k.startswith(ENC) and k.endswith("weight_g")]:
+        stem = k[: -len("weight_g")]
+        sd[stem + "parametrizations.weight.original0"] = sd.pop(stem + "weight_g")
+        sd[stem + "parametrizations.weight.original1"] = sd.pop(stem + "weight_v")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / CONFIG_40HZ).write_text((legacy / CONFIG_40HZ).read_text())
+    torch.save(ck, new / CKPT_40HZ)
+    clip = [(_speech_like(1.0, 24000, seed=3), 24000)]
+    a = load_speech_tokenizer(legacy).encode(clip)[0]
+    b = load_speech_tokenizer(new / CONFIG_40HZ, new / CKPT_40HZ).encode(clip)[0]
+    assert torch.equal(a, b)
+
+
+def test_identity_lazy_and_marked(wt_dir):
+    lazy = load_speech_tokenizer(wt_dir, lazy=True)
+    ident = lazy.identity
+    assert lazy.model is None
+    assert ident["sha256"] == sha256_file(wt_dir / CKPT_40HZ) and ident["codes_per_second"] == 40
+    assert ident["stand_in"] is True and "STAND-IN" in ident["note"]
+
+
+def _rewrite(src, dst, edit):
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / CONFIG_40HZ).write_text((src / CONFIG_40HZ).read_text())
+    ck = torch.load(src / CKPT_40HZ, weights_only=True)
+    edit(ck["state_dict"])
+    torch.save(ck, dst / CKPT_40HZ)
+    return dst
+
+
+def test_broken_checkpoints_fail_with_the_keys(wt_dir, tmp_path):
+    sd = _state(wt_dir)
+    # what the official loader ignores is there and ignored: the SEANet decoder, discriminators, loss buffers
+    assert any(k.startswith("feature_extractor.encodec.decoder.") for k in sd)
+    assert any(k.startswith("multiperioddisc.") for k in sd)
+
+    def drop(sd):
+        del sd["backbone.pos_net.2.q.weight"]
+
+    def extra(sd):
+        sd["head.bogus"] = torch.zeros(2)
+
+    def shape(sd):
+        sd["head.out.weight"] = torch.zeros(10, 64)
+
+    def half_pair(sd):
+        del sd[ENC + "model.0.conv.conv.weight_v"]
+
+    for name, edit, match in (("drop", drop, "missing key.*backbone.pos_net.2.q.weight"),
+                              ("extra", extra, "unexpected key.*head.bogus"),
+                              ("shape", shape, r"misshapen.*head.out.weight: checkpoint \(10, 64\)"),
+                              ("pair", half_pair, "weight norm needs both")):
+        with pytest.raises(CheckpointError, match=match):
+            load_speech_tokenizer(_rewrite(wt_dir, tmp_path / name, edit))
+    with pytest.raises(FileNotFoundError, match="one WavTokenizer .yaml and one .ckpt"):
+        load_speech_tokenizer(tmp_path)

@@ -1,0 +1,103 @@
+"""Builds whose recipe names real-format checkpoints: the VQGAN and WavTokenizer run in Ray actor pools, the output
+validates, the manifest records each checkpoint's sha256, and the shards are byte-identical whatever the worker and
+actor counts (and equal to tokenizing in-process)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from aromni.model.checkpoint import sha256_file
+from aromni.model.random_checkpoints import tiny_vqgan_config, write_meta_vqgan, write_wavtokenizer
+from aromni.model.vqgan import META_CKPT
+from aromni.model.wavtokenizer import CKPT_40HZ
+from aromni.pipeline.build import BuildError, build
+from aromni.pipeline.validate import validate
+from aromni.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("realformat")
+    # 64x64 input keeps the test cheap; the 512x512 model of the demo takes the same code path
+    return write_meta_vqgan(d / "vqgan", tiny_vqgan_config(64), seed=0), write_wavtokenizer(d / "wavtokenizer", seed=0)
+
+
+def _recipe(demo_corpus, ckpts, *extra):
+    vq_dir, wt_dir = ckpts
+    return load_recipe(ROOT / "recipes" / "demo_realformat.yaml", [
+        f"data_root={demo_corpus}", f"tokenizers.image.path={vq_dir}", f"tokenizers.speech.path={wt_dir}",
+        # fractions of a CPU: the test session's Ray may already exist with 2 CPUs
+        "tokenizers.image.num_cpus=0.25", "tokenizers.speech.num_cpus=0.25", *extra])
+
+
+@pytest.fixture(scope="module")
+def pooled_build(demo_corpus, ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rf_build")
+    rep = build(_recipe(demo_corpus, ckpts), out, workers=2, progress=False)
+    return out, rep
+
+
+@pytest.mark.slow
+def test_realformat_build_validates_and_records_sha256(pooled_build, ckpts):
+    out, rep = pooled_build
+    assert validate(out).ok
+    m = json.loads((out / "manifest.json").read_text())
+    vq_dir, wt_dir = ckpts
+    tok = m["tokenizers"]
+    assert tok["image"]["kind"] == "chameleon-vqgan" and tok["image"]["sha256"] == sha256_file(vq_dir / META_CKPT)
+    assert tok["speech"]["kind"] == "wavtokenizer" and tok["speech"]["sha256"] == sha256_file(wt_dir / CKPT_40HZ)
+    assert tok["image"]["stand_in"] and tok["speech"]["stand_in"] and m["stand_in_tokenizers"]
+    rows = pq.read_table(out / "data").to_pylist() if (out / "data").is_dir() else []
+    tasks = {r["task"] for r in rows}
+    assert tasks & {"image_caption", "text_to_image"} and tasks & {"speech_to_text", "text_to_speech"}
+    img_rows = [r for r in rows if r["task"] in ("image_caption", "text_to_image")]
+    assert img_rows and all(sum(4 <= i <= 8195 for i in r["input_ids"]) == 1024 for r in img_rows)
+
+
+@pytest.mark.slow
+def test_same_shards_for_any_worker_and_actor_count(pooled_build, demo_corpus, ckpts, tmp_path):
+    out, rep = pooled_build
+    other = build(_recipe(demo_corpus, ckpts, "tokenizers.image.actors=2", "tokenizers.speech.actors=2"),
+                  tmp_path / "b", workers=1, progress=False)
+    shards = lambda m: [(s["path"], s["sha256"]) for s in m["shards"]]  # noqa: E731
+    assert shards(other.manifest) == shards(rep.manifest) and shards(rep.manifest)
+
+
+@pytest.mark.slow
+def test_pooled_codes_equal_in_process_codes(pooled_build, demo_corpus, ckpts):
+    """The laion unit tokenized in this process (no Ray, no pool) gives the rows the pooled build wrote."""
+    from aromni.pipeline.build import _tokenizers_cfg
+    from aromni.pipeline.parts import PARTS
+    from aromni.pipeline.plan import plan
+    from aromni.pipeline.unit import process_unit
+    from aromni.model import load_tokenizers
+
+    out, _ = pooled_build
+    recipe = _recipe(demo_corpus, ckpts)
+    tok = load_tokenizers(_tokenizers_cfg(recipe))
+    pu = next(u for u in plan(recipe, tok.identities) if u.unit.source == "laion")
+    res = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
+    written = {r["id"]: r["input_ids"] for r in pq.read_table(out / PARTS / f"{pu.part_stem}.parquet").to_pylist()}
+    assert res.rows and {r.id: list(r.input_ids) for r in res.rows} == written
+
+
+@pytest.mark.slow
+def test_broken_checkpoint_fails_the_build_before_any_unit(demo_corpus, ckpts, tmp_path):
+    vq_dir, wt_dir = ckpts
+    bad = tmp_path / "bad_wt"
+    bad.mkdir()
+    for f in wt_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    ck = torch.load(bad / CKPT_40HZ, weights_only=True)
+    del ck["state_dict"]["head.out.bias"]
+    torch.save(ck, bad / CKPT_40HZ)
+    recipe = _recipe(demo_corpus, (vq_dir, bad))
+    with pytest.raises(BuildError, match="speech tokenizer.*missing key.*head.out.bias"):
+        build(recipe, tmp_path / "out", workers=2, progress=False)
+    assert not list((tmp_path / "out").glob("parts/*.parquet"))
