@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from aromni.dataset.folder import BuildFolder
-from aromni.dataset.stats import compute, write_plots
+from aromni.dataset.stats import PLOT_FILES, PLOTS_DIR, compute, write_plots
+from aromni.pipeline.manifest import MANIFEST
 from aromni.sample import ROW_SCHEMA
 
 CARD = "README.md"
@@ -199,11 +200,19 @@ def make_card(folder: BuildFolder, st: dict, *, license: str | None = None,
 
 
 def write_card(path: str | Path, *, license: str | None = None, source_licenses: dict[str, str] | None = None,
-               repo_id: str | None = None) -> tuple[Path, dict]:
-    """Compute stats, write the plots and README.md into the build folder; returns (card path, stats)."""
+               repo_id: str | None = None, plots: bool | None = True) -> tuple[Path, dict]:
+    """Compute stats, write the plots and README.md into the build folder; returns (card path, stats).
+
+    ``plots``: True redraws them, False links the ones already there, None redraws only when one is missing or older
+    than manifest.json (what publish uses: drawing costs seconds, a rebuild rewrites the manifest)."""
     folder = BuildFolder(path)
     st, lens = compute(folder)
-    st["plots"] = [str(p.relative_to(folder.path)) for p in write_plots(folder, st, lens)]
+    if plots is None:
+        have = [folder.path / PLOTS_DIR / n for n in PLOT_FILES]
+        newest_input = (folder.path / MANIFEST).stat().st_mtime
+        plots = not all(p.is_file() and p.stat().st_mtime >= newest_input for p in have)
+    made = write_plots(folder, st, lens) if plots else sorted((folder.path / PLOTS_DIR).glob("*.png"))
+    st["plots"] = [p.relative_to(folder.path).as_posix() for p in made]
     card = make_card(folder, st, license=license, source_licenses=source_licenses, repo_id=repo_id)
     out = folder.path / CARD
     out.write_text(str(card), encoding="utf-8")

@@ -64,11 +64,7 @@ def publish(path: str | Path, repo_id: str, *, private: bool = False, revision: 
     if not REPO_ID.match(repo_id or ""):
         raise PublishError(f"--repo {repo_id!r}: expected ORG/NAME (letters, digits, '.', '_', '-'), e.g. my-org/my-data")
     folder = BuildFolder(path)
-    found = validate(folder.path)
-    if not found.ok:
-        n = len(found.problems) + found.more
-        raise PublishError(f"refusing to publish {folder.path}: `aromni validate` found {n} problem(s), first: "
-                           f"{found.problems[0]}")
+    # cheap refusals first: validating a big build takes a while
     notes = []
     if folder.stand_in:
         if not (allow_stand_in or dry_run):
@@ -78,23 +74,32 @@ def publish(path: str | Path, repo_id: str, *, private: bool = False, revision: 
         notes.append(folder.warning or "STAND-IN tokenizers")
         if dry_run and not allow_stand_in:
             notes.append("a real upload of this build needs --allow-stand-in")
-    write_card(folder.path, license=license, source_licenses=source_licenses, repo_id=repo_id)
+    if not dry_run:
+        from huggingface_hub import constants, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            raise PublishError("HF_HUB_OFFLINE is set: publishing needs the network; unset it for this command")
+        token = token or get_token()
+        if not token:
+            raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (aromni never stores it)")
+    found = validate(folder.path)
+    if not found.ok:
+        n = len(found.problems) + found.more
+        raise PublishError(f"refusing to publish {folder.path}: `aromni validate` found {n} problem(s), first: "
+                           f"{found.problems[0]}")
+    write_card(folder.path, license=license, source_licenses=source_licenses, repo_id=repo_id, plots=None)
     files = upload_files(folder)
     res = PublishResult(repo_id, revision, private, files, dry_run, folder.stand_in, notes=notes)
     if dry_run:
         return res
 
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if constants.HF_HUB_OFFLINE:
-        raise PublishError("HF_HUB_OFFLINE is set: publishing needs the network; unset it for this command")
-    token = token or get_token()
-    if not token:
-        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (aromni never stores it)")
     api = HfApi(endpoint=_endpoint(endpoint), token=token)
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        # private=None when not asked: the organisation's default visibility applies (ignored if the repo exists)
+        api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
         info = api.upload_folder(

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from aromni.dataset.folder import BuildFolder
 
 PLOTS_DIR = "plots"
+PLOT_FILES = ("lengths_by_task.png", "tokens_by_modality.png", "mixing.png", "rejects_by_reason.png")
 PERCENTILES = (0, 5, 25, 50, 75, 95, 99, 100)
 MODALITY_COLORS = {"text": "#4C72B0", "image": "#DD8452", "speech": "#55A868"}
 
@@ -269,10 +270,9 @@ def plot_rejects(st: dict, path: Path) -> Path:
 def write_plots(folder: BuildFolder, st: dict, lens: dict[str, np.ndarray]) -> list[Path]:
     d = folder.path / PLOTS_DIR
     max_tokens = (folder.recipe.get("filters") or {}).get("max_tokens")
-    return [plot_lengths(lens, st, d / "lengths_by_task.png", max_tokens),
-            plot_modalities(st, d / "tokens_by_modality.png"),
-            plot_mixing(st, d / "mixing.png"),
-            plot_rejects(st, d / "rejects_by_reason.png")]
+    lengths, modalities, mixing, rejects = (d / n for n in PLOT_FILES)
+    return [plot_lengths(lens, st, lengths, max_tokens), plot_modalities(st, modalities), plot_mixing(st, mixing),
+            plot_rejects(st, rejects)]
 
 
 def stats(path: str | Path, plots: bool = True) -> dict:
