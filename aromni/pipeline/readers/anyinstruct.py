@@ -10,8 +10,7 @@ from typing import Iterator
 from pydantic import Field
 
 from aromni.pipeline.readers.base import Example, Reader, Rejected, Turn, Unit, register
-from aromni.pipeline.readers.files import (MiB, LineOptions, array_units, decode_line, iter_array, iter_lines,
-                                           line_units, tar_index)
+from aromni.pipeline.readers.files import MiB, LineOptions, array_units, iter_array, json_lines, line_units, tar_index
 
 ROLES = {"user": "user", "human": "user", "anygpt": "assistant", "assistant": "assistant", "gpt": "assistant"}
 TARS = {"speech": ("speech.tar",), "image": ("images_224.tar", "images.tar"), "music": ("music.tar",)}
@@ -62,20 +61,12 @@ class AnyInstructReader(Reader):
         meta = Path(unit.path)
         subset = meta.parent.name
         if meta.suffix == ".jsonl":
-            for off, raw in iter_lines(meta, unit.part or 0, self.opts.unit_bytes):
-                if not raw.strip():
-                    continue
-                key = f"{subset}/{hashlib.sha1(raw).hexdigest()[:16]}"
-                line, bad = decode_line(raw, key)
-                if bad:
-                    yield bad
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield Rejected(key, "bad_metadata", f"{meta}@{off}: {e}")
-                    continue
-                yield self._dialog(rec, key, meta, f"{meta}@{off}")
+            for item in json_lines(meta, unit.part or 0, self.opts.unit_bytes, f"{subset}/"):
+                if isinstance(item, Rejected):
+                    yield item
+                else:
+                    off, key, rec = item
+                    yield self._dialog(rec, key, meta, f"{meta}@{off}")
         else:
             try:
                 for rec in iter_array(meta, unit.part or 0, self.opts.dialogs_per_unit):

@@ -7,7 +7,7 @@ from typing import Iterator
 from pydantic import Field
 
 from aromni.pipeline.readers.base import Example, Rejected, Unit, register
-from aromni.pipeline.readers.files import LineFileReader, LineOptions, decode_line, iter_lines, read_header
+from aromni.pipeline.readers.files import LineFileReader, LineOptions, read_header, text_lines
 
 # Columns kept in meta when the release has them (old releases: accent; new: accents, variant, sentence_id, ...).
 KEEP = ("sentence_id", "locale", "up_votes", "down_votes", "age", "gender", "accent", "accents", "variant", "segment")
@@ -49,13 +49,11 @@ class CommonVoiceReader(LineFileReader):
                 yield Rejected(tsv.name, "missing_columns", f"{tsv}: header {header} lacks path/sentence")
             return
         clips = tsv.parent / "clips"
-        for off, raw in iter_lines(tsv, unit.part or 0, self.opts.unit_bytes, skip_header=True):
-            line, bad = decode_line(raw, f"{tsv.name}@{off}")
-            if bad:
-                yield bad
+        for item in text_lines(tsv, unit.part or 0, self.opts.unit_bytes, skip_header=True):
+            if isinstance(item, Rejected):
+                yield item
                 continue
-            if not line.strip():
-                continue
+            off, line = item
             cells = line.split("\t")
             rec = {name: cells[i] if i < len(cells) else "" for name, i in col.items()}
             yield from self._clip(rec, clips, tsv, off)

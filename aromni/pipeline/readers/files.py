@@ -8,6 +8,7 @@ belongs to exactly one unit whatever B is, and planning needs only the file size
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import tarfile
@@ -17,7 +18,7 @@ from typing import Iterator
 
 from pydantic import Field
 
-from aromni.pipeline.readers.base import Example, Reader, ReaderOptions, Rejected, Unit
+from aromni.pipeline.readers.base import Reader, ReaderOptions, Rejected, Unit
 
 MiB = 1 << 20
 
@@ -77,6 +78,37 @@ def decode_line(raw: bytes, key: str) -> tuple[str | None, Rejected | None]:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as e:
         return None, Rejected(key, "bad_text", f"line is not UTF-8: {e}")
+
+
+def text_lines(path: str | Path, part: int, unit_bytes: int, skip_header: bool = False
+               ) -> Iterator[tuple[int, str] | Rejected]:
+    """(offset, line) for the non-blank lines of range ``part``; a line that is not UTF-8 is a Rejected."""
+    name = Path(path).name
+    for off, raw in iter_lines(path, part, unit_bytes, skip_header):
+        if not raw.strip():
+            continue
+        line, bad = decode_line(raw, f"{name}@{off}")
+        yield bad if bad else (off, line)
+
+
+def json_lines(path: str | Path, part: int, unit_bytes: int, key_prefix: str = ""
+               ) -> Iterator[tuple[int, str, dict] | Rejected]:
+    """(offset, key, record) for the JSON lines of range ``part``. ``key`` is ``key_prefix`` + a hash of the line: stable
+    whatever the unit size (line numbers are not known inside a byte range). Broken lines are Rejected."""
+    for off, raw in iter_lines(path, part, unit_bytes):
+        if not raw.strip():
+            continue
+        key = key_prefix + hashlib.sha1(raw).hexdigest()[:16]
+        line, bad = decode_line(raw, key)
+        if bad:
+            yield bad
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Rejected(key, "bad_metadata", f"{path}@{off}: {e}")
+            continue
+        yield (off, key, rec) if isinstance(rec, dict) else Rejected(key, "bad_metadata", f"{path}@{off}: not an object")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,4 +233,4 @@ def tar_index(path: str | Path) -> TarIndex:
 
 
 __all__ = ["LineFileReader", "LineOptions", "TarIndex", "array_start", "array_units", "decode_line", "iter_array",
-           "iter_lines", "line_units", "read_header", "tar_index", "Example", "MiB"]
+           "iter_lines", "json_lines", "line_units", "read_header", "tar_index", "text_lines", "MiB"]

@@ -121,6 +121,7 @@ class LaionReader(Reader):
                     group["." + ext.lower()] = tf.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as e:
             if current is not None:
+                seen.add(Path(current).name)
                 yield Rejected(Path(current).name, "truncated_tar", f"{path}: {e}")
             current = None
         if current is not None:
@@ -170,7 +171,13 @@ class LaionReader(Reader):
                 yield Rejected(name, "bad_metadata", f"{key}.json: {e}")
                 return
         img = next((files[e] for e in IMAGE_EXTS if e in files), None)
-        caption = files[".txt"].decode("utf-8", errors="replace") if ".txt" in files else meta.get("caption")
+        caption = meta.get("caption")
+        if ".txt" in files:
+            try:  # img2dataset writes UTF-8: anything else is a corrupt caption, not one to guess at
+                caption = files[".txt"].decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Rejected(name, "bad_text", f"{key}.txt is not UTF-8: {e}")
+                return
         yield from self._emit_meta(name, meta, img, caption, unit, f"{unit.path}:{key}")
 
     def _emit_meta(self, name: str, meta: dict, img: bytes | None, caption, unit: Unit,
@@ -179,7 +186,7 @@ class LaionReader(Reader):
         if bad:
             yield Rejected(name, *bad)
             return
-        if not img:
+        if img is None:  # an empty image file is not missing: decoding rejects it as bad_image
             yield Rejected(name, "missing_file", f"{where}: no image ({', '.join(IMAGE_EXTS)})")
             return
         keep = {k: meta.get(k) for k in ("url", "key", "width", "height", "original_width", "original_height",
@@ -226,8 +233,12 @@ class LaionReader(Reader):
             yield Rejected(pq_path.name, "bad_metadata", f"{pq_path}: {e}")
             return
         for key, status, err in zip(*(t.column(c).to_pylist() for c in ("key", "status", "error_message"))):
-            if status != "success" and key not in seen:
+            if key in seen:
+                continue
+            if status != "success":
                 yield Rejected(str(key), "download_failed", str(err or status))
+            else:  # listed as downloaded, but the shard has no files for it
+                yield Rejected(str(key), "missing_file", f"{pq_path.name} lists {key} as downloaded; the shard lacks it")
 
 
 def _size(p: Path) -> int:

@@ -7,7 +7,7 @@ from typing import Iterator, Literal
 from pydantic import Field
 
 from aromni.pipeline.readers.base import Example, Rejected, Unit, register
-from aromni.pipeline.readers.files import LineFileReader, LineOptions, decode_line, iter_lines
+from aromni.pipeline.readers.files import LineFileReader, LineOptions, text_lines
 from aromni.pipeline.readers.gigaspeech import apply_case
 
 AUDIO_EXTS = (".flac", ".opus", ".wav")
@@ -39,13 +39,11 @@ class MLSReader(LineFileReader):
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
         txt = Path(unit.path)
         audio_root = txt.parent / "audio"
-        for off, raw in iter_lines(txt, unit.part or 0, self.opts.unit_bytes):
-            line, bad = decode_line(raw, f"{txt.name}@{off}")
-            if bad:
-                yield bad
+        for item in text_lines(txt, unit.part or 0, self.opts.unit_bytes):
+            if isinstance(item, Rejected):
+                yield item
                 continue
-            if not line.strip():
-                continue
+            off, line = item
             utt, sep, text = line.partition("\t")
             if not sep or utt.count("_") < 2:
                 yield Rejected(f"{txt.name}@{off}", "bad_metadata", f"not 'speaker_book_utt<TAB>text': {line[:80]!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aromni.pipeline.readers.base import Example, Reader, Rejected, Unit
@@ -42,10 +43,9 @@ class ParquetReader(Reader):
         index = sum(pf.metadata.row_group(g).num_rows for g in range(group))
         try:
             for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[group]):
-                for r in batch.to_pylist():
-                    yield index, r
-                    index += 1
-        except OSError as e:
+                yield from _batch_rows(batch, unit, index)
+                index += batch.num_rows
+        except (OSError, pa.ArrowException) as e:
             yield Rejected(unit.label, "unreadable_file", f"{unit.label}: {e}")
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
@@ -57,3 +57,21 @@ class ParquetReader(Reader):
 
     def row(self, r: dict, unit: Unit) -> Iterator[Example | Rejected]:
         raise NotImplementedError
+
+
+def _batch_rows(batch, unit: Unit, index: int) -> Iterator[tuple[int, dict] | Rejected]:
+    """The batch's (row index, row)s. A string that is not UTF-8 (a corrupt writer) makes pyarrow refuse the whole
+    batch: then rows go one by one and only the broken ones become rejects."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = None
+    if rows is not None:
+        yield from ((index + i, r) for i, r in enumerate(rows))
+        return
+    for i in range(batch.num_rows):
+        try:
+            yield index + i, batch.slice(i, 1).to_pylist()[0]
+        except UnicodeDecodeError as e:
+            yield Rejected(f"{os.path.basename(unit.path)}#{unit.part or 0}:row{index + i}", "bad_text",
+                           f"{unit.path} row {index + i}: a string column is not UTF-8 ({e})")

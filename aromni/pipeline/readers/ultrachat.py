@@ -1,14 +1,12 @@
 """UltraChat (stingning/ultrachat): text-only multi-turn dialogs, train_{0..9}.jsonl."""
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Iterator
 
 from pydantic import Field
 
 from aromni.pipeline.readers.base import Example, Rejected, Turn, Unit, register
-from aromni.pipeline.readers.files import MiB, LineFileReader, LineOptions, decode_line, iter_lines
+from aromni.pipeline.readers.files import MiB, LineFileReader, LineOptions, json_lines
 
 
 class UltraChatOptions(LineOptions):
@@ -28,19 +26,12 @@ class UltraChatReader(LineFileReader):
     patterns = ("*.jsonl",)
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        for off, raw in iter_lines(unit.path, unit.part or 0, self.opts.unit_bytes):
-            if not raw.strip():
+        for item in json_lines(unit.path, unit.part or 0, self.opts.unit_bytes):
+            if isinstance(item, Rejected):
+                yield item
                 continue
-            line, bad = decode_line(raw, f"@{off}")
-            if bad:
-                yield bad
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Rejected(hashlib.sha1(raw).hexdigest()[:16], "bad_metadata", f"{unit.path}@{off}: {e}")
-                continue
-            key = str(rec.get("id", hashlib.sha1(raw).hexdigest()[:16]))
+            off, digest, rec = item
+            key = str(rec.get("id", digest))
             data = rec.get("data")
             if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
                 yield Rejected(key, "bad_dialog", "data is not a list of strings")

@@ -1,7 +1,7 @@
 """Ultra-FineWeb text documents (parquet)."""
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 from typing import Iterator
 
 from pydantic import Field
@@ -20,16 +20,21 @@ class UltraFineWebReader(ParquetReader):
     layout_doc = """Ultra-FineWeb (openbmb/Ultra-FineWeb) parquet, one unit per row group:
     columns content (the document), score (quality classifier), source.
     Only the English portion is used in the paper (data/ultrafineweb_en/*.parquet).
+    Row ids are {file stem}:{row index} (the data set has no id column); below min_score: low_score.
     path: a folder of *.parquet, a glob, or one file."""
     Options = UltraFineWebOptions
     columns = ("content",)
 
-    def row(self, r: dict, unit: Unit) -> Iterator[Example | Rejected]:
-        text = r.get("content")
-        # Ultra-FineWeb has no id column: the document's own content hash is its stable key.
-        key = hashlib.sha1((text or "").encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        if self.opts.min_score is not None and (r.get("score") or 0.0) < self.opts.min_score:
-            yield Rejected(key, "low_score", f"score {r.get('score')} < {self.opts.min_score}")
-            return
-        yield Example(key=key, text=text, meta={"path": unit.label, "score": r.get("score"),
-                                                 "origin": r.get("source")})
+    def read(self, unit: Unit) -> Iterator[Example | Rejected]:
+        stem = Path(unit.path).stem
+        for item in self.iter_rows(unit):
+            if isinstance(item, Rejected):
+                yield item
+                continue
+            index, r = item
+            key = f"{stem}:{index}"
+            if self.opts.min_score is not None and (r.get("score") or 0.0) < self.opts.min_score:
+                yield Rejected(key, "low_score", f"score {r.get('score')} < {self.opts.min_score}")
+                continue
+            yield Example(key=key, text=r.get("content"),
+                          meta={"path": f"{unit.path}:{index}", "score": r.get("score"), "origin": r.get("source")})
