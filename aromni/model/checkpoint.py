@@ -117,6 +117,14 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def stand_in_note(ident: dict, what: str, marked: bool) -> dict:
+    """Add the loud STAND-IN note to an identity whose ``stand_in`` is set (by the recipe or the file's own mark)."""
+    if ident.get("stand_in"):
+        ident["note"] = (f"STAND-IN: weights in the real {what} format but not the released checkpoint"
+                         + (" (random weights written by aromni)" if marked else ""))
+    return ident
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The given device, else CUDA when present, else CPU."""
     if device is not None:

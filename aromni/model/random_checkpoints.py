@@ -234,6 +234,19 @@ def write_wavtokenizer(out_dir, cfg: wt.WavTokenizerConfig | None = None, *, n_f
     return out
 
 
+def copy_with_edited_state(src_dir, dst_dir, ckpt_name: str, edit) -> Path:
+    """Copy a checkpoint dir and apply ``edit(state_dict)`` to its ckpt: broken-checkpoint fixtures for tests."""
+    src, dst = Path(src_dir), Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != ckpt_name:
+            (dst / f.name).write_bytes(f.read_bytes())
+    ck = torch.load(src / ckpt_name, map_location="cpu", weights_only=True)
+    edit(ck["state_dict"])
+    torch.save(ck, dst / ckpt_name)
+    return dst
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def write_demo_checkpoints(root) -> dict[str, Path]:
     """Random-weight STAND-IN tokenizers for ``recipes/demo_realformat.yaml``: ``root/vqgan`` (Meta layout, 512x512

@@ -37,7 +37,8 @@ from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.model.checkpoint import (CheckpointError, check_state_dict, fold_weight_norm, load_lightning_state_dict,
-                                     pick_device, sha256_file, strip_prefixes, tensors_sha256)
+                                     pick_device, sha256_file, stand_in_note, strip_prefixes,
+                                     tensors_sha256)
 
 META_CONFIG, META_CKPT = "vqgan.yaml", "vqgan.ckpt"
 HF_PREFIX = "model.vqmodel."
@@ -169,6 +170,16 @@ def _attn(c: int, kind: str) -> nn.Module:
     return AttnBlock(c) if kind == "vanilla" else nn.Identity()
 
 
+def _level(level: nn.Module, h: torch.Tensor, resample: str) -> torch.Tensor:
+    """One resolution level: res blocks (each followed by its attention block when the level has them), then the
+    level's down/upsampling if it has one."""
+    for j, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[j](h)
+    return getattr(level, resample)(h) if hasattr(level, resample) else h
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -197,13 +208,8 @@ class Encoder(nn.Module):
 
     def forward(self, x):
         h = self.conv_in(x)
-        for i, level in enumerate(self.down):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+        for level in self.down:
+            h = _level(level, h, "downsample")
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -238,12 +244,7 @@ class Decoder(nn.Module):
     def forward(self, z):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
         for level in reversed(self.up):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = _level(level, h, "upsample")
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -438,10 +439,7 @@ class VQGANTokenizer:
         ident = {"kind": self.kind, "format": self.files.format, "path": str(self.files.config.parent),
                  "sha256": sha, "files": files, "resolution": self.cfg.resolution, "codebook": self.cfg.n_embed,
                  "decode": self.can_decode, "stand_in": self.stand_in}
-        if self.stand_in:
-            ident["note"] = ("STAND-IN: weights in the real Chameleon VQGAN format but not the released checkpoint"
-                             + (" (random weights written by aromni)" if self.marked_stand_in else ""))
-        return ident
+        return stand_in_note(ident, "Chameleon VQGAN", self.marked_stand_in)
 
     # -- weights -------------------------------------------------------------------------------------------------
     def load(self) -> "VQGANTokenizer":

@@ -38,7 +38,7 @@ from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.model.checkpoint import (CheckpointError, check_state_dict, fold_weight_norm, load_lightning_state_dict,
-                                     pick_device, sha256_file, strip_prefixes)
+                                     pick_device, sha256_file, stand_in_note, strip_prefixes)
 
 SAMPLE_RATE = 24000
 CONFIG_40HZ = "wavtokenizer_smalldata_frame40_3s_nq1_code4096_dim512_kmeans200_attn.yaml"
@@ -456,10 +456,7 @@ class WavTokenizerTokenizer:
         ident = {"kind": self.kind, "path": str(self.ckpt_path.parent), "sha256": files[self.ckpt_path.name],
                  "files": files, "sample_rate": self.sample_rate, "codes_per_second": self.codes_per_second,
                  "codebook": self.cfg.vq_bins, "stand_in": self.stand_in}
-        if self.stand_in:
-            ident["note"] = ("STAND-IN: weights in the real WavTokenizer format but not the released checkpoint"
-                             + (" (random weights written by aromni)" if self.marked_stand_in else ""))
-        return ident
+        return stand_in_note(ident, "WavTokenizer", self.marked_stand_in)
 
     def load(self) -> "WavTokenizerTokenizer":
         if self.model is not None:

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from aromni.model.checkpoint import CheckpointError, sha256_file
-from aromni.model.random_checkpoints import (meta_vqgan_to_hf, tiny_vqgan_config, write_hf_chameleon,
+from aromni.model.random_checkpoints import (copy_with_edited_state, meta_vqgan_to_hf, tiny_vqgan_config, write_hf_chameleon,
                                              write_meta_vqgan)
 from aromni.model.vqgan import (META_CKPT, META_CONFIG, center_square, load_image_tokenizer, pixels_to_tensor,
                                 to_rgb8)
@@ -144,12 +144,7 @@ def test_lazy_identity_reads_no_weights(meta64):
 
 
 def _rewrite(src, dst, edit):
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / META_CONFIG).write_text((src / META_CONFIG).read_text())
-    ck = torch.load(src / META_CKPT, weights_only=True)
-    edit(ck["state_dict"])
-    torch.save(ck, dst / META_CKPT)
-    return dst
+    return copy_with_edited_state(src, dst, META_CKPT, edit)
 
 
 def test_broken_checkpoints_fail_with_the_keys(meta64, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aromni.model.checkpoint import CheckpointError, sha256_file
-from aromni.model.random_checkpoints import tiny_wavtokenizer_config, write_wavtokenizer
+from aromni.model.random_checkpoints import copy_with_edited_state, tiny_wavtokenizer_config, write_wavtokenizer
 from aromni.model.wavtokenizer import CKPT_40HZ, CONFIG_40HZ, ENC, load_speech_tokenizer, to_mono
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
@@ -141,12 +141,7 @@ def test_identity_lazy_and_marked(wt_dir):
 
 
 def _rewrite(src, dst, edit):
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / CONFIG_40HZ).write_text((src / CONFIG_40HZ).read_text())
-    ck = torch.load(src / CKPT_40HZ, weights_only=True)
-    edit(ck["state_dict"])
-    torch.save(ck, dst / CKPT_40HZ)
-    return dst
+    return copy_with_edited_state(src, dst, CKPT_40HZ, edit)
 
 
 def test_broken_checkpoints_fail_with_the_keys(wt_dir, tmp_path):

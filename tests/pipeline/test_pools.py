@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from aromni.model.checkpoint import sha256_file
-from aromni.model.random_checkpoints import tiny_vqgan_config, write_meta_vqgan, write_wavtokenizer
+from aromni.model.random_checkpoints import (copy_with_edited_state, tiny_vqgan_config, write_meta_vqgan,
+                                             write_wavtokenizer)
 from aromni.model.vqgan import META_CKPT
 from aromni.model.wavtokenizer import CKPT_40HZ
 from aromni.pipeline.build import BuildError, build
@@ -90,13 +90,7 @@ def test_pooled_codes_equal_in_process_codes(pooled_build, demo_corpus, ckpts):
 @pytest.mark.slow
 def test_broken_checkpoint_fails_the_build_before_any_unit(demo_corpus, ckpts, tmp_path):
     vq_dir, wt_dir = ckpts
-    bad = tmp_path / "bad_wt"
-    bad.mkdir()
-    for f in wt_dir.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
-    ck = torch.load(bad / CKPT_40HZ, weights_only=True)
-    del ck["state_dict"]["head.out.bias"]
-    torch.save(ck, bad / CKPT_40HZ)
+    bad = copy_with_edited_state(wt_dir, tmp_path / "bad_wt", CKPT_40HZ, lambda sd: sd.pop("head.out.bias"))
     recipe = _recipe(demo_corpus, (vq_dir, bad))
     with pytest.raises(BuildError, match="speech tokenizer.*missing key.*head.out.bias"):
         build(recipe, tmp_path / "out", workers=2, progress=False)

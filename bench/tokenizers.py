@@ -1,0 +1,205 @@
+"""Throughput of the real-format tokenizers at full size, and the build's overhead over bare tokenizer compute.
+
+    .venv/bin/python bench/tokenizers.py                    # CPU (or the GPU when there is one)
+    .venv/bin/python bench/tokenizers.py --image-batches 1 8 --images 8   # quicker on a small CPU
+                                                            # (full-size VQGAN encode takes seconds per image on CPU)
+    .venv/bin/python bench/tokenizers.py --skip-build       # throughput only
+
+Checkpoints: full-size architectures with RANDOM weights (aromni.model.random_checkpoints.write_full_size):
+Chameleon VQGAN 512x512 (ch 128, mult [1,1,2,2,4], 2 res blocks, 8192x256 codebook) and WavTokenizer 40 Hz
+(SEANet 32/512 + 2-layer LSTM, 4096 codes, Vocos backbone 768 x 12, ISTFT 2400/600). Random weights cost the same
+compute as the released ones.
+
+Printed:
+- images/s of VQGAN encode at each batch size (one warm-up batch first), pre-processing excluded;
+- audio-seconds/s of WavTokenizer encode at each batch size (clips of --clip-seconds, encoded clip by clip);
+- overhead: wall time of `aromni build` over the demo corpus's LAION (first --images photos) + GigaSpeech sources
+  with these checkpoints
+  (Ray start, actor start and checkpoint load, reading, decoding, pre-processing, templates, parquet, mixing) divided
+  by the bare encode time of the same items in one process (same batch size). Goal <= 1.15; the fixed start-up part
+  (Ray + loading the checkpoints in the actors) is printed separately because it does not grow with the data.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _photos(n: int):
+    import skimage.data as sd
+    from PIL import Image
+    names = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "horse"]
+    imgs = [Image.fromarray(getattr(sd, k)()) for k in names]
+    return [imgs[i % len(imgs)] for i in range(n)]
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_vqgan(path: Path, batches: list[int]) -> dict[int, float]:
+    from aromni.model.vqgan import load_image_tokenizer
+    out = {}
+    for bs in batches:
+        tok = load_image_tokenizer(path, batch_size=bs)
+        prepared = [tok.preprocess(im) for im in _photos(bs)]
+        tok.encode_prepared(prepared[:1])              # warm-up (allocations, kernels)
+        _sync(tok.device)
+        t0 = time.perf_counter()
+        tok.encode_prepared(prepared)
+        _sync(tok.device)
+        out[bs] = bs / (time.perf_counter() - t0)
+        print(f"  vqgan   batch {bs:>3}: {out[bs]:8.3f} images/s   ({tok.device})", flush=True)
+    return out
+
+
+def bench_wavtokenizer(path: Path, batches: list[int], clip_seconds: float) -> dict[int, float]:
+    from aromni.model.wavtokenizer import load_speech_tokenizer
+    tok = load_speech_tokenizer(path)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(clip_seconds * 24000)) / 24000
+    clip = (0.3 * np.sin(2 * np.pi * 150 * t) + 0.03 * rng.standard_normal(len(t))).astype(np.float32)
+    tok.encode_prepared([clip[:24000]])
+    out = {}
+    for bs in batches:
+        _sync(tok.device)
+        t0 = time.perf_counter()
+        tok.encode_prepared([clip] * bs)
+        _sync(tok.device)
+        out[bs] = bs * clip_seconds / (time.perf_counter() - t0)
+        print(f"  wavtok  batch {bs:>3}: {out[bs]:8.1f} audio-s/s   ({tok.device})", flush=True)
+    return out
+
+
+class _Timed:
+    """Wraps a tokenizer and sums the time of its bare encode (pre-processing excluded)."""
+
+    def __init__(self, tok):
+        self.tok, self.seconds, self.items = tok, 0.0, 0
+
+    def __getattr__(self, k):
+        return getattr(self.tok, k)
+
+    def encode(self, items):
+        prepared = [self.tok.preprocess(x) for x in items]
+        _sync(self.tok.device)
+        t0 = time.perf_counter()
+        out = self.tok.encode_prepared(prepared)
+        _sync(self.tok.device)
+        self.seconds += time.perf_counter() - t0
+        self.items += len(items)
+        return out
+
+
+def bench_overhead(ckpts: dict[str, Path], corpus: Path, out_dir: Path, workers: int, num_cpus: float) -> dict:
+    import yaml
+
+    from aromni.model import load_tokenizers
+    from aromni.pipeline.build import _tokenizers_cfg, build
+    from aromni.pipeline.plan import plan
+    from aromni.pipeline.unit import process_unit
+    from aromni.recipe import parse_recipe
+
+    data = yaml.safe_load((ROOT / "recipes" / "demo_realformat.yaml").read_text())
+    data["data_root"] = str(corpus)
+    data["sources"] = [s for s in data["sources"] if s["name"] in ("laion", "gigaspeech")]
+    data["mixing"]["ratio"] = {"image_text": 1, "speech_text": 1}
+    data["tokenizers"]["image"].update(path=str(ckpts["vqgan"]), num_cpus=num_cpus)
+    data["tokenizers"]["speech"].update(path=str(ckpts["wavtokenizer"]), num_cpus=num_cpus)
+    recipe = parse_recipe(data)
+
+    # bare: the same units tokenized in this process, timing only the encode calls
+    torch.set_num_threads(max(1, int(num_cpus)))
+    tok = load_tokenizers(_tokenizers_cfg(recipe))
+    tok.image.load(), tok.speech.load()
+    tok.image, tok.speech = _Timed(tok.image), _Timed(tok.speech)
+    for pu in plan(recipe, {"bench": True}):
+        process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
+    bare = tok.image.seconds + tok.speech.seconds
+    print(f"  bare encode: {tok.image.items} images {tok.image.seconds:.1f} s + {tok.speech.items} clips "
+          f"{tok.speech.seconds:.1f} s = {bare:.1f} s", flush=True)
+
+    import ray
+    t0 = time.perf_counter()
+    ray.init(num_cpus=workers + 2 * int(np.ceil(num_cpus)), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    t_ray = time.perf_counter() - t0
+    from aromni.pipeline.pools import start_pools
+    t1 = time.perf_counter()
+    start_pools(_tokenizers_cfg(recipe), load_tokenizers(_tokenizers_cfg(recipe)), ray).stop()
+    t_load = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    rep = build(recipe, out_dir, workers=workers, progress=False, force=True)
+    t_build = time.perf_counter() - t2
+    ray.shutdown()
+    total = t_ray + t_build
+    print(f"  build: {total:.1f} s wall (Ray start {t_ray:.1f} s, actor start + checkpoint load ~{t_load:.1f} s), "
+          f"{sum(s['rows'] for s in rep.manifest['shards'])} rows written",
+          flush=True)
+    return {"bare": bare, "build": total, "startup": t_ray + t_load}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--audio-batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--images", type=int, default=24, help="photos in the overhead build's LAION tar (max 24)")
+    ap.add_argument("--clip-seconds", type=float, default=5.0)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aromni-bench-tokenizers"))
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1),
+                    help="CPUs per tokenizer actor (and torch threads of the bare run)")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from aromni.model.random_checkpoints import write_full_size
+
+    work = Path(args.workdir)
+    ck = work / "ckpt"
+    if not (ck / "vqgan" / "vqgan.ckpt").exists() or not (ck / "wavtokenizer").is_dir():
+        print(f"writing full-size random checkpoints to {ck} ...", flush=True)
+        write_full_size(ck)
+    ckpts = {"vqgan": ck / "vqgan", "wavtokenizer": ck / "wavtokenizer"}
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device {dev}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
+    img = bench_vqgan(ckpts["vqgan"], args.image_batches)
+    aud = bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches, args.clip_seconds)
+    res = None
+    if not args.skip_build:
+        corpus = work / f"corpus{args.images}"
+        if not (corpus / "laion" / "00000.tar").exists():
+            from aromni import demo
+            demo.PHOTOS = demo.PHOTOS[: args.images]  # a smaller LAION tar, same format
+            demo.write_laion(corpus)
+            demo.write_gigaspeech(corpus)
+            demo.write_text_tokenizer(corpus)
+        out = work / "build"
+        shutil.rmtree(out, ignore_errors=True)
+        res = bench_overhead(ckpts, corpus, out, args.workers, args.num_cpus)
+    print("\nsummary")
+    for bs in args.image_batches:
+        print(f"  vqgan  batch {bs:>3}: {img[bs]:.3f} images/s (x{img[bs] / img[args.image_batches[0]]:.2f} vs batch "
+              f"{args.image_batches[0]})")
+    for bs in args.audio_batches:
+        print(f"  wavtok batch {bs:>3}: {aud[bs]:.1f} audio-s/s (x{aud[bs] / aud[args.audio_batches[0]]:.2f} vs batch "
+              f"{args.audio_batches[0]})")
+    if res:
+        print(f"  overhead ratio build/bare: {res['build'] / res['bare']:.3f} "
+              f"(without fixed start-up {(res['build'] - res['startup']) / res['bare']:.3f}; goal <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
