@@ -214,5 +214,8 @@ def make_demo_corpus(out: str | Path) -> dict[str, Path]:
     # random-weight VQGAN + WavTokenizer in their published formats, for recipes/demo_realformat.yaml
     from aromni.model.random_checkpoints import write_demo_checkpoints
     paths.update(write_demo_checkpoints(root / "tokenizer"))
+    # DEMAND-format noise for the noise step: espeak-ng babble, NOT DEMAND (its STAND_IN.txt says so)
+    from aromni.voice.demand import write_demo_noise
+    paths["noise (DEMAND format, STAND-IN babble)"] = write_demo_noise(root / "demand")
     (root / "README.txt").write_text(__doc__)
     return paths
