@@ -27,20 +27,22 @@ def _real(kind: str, load: Callable[..., Any]) -> Callable[..., Any]:
     return loader
 
 
-def _load_vqgan(path, **kw):
-    from aromni.model.vqgan import load_image_tokenizer
-    return load_image_tokenizer(path, **kw)
+def load_image_tokenizer(path, *args, **kw):
+    """Chameleon VQGAN: Meta's vqgan.yaml + vqgan.ckpt (encode + decode) or an HF Chameleon/Anole dir (encode only).
+    See aromni.model.vqgan.load_image_tokenizer."""
+    from aromni.model.vqgan import load_image_tokenizer as load
+    return load(path, *args, **kw)
 
 
-def _load_wavtokenizer(path, **kw):
-    from aromni.model.wavtokenizer import load_speech_tokenizer
-    return load_speech_tokenizer(path, **kw)
+def load_speech_tokenizer(path, *args, **kw):
+    """WavTokenizer from a dir with its yaml + Lightning ckpt, or (config_path, checkpoint_path).
+    See aromni.model.wavtokenizer.load_speech_tokenizer."""
+    from aromni.model.wavtokenizer import load_speech_tokenizer as load
+    return load(path, *args, **kw)
 
 
-# vqgan: Meta's vqgan.yaml + vqgan.ckpt, or an HF Chameleon/Anole model dir (encode only)
-IMAGE_LOADERS["vqgan"] = _real("vqgan", _load_vqgan)
-# wavtokenizer: the official yaml + Lightning ckpt (a dir holding both)
-SPEECH_LOADERS["wavtokenizer"] = _real("wavtokenizer", _load_wavtokenizer)
+IMAGE_LOADERS["vqgan"] = _real("vqgan", load_image_tokenizer)
+SPEECH_LOADERS["wavtokenizer"] = _real("wavtokenizer", load_speech_tokenizer)
 
 
 @dataclass
