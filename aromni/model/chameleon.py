@@ -6,6 +6,7 @@ images). AR-Omni trains on and generates image tokens, so aromni calls the decod
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,29 +17,65 @@ from aromni.layout import AR_OMNI_V0_1, Layout
 
 @dataclass
 class OmniOutput:
-    logits: torch.Tensor        # [B, T, vocab], image ids unmasked
+    logits: torch.Tensor        # [B, T, vocab] (or [N, vocab] with logits_mask), image ids unmasked
     hidden: torch.Tensor        # [B, T, hidden] last hidden states (after the final norm)
     cache: object | None        # transformers Cache, pass back in to continue decoding
 
 
-def load_chameleon(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """An HF Chameleon/Anole checkpoint dir (config.json + safetensors) -> ChameleonForConditionalGeneration."""
+# Written beside the weights of every model aromni makes up or trains, so nothing downstream mistakes a stand-in.
+MODEL_NOTE = "aromni_model.json"
+
+
+def load_chameleon(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                   layout: Layout = AR_OMNI_V0_1):
+    """An HF Chameleon/Anole checkpoint dir (config.json + safetensors) -> ChameleonForConditionalGeneration.
+
+    Refuses a checkpoint whose vocabulary map does not put VQ code c at id c + 4 (the layout's image ids)."""
     from transformers import ChameleonForConditionalGeneration
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not an HF Chameleon model dir (no config.json)")
     model = ChameleonForConditionalGeneration.from_pretrained(str(p), dtype=dtype)
+    check_image_vocabulary(model.config, layout)
     return model.to(device)
+
+
+def check_image_vocabulary(config, layout: Layout = AR_OMNI_V0_1) -> None:
+    """The checkpoint's IMGIMG names must map VQ code c to token id c + layout.image_code_start."""
+    vm = getattr(config, "vocabulary_map", None) or {}
+    digits = {chr(ord("A") + i): str(i) for i in range(10)}
+    img = {v: int("".join(digits.get(c, c) for c in k[len("IMGIMG"):-1])) for k, v in vm.items()
+           if k.startswith("IMGIMG")}
+    if not img:
+        raise ValueError("the checkpoint's config has no IMGIMG entries in vocabulary_map: cannot check that "
+                         "image codes sit at ids 4..8195")
+    bad = [(i, c) for i, c in img.items() if i != c + layout.image_code_start]
+    if bad or len(img) != layout.image_codebook:
+        raise ValueError(f"vocabulary_map disagrees with layout {layout.name}: {len(img)} image tokens, "
+                         f"first mismatches (id, code) {bad[:3]}")
+
+
+def model_note(path: str | Path) -> dict:
+    """aromni's note beside a model dir ({} for a checkpoint aromni did not write, e.g. the released Anole)."""
+    p = Path(path) / MODEL_NOTE
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def omni_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None, cache=None, use_cache: bool = False,
-                 logits_to_keep: int = 0) -> OmniOutput:
-    """Forward through the decoder and lm_head with every id (image codes included) allowed."""
+                 logits_to_keep: int = 0, logits_mask: torch.Tensor | None = None) -> OmniOutput:
+    """Forward through the decoder and lm_head with every id (image codes included) allowed.
+
+    ``logits_mask`` ([B, T] bool, training): compute logits only where it is true and return them flat,
+    [N, vocab]; the full [B, T, vocab] tensor is never built (positions without a target cost no lm_head work).
+    """
     out = model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       cache=cache, use_cache=use_cache)
     hidden = out[0]
-    h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+    if logits_mask is not None:
+        h = hidden[logits_mask]
+    else:
+        h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
     return OmniOutput(model.lm_head(h), hidden, getattr(out, "past_key_values", None) or getattr(out, "cache", None))
 
 
@@ -68,4 +105,7 @@ def write_tiny_chameleon(out_dir: str | Path, seed: int = 0, **kw) -> Path:
     model = ChameleonForConditionalGeneration(tiny_chameleon_config(**kw))
     out = Path(out_dir)
     model.save_pretrained(str(out))
+    (out / MODEL_NOTE).write_text(json.dumps(
+        {"stand_in": True, "note": "tiny RANDOM Chameleon written by aromni (write_tiny_chameleon) for tests and "
+                                   "CPU demos; not a trained model", "seed": seed}, indent=1))
     return out

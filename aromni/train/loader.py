@@ -1,0 +1,466 @@
+"""Published shards -> per-rank micro-batches, with the whole position held in one number.
+
+The data is one endless stream of samples: sample ``g`` is row ``order(g)`` of the shard set (epoch ``g // N``). A
+*window* is one optimizer step: it takes the next samples of the stream, starting at ``consumed`` (samples used so
+far), and lays them into ``train_batch_size`` rows of at most ``max_len`` tokens. How a window is laid out depends
+only on (``consumed``, ``train_batch_size``, ``max_len``, packing, the data), never on the number of processes, so
+
+* resuming is exact: a checkpoint stores ``consumed`` and the next window is the one an uninterrupted run would see;
+* a different world size sees the same samples per step: row ``j`` of a window goes to micro step
+  ``j // (world * micro)`` of rank ``(j // micro) % world``, and gradient accumulation absorbs the difference.
+
+Packing is first-fit over the window's rows and takes a *prefix* of the stream: the first sample that fits in no row
+ends the window (it opens the next one). Samples are never cut inside an image or speech span: a sample longer than
+``max_len`` is dropped (AR-Omni's rule) or, with ``long_samples: split``, cut at points outside those spans. Each
+piece gets its own position ids from 0, so attention stays inside it (transformers builds a block-diagonal mask from
+restarting position ids), and its first token carries no label. Labels and weights come from the spine's
+``labels_and_weights``; perceptual targets from ``image_code_positions``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.pipeline.unit import stable_hash
+from aromni.sample import IGNORE_INDEX, LossPolicy, Segment, image_code_positions, labels_and_weights
+
+MEDIA = ("image", "speech")
+
+
+class DataError(ValueError):
+    """Shards that cannot be trained on; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shard set: every row, readable by index; only the lengths are read up front
+# ---------------------------------------------------------------------------------------------------------------
+def discover(path: str):
+    """(filesystem, sorted parquet paths, manifest or None) for a build folder, a folder, a glob, one file or an
+    fsspec URL such as hf://datasets/ORG/NAME (huggingface_hub's filesystem: streamed range reads)."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(str(path))
+    root = root.rstrip("/")
+    if any(ch in root for ch in "*?["):
+        return fs, sorted(fs.glob(root)), None
+    if fs.isfile(root):
+        return fs, [root], None
+    if not fs.isdir(root):
+        raise DataError(f"data.path {path}: not found")
+    manifest = None
+    if fs.isfile(f"{root}/manifest.json"):
+        with fs.open(f"{root}/manifest.json", "rb") as f:
+            manifest = json.load(f)
+        files = [f"{root}/{s['path']}" for s in manifest.get("shards", [])]
+    elif fs.isdir(f"{root}/data"):
+        files = sorted(fs.glob(f"{root}/data/*.parquet"))
+    else:
+        files = sorted(fs.glob(f"{root}/**/*.parquet"))
+    if not files:
+        raise DataError(f"data.path {path}: no parquet shards")
+    return fs, files, manifest
+
+
+@dataclass
+class RowGroup:
+    """One decoded row group: flat numpy arrays, rows sliced out on demand."""
+    ids: np.ndarray
+    offsets: np.ndarray
+    tasks: list
+    seg_offsets: np.ndarray | None = None
+    seg_start: np.ndarray | None = None
+    seg_end: np.ndarray | None = None
+    seg_role: np.ndarray | None = None
+    seg_mod: np.ndarray | None = None
+    labels: np.ndarray | None = None   # AR-Omni-Instruct layout: labels stored, no segments
+
+
+def _flat(col: pa.ChunkedArray):
+    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    off = a.offsets.to_numpy()
+    return a.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]], off - off[0]
+
+
+class ShardSet:
+    """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
+    ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
+
+    def __init__(self, path: str, cache_row_groups: int = 8):
+        self.fs, self.files, self.manifest = discover(path)
+        self.path = str(path)
+        self._pf: dict[int, pq.ParquetFile] = {}
+        schema = self._file(0).schema_arrow
+        names = set(schema.names)
+        if "input_ids" not in names:
+            raise DataError(f"{self.files[0]}: no input_ids column (columns: {sorted(names)})")
+        if "segments" in names:
+            self.kind = "segments"
+            self.columns = ["input_ids", "segments", "task"] + (["id"] if "id" in names else [])
+        elif "labels" in names:
+            self.kind = "labels"
+            self.columns = ["input_ids", "labels"]
+        else:
+            raise DataError(f"{self.files[0]}: needs a segments column (aromni shards) or a labels column "
+                            f"(AR-Omni-Instruct); has {sorted(names)}")
+        lay = (self.manifest or {}).get("layout")
+        self.layout = Layout.from_dict(json.loads(lay) if isinstance(lay, str) else lay) if lay else AR_OMNI_V0_1
+        self.stand_in = bool(self.manifest and self.manifest.get("stand_in_tokenizers"))
+        rg_file, rg_index, rg_rows, lengths = [], [], [], []
+        for fi in range(len(self.files)):
+            pf = self._file(fi)
+            for ri in range(pf.metadata.num_row_groups):
+                rg_file.append(fi)
+                rg_index.append(ri)
+                rg_rows.append(pf.metadata.row_group(ri).num_rows)
+            lengths.append(self._lengths(fi))
+        self.rg_file, self.rg_index = np.asarray(rg_file), np.asarray(rg_index)
+        self.rg_rows = np.asarray(rg_rows, dtype=np.int64)
+        self.rg_start = np.concatenate([[0], np.cumsum(self.rg_rows)])
+        self.lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+        if len(self.lengths) == 0:
+            raise DataError(f"data.path {path}: the shards hold no rows")
+        if self.manifest:
+            want = {f"{self.path.rstrip('/')}/{s['path']}": s.get("rows") for s in self.manifest.get("shards", [])}
+            for fi, f in enumerate(self.files):
+                got = self._file(fi).metadata.num_rows
+                if want.get(f) is not None and want[f] != got:
+                    raise DataError(f"{f}: {got} rows, the manifest says {want[f]} (rebuilt or truncated shard?)")
+        self.fingerprint = hashlib.sha256(json.dumps(
+            [[f.rsplit("/", 1)[-1], int(self._file(i).metadata.num_rows)] for i, f in enumerate(self.files)]
+        ).encode()).hexdigest()[:16]
+        self._cache: OrderedDict[int, RowGroup] = OrderedDict()
+        self._cache_size = cache_row_groups
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _file(self, fi: int) -> pq.ParquetFile:
+        if fi not in self._pf:
+            self._pf[fi] = pq.ParquetFile(self.fs.open(self.files[fi], "rb"))
+        return self._pf[fi]
+
+    def _lengths(self, fi: int) -> np.ndarray:
+        pf = self._file(fi)
+        if "n_tokens" in pf.schema_arrow.names:
+            return pf.read(columns=["n_tokens"]).column(0).to_numpy()
+        return pc.list_value_length(pf.read(columns=["input_ids"]).column(0)).to_numpy()
+
+    def row_group(self, rg: int) -> RowGroup:
+        with self._lock:
+            if rg in self._cache:
+                self._cache.move_to_end(rg)
+                return self._cache[rg]
+        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns)
+        ids, off = _flat(t.column("input_ids"))
+        if self.kind == "labels":
+            lab, _ = _flat(t.column("labels"))
+            out = RowGroup(ids, off, [None] * t.num_rows, labels=lab)
+        else:
+            seg = t.column("segments").combine_chunks()
+            so = seg.offsets.to_numpy()
+            flat = seg.values.slice(so[0], so[-1] - so[0])
+            out = RowGroup(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
+                           seg_start=flat.field("start").to_numpy(), seg_end=flat.field("end").to_numpy(),
+                           seg_role=np.asarray(flat.field("role").to_pylist(), dtype=object),
+                           seg_mod=np.asarray(flat.field("modality").to_pylist(), dtype=object))
+        with self._lock:
+            self._cache[rg] = out
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return out
+
+    def row(self, i: int) -> tuple[np.ndarray, list[Segment] | None, str | None, np.ndarray | None]:
+        """(input_ids, segments, task, stored labels) of row ``i``."""
+        rg = int(np.searchsorted(self.rg_start, i, side="right") - 1)
+        g = self.row_group(rg)
+        k = i - int(self.rg_start[rg])
+        lo, hi = g.offsets[k], g.offsets[k + 1]
+        if g.labels is not None:
+            return g.ids[lo:hi], None, None, g.labels[lo:hi]
+        a, b = g.seg_offsets[k], g.seg_offsets[k + 1]
+        segs = [Segment(r, m, int(s), int(e)) for r, m, s, e in
+                zip(g.seg_role[a:b], g.seg_mod[a:b], g.seg_start[a:b], g.seg_end[a:b])]
+        return g.ids[lo:hi], segs, g.tasks[k], None
+
+    # ---- the endless stream -----------------------------------------------------------------------------
+    def order(self, g0: int, g1: int, shuffle: bool, seed: int) -> np.ndarray:
+        """Row indices of stream samples g0..g1-1. Without shuffle every epoch reads the shards in order (the
+        build already mixed them); with shuffle each epoch permutes row groups, then rows inside each group, so
+        reads stay one row group at a time."""
+        g = np.arange(g0, g1, dtype=np.int64)
+        n = len(self)
+        if not shuffle:
+            return g % n
+        out = np.empty_like(g)
+        for e in np.unique(g // n):
+            sel = g // n == e
+            out[sel] = self._epoch_rows(int(e), seed)[g[sel] % n]
+        return out
+
+    def _epoch_rows(self, epoch: int, seed: int) -> np.ndarray:
+        key = (epoch, seed)
+        if getattr(self, "_epoch_key", None) != key:
+            rng = np.random.default_rng(stable_hash("epoch", seed, epoch))
+            parts = []
+            for rg in rng.permutation(len(self.rg_rows)):
+                r = np.random.default_rng(stable_hash("rows", seed, epoch, int(rg)))
+                parts.append(self.rg_start[rg] + r.permutation(int(self.rg_rows[rg])))
+            self._epoch_key, self._epoch_cache = key, np.concatenate(parts)
+        return self._epoch_cache
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Window planning (lengths only) and materialisation (this rank's rows only)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Piece:
+    g: int      # stream index
+    row: int    # row in the shard set
+    lo: int     # token range inside the sample
+    hi: int
+
+
+@dataclass
+class Plan:
+    start: int                      # consumed samples before this window
+    end: int                        # ... and after it
+    rows: list[list[Piece]]
+    dropped: Counter = field(default_factory=Counter)
+
+
+def safe_cuts(n: int, segments: list[Segment]) -> np.ndarray:
+    """Positions where a long sample may be cut: anywhere except strictly inside an image or speech span."""
+    ok = np.ones(n + 1, dtype=bool)
+    for s in segments:
+        if s.modality in MEDIA:
+            ok[s.start + 1:s.end] = False
+    return np.flatnonzero(ok)
+
+
+def split_sample(n: int, segments: list[Segment] | None, max_len: int) -> list[tuple[int, int]] | None:
+    """Greedy cut of a long sample into pieces of at most max_len tokens; None when a span alone is too long."""
+    cuts = safe_cuts(n, segments or [])
+    out, lo = [], 0
+    while lo < n:
+        fits = cuts[(cuts > lo) & (cuts <= lo + max_len)]
+        if not len(fits):
+            return None
+        out.append((lo, int(fits[-1])))
+        lo = int(fits[-1])
+    return out
+
+
+def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: bool, long_samples: str = "drop",
+                shuffle: bool = False, seed: int = 0) -> Plan:
+    """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
+    remaining = np.full(n_rows, max_len, dtype=np.int64)
+    used = 0                                   # rows used (pad mode)
+    rows: list[list[Piece]] = [[] for _ in range(n_rows)]
+    dropped: Counter = Counter()
+    g, chunk = start, max(64, 4 * n_rows)
+    idx = shards.order(g, g + chunk, shuffle, seed)
+    since_placed = 0
+    while True:
+        if g - start >= len(idx):
+            idx = np.concatenate([idx, shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)])
+        r = int(idx[g - start])
+        n = int(shards.lengths[r])
+        if n > max_len:
+            pieces = None
+            if long_samples == "split":
+                _, segs, _, _ = shards.row(r)
+                pieces = split_sample(n, segs, max_len)
+            if pieces is None:
+                dropped["too_long" if long_samples == "drop" else "span_longer_than_max_len"] += 1
+                g += 1
+                since_placed += 1
+                if since_placed > len(shards):
+                    raise DataError(f"no sample of {shards.path} fits data.max_len={max_len}")
+                continue
+        else:
+            pieces = [(0, n)]
+        if pack:
+            trial = remaining.copy()
+            where = []
+            for lo, hi in pieces:
+                fit = np.flatnonzero(trial >= hi - lo)
+                if not len(fit):
+                    break
+                trial[fit[0]] -= hi - lo
+                where.append(fit[0])
+            if len(where) < len(pieces):
+                break
+            remaining = trial
+        else:
+            if used + len(pieces) > n_rows:
+                break
+            where = list(range(used, used + len(pieces)))
+            used += len(pieces)
+        for j, (lo, hi) in zip(where, pieces):
+            rows[j].append(Piece(g, r, lo, hi))
+        g += 1
+        since_placed = 0
+    if g == start:
+        raise DataError(f"a window of {n_rows} rows x {max_len} tokens cannot hold sample {start}")
+    return Plan(start, g, [r for r in rows if r], dropped)
+
+
+@dataclass
+class Window:
+    """One optimizer step for one rank: ``micro`` holds gradient_accumulation_steps micro-batches."""
+    start: int
+    end: int
+    micro: list[dict[str, torch.Tensor]]
+    weight_sum: float        # this rank's sum of loss weights (the loop all-reduces it)
+    percept_count: int       # this rank's perceptual positions
+    tokens: int              # real tokens (no padding) on this rank
+    samples: list[int]       # stream indices on this rank, in row order
+    dropped: Counter
+
+
+class Loader:
+    """Windows for one rank, starting at ``consumed`` samples; iterate or call ``next_window()``."""
+
+    def __init__(self, shards: ShardSet, *, rank: int, world: int, micro_batch: int, train_batch: int,
+                 max_len: int, pack: bool = True, policy: LossPolicy = LossPolicy(),
+                 perceptual_tasks: tuple[str, ...] = ("text_to_image",), long_samples: str = "drop",
+                 shuffle: bool = False, seed: int = 0, consumed: int = 0, vocab_size: int | None = None,
+                 prefetch: int = 0):
+        if train_batch % (micro_batch * world):
+            raise DataError(f"train batch {train_batch} is not a multiple of micro batch {micro_batch} x world {world}")
+        self.shards, self.rank, self.world, self.mb = shards, rank, world, micro_batch
+        self.train_batch, self.max_len, self.pack = train_batch, max_len, pack
+        self.policy, self.perceptual_tasks = policy, tuple(perceptual_tasks)
+        self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
+        self.vocab_size = vocab_size
+        self.consumed = consumed
+        self.layout = shards.layout
+        self._prefetch = prefetch
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
+    def sample_arrays(self, row: int):
+        ids, segs, task, stored = self.shards.row(row)
+        if stored is not None:
+            labels = stored.astype(np.int64)
+            weights = (labels != IGNORE_INDEX).astype(np.float32)
+            percept = np.zeros(len(ids), dtype=bool)
+        else:
+            labels, weights = labels_and_weights(ids, segs, task, self.policy, self.layout)
+            percept = np.zeros(len(ids), dtype=bool)
+            if task in self.perceptual_tasks:
+                pos = image_code_positions(ids, segs, "assistant", self.layout)
+                percept[pos[labels[pos] != IGNORE_INDEX]] = True
+        if self.vocab_size is not None and len(ids) and int(ids.max()) >= self.vocab_size:
+            raise DataError(f"row {row} of {self.shards.path} has id {int(ids.max())}, outside the model's "
+                            f"vocabulary of {self.vocab_size} (wrong model for this data?)")
+        return ids, labels, weights, percept
+
+    def _row_tensors(self, pieces: list[Piece]):
+        ids, lab, w, per, pos = [], [], [], [], []
+        for p in pieces:
+            a, l, wt, pc_ = self.sample_arrays(p.row)
+            a, l, wt, pc_ = a[p.lo:p.hi], l[p.lo:p.hi].copy(), wt[p.lo:p.hi].copy(), pc_[p.lo:p.hi]
+            l[0], wt[0] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
+            ids.append(a); lab.append(l); w.append(wt); per.append(pc_)
+            pos.append(np.arange(p.hi - p.lo))
+        return (np.concatenate(ids), np.concatenate(lab), np.concatenate(w), np.concatenate(per),
+                np.concatenate(pos))
+
+    def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
+        built = [self._row_tensors(r) for r in rows]
+        T = max(len(b[0]) for b in built)
+        B = len(built)
+        ids = np.full((B, T), self.layout.train_pad, dtype=np.int64)
+        labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
+        weights = np.zeros((B, T), dtype=np.float32)
+        percept = np.zeros((B, T), dtype=bool)
+        position = np.zeros((B, T), dtype=np.int64)
+        for b, (a, l, w, p, pos) in enumerate(built):
+            n = len(a)
+            ids[b, :n], labels[b, :n], weights[b, :n], percept[b, :n], position[b, :n] = a, l, w, p, pos
+            # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it; causal
+            # attention already does); continuing positions for a single padded sample
+            position[b, n:] = np.arange(T - n) if self.pack else np.arange(n, T)
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                "weights": torch.from_numpy(weights), "percept_mask": torch.from_numpy(percept),
+                "position_ids": torch.from_numpy(position)}
+
+    def plan(self, start: int) -> Plan:
+        return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
+                           self.shuffle, self.seed)
+
+    def _empty_micro(self) -> dict[str, torch.Tensor]:
+        """A one-token row with no loss: a rank whose slots are empty still runs every micro step (DeepSpeed's
+        accumulation boundary and the gradient all-reduce need all ranks in step)."""
+        one = lambda v, dt: torch.full((1, 1), v, dtype=dt)
+        return {"input_ids": one(self.layout.train_pad, torch.int64), "labels": one(IGNORE_INDEX, torch.int64),
+                "weights": one(0, torch.float32), "percept_mask": one(False, torch.bool),
+                "position_ids": one(0, torch.int64)}
+
+    def build_window(self, start: int) -> Window:
+        plan = self.plan(start)
+        per_micro = self.world * self.mb
+        micro, samples, tokens = [], [], 0
+        for k in range(self.train_batch // per_micro):
+            lo = k * per_micro + self.rank * self.mb
+            mine = plan.rows[lo:lo + self.mb]
+            micro.append(self._collate(mine) if mine else self._empty_micro())
+            samples += [p.g for r in mine for p in r]
+            tokens += sum(p.hi - p.lo for r in mine for p in r)
+        w = sum(float(m["weights"].sum()) for m in micro)
+        pcount = sum(int(m["percept_mask"].sum()) for m in micro)
+        return Window(plan.start, plan.end, micro, w, pcount, tokens, samples, plan.dropped)
+
+    # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------
+    def next_window(self) -> Window:
+        if self._prefetch <= 0:
+            w = self.build_window(self.consumed)
+        else:
+            if self._thread is None:
+                self._queue = queue.Queue(maxsize=self._prefetch)
+                self._thread = threading.Thread(target=self._produce, args=(self.consumed,), daemon=True)
+                self._thread.start()
+            w = self._queue.get()
+            if isinstance(w, BaseException):
+                raise w
+        self.consumed = w.end
+        return w
+
+    def _produce(self, start: int) -> None:
+        try:
+            while not self._stop.is_set():
+                w = self.build_window(start)
+                start = w.end
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(w, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaced in next_window
+            self._queue.put(e)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __iter__(self):
+        while True:
+            yield self.next_window()

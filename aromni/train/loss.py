@@ -1,0 +1,89 @@
+"""The two training losses, as per-micro-batch *sums* that the loop normalises over the whole step.
+
+Weighted next-token prediction (reference §4): per-token cross-entropy times the spine's weights,
+``NTP = sum(w * ce) / sum(w)`` where both sums run over every micro-batch of the accumulation window on every rank.
+Normalising each micro-batch by its own weight sum (what a per-batch mean does) would let a short micro-batch count as
+much as a long one; here every weighted token counts the same, whatever the packing or the world size.
+
+Perceptual loss (text_to_image image spans): ``MSE(head(h), E[code])`` with E the frozen [8192, D] VQ codebook,
+averaged over dimensions and over every perceptual position of the window. Alignment: with ``align="next"`` (the
+default) the hidden state at t-1 (the one whose logits predict image token t) is regressed to token t's code
+embedding, so the loss shapes exactly the representation the image logits are read from. AR-Omni's code uses
+``align="same"`` (h_t, whose input already *is* token t); it stays available for reproduction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.sample import IGNORE_INDEX
+
+# Order of the detached per-micro-batch statistics (summed across micro-batches and ranks, then divided).
+STATS = ("ce_text", "n_text", "ce_image", "n_image", "ce_speech", "n_speech")
+
+
+@dataclass
+class MicroSums:
+    ntp: torch.Tensor        # sum(w * ce), with grad
+    perceptual: torch.Tensor  # sum over positions of mean-over-dims squared error, with grad
+    stats: torch.Tensor      # float64 [len(STATS)], detached: unweighted CE sums and counts by target modality
+
+
+def shift_left(x: torch.Tensor, fill) -> torch.Tensor:
+    """x[:, t+1] at t, ``fill`` at the end: labels (HF convention, the model shifts) -> what position t predicts."""
+    return torch.cat([x[:, 1:], torch.full_like(x[:, :1], fill)], dim=1)
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy in float32 of flat [N, vocab] logits against [N] targets."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def perceptual_sse(hidden: torch.Tensor, input_ids: torch.Tensor, percept_mask: torch.Tensor, head: torch.nn.Module,
+                   codebook: torch.Tensor, layout: Layout = AR_OMNI_V0_1, align: str = "next") -> torch.Tensor:
+    """Sum over the marked image-code positions of mean((head(h) - E[code])^2)."""
+    b, t = torch.nonzero(percept_mask, as_tuple=True)
+    if align == "next":
+        keep = t > 0
+        b, t = b[keep], t[keep]
+        h = hidden[b, t - 1]
+    else:
+        h = hidden[b, t]
+    if b.numel() == 0:
+        # keep the head in the graph so every rank produces a gradient for it (ZeRO reduces all of them)
+        return head(hidden[:1, :1]).sum() * 0.0
+    target = codebook[input_ids[b, t] - layout.image_code_start].float()
+    return ((head(h).float() - target) ** 2).mean(-1).sum()
+
+
+def modality_stats(ce: torch.Tensor, targets: torch.Tensor, layout: Layout = AR_OMNI_V0_1) -> torch.Tensor:
+    image = (targets >= layout.image_code_start) & (targets <= layout.image_code_end)
+    speech = (targets >= layout.speech_code_start) & (targets <= layout.speech_code_end)
+    text = ~image & ~speech
+    ce = ce.detach().double()
+    return torch.stack([ce[text].sum(), text.sum().double(), ce[image].sum(), image.sum().double(),
+                        ce[speech].sum(), speech.sum().double()])
+
+
+def micro_sums(logits, targets, weights, hidden, input_ids, percept_mask, head, codebook,
+               layout: Layout = AR_OMNI_V0_1, align: str = "next") -> MicroSums:
+    """``logits`` [N, vocab] at the N positions that have a target, ``targets``/``weights`` [N] for them."""
+    ce = token_ce(logits, targets)
+    ntp = (ce * weights.float()).sum()
+    pl = perceptual_sse(hidden, input_ids, percept_mask, head, codebook, layout, align)
+    return MicroSums(ntp, pl, modality_stats(ce, targets, layout))
+
+
+def window_loss(sums: MicroSums, weight_total: float, percept_total: int, lam: float, world: int) -> torch.Tensor:
+    """The micro-batch's share of the step loss ``NTP + lam * PL``, where the totals cover the whole window on all
+    ranks. Multiplied by ``world`` because DeepSpeed averages gradients over ranks (backward with
+    ``scale_wrt_gas=False``: the window totals already account for accumulation)."""
+    loss = sums.ntp / max(weight_total, 1e-8)
+    if lam > 0:
+        loss = loss + lam * sums.perceptual / max(percept_total, 1)
+    else:
+        loss = loss + 0.0 * sums.perceptual
+    return loss * world
