@@ -71,6 +71,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     reader = READERS[source.reader](source.name, recipe.resolve(source.path), source.options)
     steps = build_steps(recipe)
     seen_content: set[str] = set()
+    row_ids: set[str] = set()
     consecutive = 0
     read = 0
     dropped_turns = 0
@@ -112,8 +113,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
             return reject(ex.key, "grammar_error", "; ".join(problems), ex.id)
         meta = dict(ex.meta)
         meta["instruction"] = source.instruction if source.instruction is not None else tmpl["instruction"]
-        res.rows.append(Sample(ex.id, source.name, ex.task, ids, segs, meta))
-        consecutive = 0
+        keep(ex, Sample(ex.id, source.name, ex.task, ids, segs, meta))
 
     def emit_chat(ex: Example, media: dict):
         nonlocal dropped_turns
@@ -150,7 +150,16 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         problems = check_row(ids, segs, layout)
         if problems:
             return reject(ex.key, "grammar_error", "; ".join(problems), ex.id)
-        res.rows.append(Sample(ex.id, source.name, ex.task, list(ids), list(segs), meta))
+        keep(ex, Sample(ex.id, source.name, ex.task, list(ids), list(segs), meta))
+
+    def keep(ex: Example, row: Sample):
+        """The row, unless an earlier row of this unit has its id: one id is one row (the first is kept)."""
+        nonlocal consecutive
+        if row.id in row_ids:
+            return reject(ex.key, "duplicate_id", f"an earlier item of {unit.label} has the id {row.id}; it is kept",
+                          ex.id)
+        row_ids.add(row.id)
+        res.rows.append(row)
         consecutive = 0
 
     broken = None

@@ -44,10 +44,11 @@ def decode_image(data: bytes, min_side: int = 1) -> tuple[Image.Image, dict]:
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
         raise MediaError("bad_image", f"cannot decode image: {type(e).__name__}: {e}") from None
     try:
-        rotated = ImageOps.exif_transpose(img)
-        if rotated is not img:
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):  # the camera was turned: show the picture the way it was taken
+            img = ImageOps.exif_transpose(img)
             info["exif_transposed"] = True
-            img = rotated
+            info["exif_orientation"] = int(orientation)
     except Exception:  # noqa: BLE001 - broken EXIF must not lose the picture
         info["exif_error"] = True
     rgb = to_rgb(img)
@@ -69,6 +70,9 @@ def decode_audio(data, min_seconds: float = 0.0, max_seconds: float = float("inf
     else:
         if not data:
             raise MediaError("bad_audio", "zero-byte audio")
+        declared = _riff_bytes(data)
+        if declared > len(data) + 1:  # libsndfile would quietly decode the part that is there
+            raise MediaError("truncated_audio", f"the WAV header promises {declared} bytes, the file has {len(data)}")
         try:
             wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
             info["format"] = sf.info(io.BytesIO(data)).format
@@ -90,9 +94,20 @@ def decode_audio(data, min_seconds: float = 0.0, max_seconds: float = float("inf
     if dur > max_seconds:
         raise MediaError("audio_too_long", f"{dur:.2f} s > {max_seconds} s")
     peak = float(np.abs(wave).max()) if len(wave) else 0.0
+    clipped = float(np.mean(np.abs(wave) >= 0.999)) if len(wave) else 0.0
+    if clipped > 0.001:  # kept (a user would keep loud speech), but said so
+        info["clipped_fraction"] = round(clipped, 4)
     if peak < 1e-4:
         raise MediaError("silent_audio", f"peak amplitude {peak:.2e}")
     if peak > 1.0:
         wave = wave / peak
         info["normalised_from_peak"] = round(peak, 3)
     return wave.astype(np.float32), int(sr), info
+
+
+def _riff_bytes(data: bytes) -> int:
+    """The size a WAV (RIFF) header promises, 0 when unknown (not RIFF, or a streaming writer's 0 / 0xFFFFFFFF)."""
+    if data[:4] not in (b"RIFF", b"RIFX") or len(data) < 8:
+        return 0
+    size = int.from_bytes(data[4:8], "little" if data[:4] == b"RIFF" else "big")
+    return 0 if size in (0, 0xFFFFFFFF) else size + 8
