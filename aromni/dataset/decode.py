@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from aromni.dataset.folder import BuildFolder
-from aromni.model.text import file_sha256
 from aromni.sample import Segment
 
 MODALITIES = ("text", "image", "speech")
@@ -87,7 +86,7 @@ class RowDecoder:
         return self._tok.get(modality)
 
     def _load(self, modality: str):
-        from aromni import model  # noqa: F401 - importing registers every available loader
+        from aromni import model  # importing it registers every available loader
 
         cfg = _cfg(self.folder, modality)
         ident = (self.folder.manifest.get("tokenizers") or {}).get(modality) or {}
@@ -98,28 +97,29 @@ class RowDecoder:
         if needs_file and path is None:
             raise FileNotFoundError(f"tokenizer file not found (tried {', '.join(tried) or 'nothing'}); pass "
                                     f"--{modality}-tokenizer PATH")
-        if path is not None and path.is_file() and ident.get("sha256"):
-            sha = file_sha256(path)
-            if sha != ident["sha256"]:
-                msg = (f"{path} has sha256 {sha[:12]}..., the build used {ident['sha256'][:12]}...: "
-                       f"decoded output would be wrong")
-                if modality not in self.overrides:
-                    raise ValueError(msg + f"; pass --{modality}-tokenizer to decode with it anyway")
-                self.notes[modality] = "override: " + msg
         stand_in = bool(cfg.get("stand_in") or ident.get("stand_in"))
         if stand_in:
-            what = (ident.get("note") or f"{ident.get('kind', cfg.get('kind'))}, not the released tokenizer").removeprefix("STAND-IN: ")
-            self.notes.setdefault(modality, f"STAND-IN {modality} tokenizer ({what}); decoded with that same stand-in")
+            what = (ident.get("note") or f"{ident.get('kind', cfg.get('kind'))}, not the released tokenizer")
+            self.notes.setdefault(modality, f"STAND-IN {modality} tokenizer ({what.removeprefix('STAND-IN: ')}); "
+                                            f"decoded with that same stand-in")
         if modality == "text":
-            return model.load_text_tokenizer(path, self.layout, stand_in=stand_in)
-        registry = model.IMAGE_LOADERS if modality == "image" else model.SPEECH_LOADERS
-        kind = cfg.get("kind")
-        if kind not in registry:
-            raise LookupError(f"tokenizer kind {kind!r} is not registered in this aromni (known: {sorted(registry)})")
-        tok = registry[kind](str(path) if path is not None else None, self.layout, stand_in)
-        if not callable(getattr(tok, "decode", None)) or getattr(tok, "can_decode", True) is False:
-            raise NotImplementedError(f"the {kind!r} tokenizer at {path} can encode only (no decoder weights); point "
-                                      f"--{modality}-tokenizer at a checkpoint that has them")
+            tok = model.load_text_tokenizer(path, self.layout, stand_in=stand_in)
+        else:
+            registry = model.IMAGE_LOADERS if modality == "image" else model.SPEECH_LOADERS
+            kind = cfg.get("kind")
+            if kind not in registry:
+                raise LookupError(f"tokenizer kind {kind!r} is not registered in this aromni (known: {sorted(registry)})")
+            tok = registry[kind](str(path) if path is not None else None, self.layout, stand_in)
+            if not callable(getattr(tok, "decode", None)) or getattr(tok, "can_decode", True) is False:
+                raise NotImplementedError(f"the {kind!r} tokenizer at {path} can encode only (no decoder weights); "
+                                          f"point --{modality}-tokenizer at a checkpoint that has them")
+        # the same checkpoint as the build? (identity sha256: the file for text, the weights for VQGAN/WavTokenizer)
+        want, got = ident.get("sha256"), (getattr(tok, "identity", None) or {}).get("sha256")
+        if want and got and want != got:
+            msg = f"{path} has sha256 {got[:12]}..., the build used {want[:12]}...: decoded output would be wrong"
+            if modality not in self.overrides:
+                raise ValueError(msg + f"; pass --{modality}-tokenizer to decode with it anyway")
+            self.notes[modality] = "override: " + msg
         return tok
 
     # ---- decoding ------------------------------------------------------------------------------------------

@@ -51,13 +51,14 @@ def compute(folder: BuildFolder) -> tuple[dict, dict[str, np.ndarray]]:
     rows = tokens = 0
     for t in folder.tables(columns=["task", "source", "n_tokens", "segments"]):
         n = t.column("n_tokens").to_numpy()
-        tasks = t.column("task").to_pylist()
-        for task, src, k in zip(tasks, t.column("source").to_pylist(), n.tolist()):
-            for key, v in (("task", task), ("group", group_of.get(src, "?")), ("source", src)):
-                by[key][v][0] += 1
-                by[key][v][1] += k
-        for task in set(tasks):
-            lengths[task].append(n[np.asarray(tasks) == task])
+        agg = t.group_by(["task", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
+        for r in agg.to_pylist():
+            for key, v in (("task", r["task"]), ("group", group_of.get(r["source"], "?")), ("source", r["source"])):
+                by[key][v][0] += r["n_tokens_count"]
+                by[key][v][1] += r["n_tokens_sum"]
+        tasks = t.column("task").to_numpy(zero_copy_only=False)
+        for task in np.unique(tasks):
+            lengths[str(task)].append(n[tasks == task])
         agg = segment_lengths(t).group_by(["task", "role", "modality"]).aggregate([("tokens", "sum")])
         for r in agg.to_pylist():
             mod[(r["task"], r["role"], r["modality"])] += r["tokens_sum"]
@@ -157,7 +158,8 @@ def plot_lengths(lens: dict[str, np.ndarray], st: dict, path: Path, max_tokens: 
             p50, p95 = np.percentile(x, [50, 95], method="nearest")
             ax.axvline(p50, color="black", linestyle="--", linewidth=1, label=f"median {int(p50)}")
             ax.axvline(p95, color="#C44E52", linestyle=":", linewidth=1.5, label=f"p95 {int(p95)}")
-            ax.legend(fontsize=8, loc="upper right", frameon=False)
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom: the legend sits above the bars
+            ax.legend(fontsize=8, loc="upper right", framealpha=0.9, edgecolor="none")
         ax.set_title(f"{task}  ({len(x)} rows)", fontsize=10)
         ax.set_xlabel("tokens per row", fontsize=9)
         ax.set_ylabel("rows", fontsize=9)

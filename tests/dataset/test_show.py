@@ -31,6 +31,14 @@ def _first(folder, task):
     raise AssertionError(f"no {task} row in the demo build")
 
 
+def _damaged_caption_row(build, edit, out):
+    """Edit the build's manifest, then decode its first image_caption row: (folder, decoder, view)."""
+    edit_manifest(build, edit)
+    f = BuildFolder(build)
+    dec = RowDecoder(f)
+    return f, dec, render_row(f, dec, out, index=_first(f, "image_caption")[0])
+
+
 def test_row_by_index_and_by_id_agree(folder):
     last = folder.row(-1)
     index, again = folder.find(last["id"])
@@ -73,11 +81,7 @@ def test_missing_text_tokenizer_is_said_and_the_rest_still_decodes(fresh_build, 
     def lose_text(m):
         m["tokenizers"]["text"]["path"] = str(tmp_path / "gone.json")
         m["recipe"]["tokenizers"]["text"]["path"] = str(tmp_path / "gone.json")
-    edit_manifest(fresh_build, lose_text)
-    f = BuildFolder(fresh_build)
-    index, row = _first(f, "image_caption")
-    dec = RowDecoder(f)
-    view = render_row(f, dec, tmp_path / "out", index=index)
+    f, dec, view = _damaged_caption_row(fresh_build, lose_text, tmp_path / "out")
     assert "tokenizer file not found" in dec.problems["text"] and "--text-tokenizer" in dec.problems["text"]
     assert view.segments[0].text.startswith("<bos>")  # markers still named, BPE ids shown raw: "[18282 16409]"
     assert re.search(r"\[\d+( \d+)*\]", view.segments[0].text)
@@ -93,11 +97,7 @@ def test_unregistered_kind_and_changed_file_are_refused_with_reasons(fresh_build
     def edit(m):
         m["recipe"]["tokenizers"]["image"]["kind"] = "no-such-kind"
         m["tokenizers"]["text"]["path"] = str(changed)
-    edit_manifest(fresh_build, edit)
-    f = BuildFolder(fresh_build)
-    index, _ = _first(f, "image_caption")
-    dec = RowDecoder(f)
-    view = render_row(f, dec, tmp_path / "out", index=index)
+    f, dec, view = _damaged_caption_row(fresh_build, edit, tmp_path / "out")
     assert "not registered" in dec.problems["image"] and "standin" in dec.problems["image"]
     assert "sha256" in dec.problems["text"]
     assert [s.problem for s in view.segments if s.modality == "image"][0] == dec.problems["image"]
@@ -120,3 +120,39 @@ def test_html_page_covers_every_task_with_players_and_pictures(folder, tmp_path)
     assert text.count("<img ") == n_img > 0 and text.count("<audio ") == n_wav > 0
     assert all((tmp_path / s).is_file() for s in srcs)
     assert "&lt;bos&gt;" in text and "STAND-IN" in text  # text escaped; stand-in said
+
+
+def test_real_format_checkpoints_decode_through_the_registry(fresh_build, tmp_path):
+    """Chameleon VQGAN / WavTokenizer files (random weights, published layouts) named in a manifest decode through
+    the same registry the build uses; an HF Chameleon dir (VQ encoder only) is refused with the reason."""
+    from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
+    from aromni.model.random_checkpoints import (meta_vqgan_to_hf, tiny_vqgan_config, write_meta_vqgan,
+                                                 write_wavtokenizer)
+
+    vq_dir = write_meta_vqgan(tmp_path / "vqgan", tiny_vqgan_config(64), seed=1)
+    wt_dir = write_wavtokenizer(tmp_path / "wavtokenizer", seed=1)
+    vq, wt = IMAGE_LOADERS["vqgan"](str(vq_dir), L, True), SPEECH_LOADERS["wavtokenizer"](str(wt_dir), L, True)
+
+    def point_at(image_dir, image):
+        def edit(m):
+            m["recipe"]["tokenizers"]["image"] = {"kind": "vqgan", "path": str(image_dir), "stand_in": True}
+            m["recipe"]["tokenizers"]["speech"] = {"kind": "wavtokenizer", "path": str(wt_dir), "stand_in": True}
+            m["tokenizers"]["image"], m["tokenizers"]["speech"] = image.identity, wt.identity  # as a build records
+        return edit
+
+    edit_manifest(fresh_build, point_at(vq_dir, vq))
+    f = BuildFolder(fresh_build)
+    dec = RowDecoder(f)
+    _, cap = _first(f, "image_caption")
+    img = next(v for v in render_row(f, dec, tmp_path / "out", row_id=cap["id"]).segments if v.modality == "image")
+    s = next(s for s in cap["segments"] if s["modality"] == "image")
+    direct = vq.decode([L.image_codes(cap["input_ids"][s["start"] + 1:s["end"] - 1])])[0]
+    assert np.array_equal(np.asarray(Image.open(img.file)), np.asarray(direct)) and direct.size == (64, 64)
+    _, asr = _first(f, "speech_to_text")
+    sp = next(v for v in render_row(f, dec, tmp_path / "out", row_id=asr["id"]).segments if v.modality == "speech")
+    assert sf.info(sp.file).frames == (sp.end - sp.start - 2) * 600 and not dec.problems
+
+    hf_dir = meta_vqgan_to_hf(vq_dir, tmp_path / "hf")
+    edit_manifest(fresh_build, point_at(hf_dir, IMAGE_LOADERS["vqgan"](str(hf_dir), L, True)))
+    dec = RowDecoder(BuildFolder(fresh_build))
+    assert dec.tokenizer("image") is None and "can encode only" in dec.problems["image"]
