@@ -23,13 +23,14 @@ def accounting(recipe: Recipe, stats: list[dict]) -> dict:
     acc: dict = {}
     for s in recipe.sources:
         acc[s.name] = {"reader": s.reader, "group": s.group, "units": 0, "read": 0, "written": 0,
-                       "rejected": Counter(), "circuit_breakers": []}
+                       "rejected": Counter(), "dropped_turns": 0, "circuit_breakers": []}
     for st in stats:
         a = acc[st["source"]]
         a["units"] += 1
         a["read"] += st["read"]
         a["written"] += st["written"]
         a["rejected"].update(st["rejected"])
+        a["dropped_turns"] += st.get("dropped_turns", 0)  # chat rows: turns cut to fit max_chat_tokens, unpaired
         if st.get("circuit_breaker"):
             a["circuit_breakers"].append(st["circuit_breaker"])
     for a in acc.values():

@@ -98,6 +98,7 @@ def test_instruct_recipe_builds_validates_and_every_item_is_somewhere(instruct):
         assert len(ids) == a["written"] and not ids & rejected[src]        # one group, ratio 1: every row used once
     assert all(r["task"] == "chat" and r["input_ids"][-1] == 12831 and len(r["input_ids"]) <= 3456 for r in rows)
     assert m["accounting"]["ultrachat"]["units"] == 2
+    assert m["accounting"]["ultrachat"]["dropped_turns"] == fixture_tree()[1]["ultrachat"]["dropped_turns"] == 1
 
 
 @pytest.mark.slow
