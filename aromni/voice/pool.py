@@ -26,14 +26,27 @@ class VoiceActor:
 
 
 class PooledSynthesizer(Synthesizer):
-    def __init__(self, backend, cache, actors: list):
+    def __init__(self, backend, cache, connect):
         super().__init__(backend, cache)
-        self.actors = actors
+        self.connect = connect          # () -> actor handles (found or created by name)
+        self.actors = connect()
 
     def _synthesise(self, text: str, key: str) -> np.ndarray:
         import ray
-        actor = self.actors[int(key, 16) % len(self.actors)]
-        return ray.get(actor.synthesise.remote(text))
+        from ray.exceptions import RayActorError
+        for attempt in (0, 1):
+            actor = self.actors[int(key, 16) % len(self.actors)]
+            try:
+                return ray.get(actor.synthesise.remote(text))
+            except RayActorError:  # its owner (another unit's worker) went away: find or start it again, once
+                if attempt:
+                    raise
+                _HANDLES.clear()
+                self.actors = self.connect()
+
+
+# Handles kept for the life of this worker process: a named actor lives as long as its creator holds a reference.
+_HANDLES: dict[str, list] = {}
 
 
 def pooled_synthesizer(backend: str, options: dict, cache_dir, root, actors: int, num_cpus: float,
@@ -43,8 +56,12 @@ def pooled_synthesizer(backend: str, options: dict, cache_dir, root, actors: int
     if not ray.is_initialized():
         return get_synthesizer(backend, options, cache_dir, root)
     tag = hashlib.sha256(json.dumps([backend, options, str(root)], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(VoiceActor)
-    handles = [cls.options(name=f"aromni-voice-{tag}-{i}", get_if_exists=True).remote(
-        backend, options, str(root) if root is not None else None) for i in range(actors)]
+
+    def connect() -> list:
+        if tag not in _HANDLES:
+            cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(VoiceActor)
+            _HANDLES[tag] = [cls.options(name=f"aromni-voice-{tag}-{i}", get_if_exists=True).remote(
+                backend, options, str(root) if root is not None else None) for i in range(actors)]
+        return _HANDLES[tag]
     return PooledSynthesizer(BACKENDS[backend](options, root),
-                             VoiceCache(cache_dir if cache_dir is not None else default_cache_dir()), handles)
+                             VoiceCache(cache_dir if cache_dir is not None else default_cache_dir()), connect)

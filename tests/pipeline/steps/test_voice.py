@@ -95,14 +95,14 @@ def test_bad_backend_options_fail_at_recipe_time(tmp_path):
 
 
 # ---- the instruction recipe, end to end ---------------------------------------------------------------------------
-def build_instruct(root, out, noise, cache):
+def build_instruct(root, out, noise, cache, voice_extra=""):
     from aromni.pipeline.build import build
     from aromni.recipe import load_recipe
     from tests.pipeline.readers.published import STANDIN_TOKENIZERS
     from tests.pipeline.test_recipes import ROOT
     recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
         f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[0].options.path={noise}",
-        f"steps[1].options={{backend: espeak, cache_dir: {cache}}}"])
+        f"steps[1].options={{backend: espeak, cache_dir: {cache}{voice_extra}}}"])
     return build(recipe, out, workers=2, progress=False)
 
 
@@ -113,7 +113,7 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
     from tests.pipeline.readers.published import fixture_tree
     root, _ = fixture_tree()
     noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE", "DLIVING"), seconds=3.0)
-    first = build_instruct(root, tmp_path / "a", noise, tmp_path / "cache")
+    first = build_instruct(root, tmp_path / "a", noise, tmp_path / "cache", ", actors: 1")  # synthesis on a Ray actor
     assert validate(tmp_path / "a").ok
     rows = pq.read_table(tmp_path / "a" / "data").to_pylist()
     spoken = 0
@@ -134,7 +134,7 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
         spoken += len(voiced)
     assert spoken >= 8
     assert sum(st.get("steps", {}).get("voice", {}).get("synthesised", 0) for st in _unit_stats(tmp_path / "a")) > 0
-    # a second build (new output, same cache): nothing is synthesised, and the shards are byte-identical
+    # a second build (new output, same cache, in-process synthesis): nothing is synthesised, the shards are identical
     build_instruct(root, tmp_path / "b", noise, tmp_path / "cache")
     stats_b = _unit_stats(tmp_path / "b")
     assert sum(st.get("steps", {}).get("voice", {}).get("synthesised", 0) for st in stats_b) == 0
