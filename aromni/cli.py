@@ -126,7 +126,7 @@ def readers(name: Optional[str] = typer.Argument(None, help="show one reader onl
         return
     for n in names:
         out_console.rule(f"[bold]{n}")
-        out_console.print(info[n]["layout"], highlight=False)
+        out_console.print(info[n]["layout"], highlight=False, markup=False)  # layouts hold [brackets]
         for k, o in info[n]["options"].items():
             out_console.print(f"  options.{k} (default {o['default']!r}): {o['description']}", highlight=False)
 
