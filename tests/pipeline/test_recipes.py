@@ -125,6 +125,7 @@ def test_readers_cli_lists_all_ten_with_layouts():
         assert len(r["layout"]) > 150 and "path:" in r["layout"], name
     text = run("readers", "journeydb")
     assert "train_anno_realease_repath.jsonl" in text and "options.text" in text
+    assert "mls_{lang}[_opus]" in run("readers", "mls")                   # printed verbatim, not as rich markup
 
 
 @pytest.mark.parametrize("recipe", ["pretrain.yaml", "instruct.yaml"])
