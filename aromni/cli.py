@@ -68,6 +68,9 @@ def build(
         _fail(f"{recipe}: {e}")
     except (BuildError, MixError) as e:
         _fail(str(e), 1)
+    except OSError as e:  # disk full, no permission, ...: finished units are kept, nothing half-written is used
+        _fail(f"cannot write the build: {e.strerror or e} ({e.filename or out}). Finished units are kept; fix the "
+              f"cause and rerun the same command to resume.", 1)
     print_summary(rep.manifest, out, rep)
 
 
@@ -82,6 +85,9 @@ def print_summary(m: dict, out: Path, rep=None) -> None:
         top = ", ".join(f"{k} {v}" for k, v in sorted(a["rejected"].items(), key=lambda kv: -kv[1])[:3])
         t.add_row(src, a["group"], str(a["read"]), str(a["written"]), str(rej), top)
     out_console.print(t)
+    for src, a in m["accounting"].items():
+        for cb in a.get("circuit_breakers") or []:
+            out_console.print(f"[bold red]circuit breaker[/] {src}: {cb}", highlight=False, soft_wrap=True)
     mix = ", ".join(f"{g} {v['used']}/{v['available']}" for g, v in m["mixing"]["groups"].items())
     out_console.print(f"mixing ({m['mixing']['stop']}): used/available {mix}")
     if rep is not None:

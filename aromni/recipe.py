@@ -172,6 +172,11 @@ class OutputConfig(Strict):
     compression_level: int = Field(3, ge=1, le=22)
 
 
+# Tasks whose rows hold image / speech codes: a recipe with such a task needs that tokenizer.
+MEDIA_TASKS = {"image": {"image_caption", "text_to_image", "image_to_text", "speech_to_image"},
+               "speech": {"speech_to_text", "text_to_speech", "speech_to_image"}}
+
+
 class Recipe(Strict):
     name: str
     description: str = ""
@@ -184,12 +189,30 @@ class Recipe(Strict):
     mixing: MixingConfig = Field(default_factory=MixingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @field_validator("data_root")
+    @classmethod
+    def _root(cls, v):
+        if "\x00" in v:
+            raise ValueError("contains a NUL byte")
+        try:
+            Path(v).expanduser()
+        except RuntimeError as e:  # ~user that does not exist
+            raise ValueError(f"{v!r}: {e}") from None
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self):
         names = [s.name for s in self.sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"source names must be unique, repeated: {dup}")
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"sources[{i}].name: {n!r} is already the name of sources[{names.index(n)}]; "
+                                 f"source names must be unique (they prefix every row id)")
+        for kind, needs in MEDIA_TASKS.items():  # else every example would be rejected at tokenize time
+            users = [(i, s) for i, s in enumerate(self.sources) if set(s.tasks) & needs]
+            if users and getattr(self.tokenizers, kind) is None:
+                i, s = users[0]
+                raise ValueError(f"tokenizers.{kind} is missing, but sources[{i}] ({s.name}) has {kind} tasks "
+                                 f"{sorted(set(s.tasks) & needs)}; add tokenizers.{kind} (kind: standin for a trial)")
         groups = {s.group for s in self.sources}
         missing = sorted(set(self.mixing.ratio) - groups)
         if missing:
@@ -203,7 +226,11 @@ class Recipe(Strict):
     def resolve(self, p: str | None) -> Path | None:
         if p is None:
             return None
-        q = Path(p).expanduser()
+        q = Path(p)
+        try:
+            q = q.expanduser()
+        except RuntimeError:  # ~user that does not exist: left as written, check_paths reports it
+            pass
         return q if q.is_absolute() else Path(self.data_root).expanduser() / q
 
     def to_dict(self) -> dict:
@@ -300,12 +327,33 @@ def parse_recipe(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Reci
         raise RecipeError(f"recipe has a malformed key: {e}") from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error instead of the last one
+    silently winning (``seed: 0`` ... ``seed: 1`` is a typo to report, not a choice to guess)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"key {key!r} is given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise RecipeError(f"{p}: not valid YAML: {e}") from None
     except UnicodeDecodeError:

@@ -166,6 +166,8 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     stats, dup_rejects = mixing.account_duplicates(stats, stems, dups)
     groups = mixing.order_groups(recipe, out, stems, stem_group, skip=dups)
     blocks, mix_report = mixing.select(recipe, groups)
+    # manifest.json means "finished, and it describes data/": none while the shards are being rewritten
+    (out / MANIFEST).unlink(missing_ok=True)
     shards = mixing.write_shards(recipe, out, stems, mixing.shard_blocks(recipe, blocks))
     import pyarrow.parquet as pq
     totals_ = totals([pq.read_table(out / s["path"], columns=["task", "source", "n_tokens"]) for s in shards], recipe)

@@ -31,8 +31,12 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kw) -> None:
 
 def write_json_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:  # a full disk must not leave a half-written temp behind
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_part(out: Path, stem: str, result, recipe) -> None:
