@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# this file is named like the `tokenizers` package: keep bench/ off the import path, put the repo on it
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 
@@ -159,6 +161,7 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aromni-bench-tokenizers"))
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1),
                     help="CPUs per tokenizer actor (and torch threads of the bare run)")
@@ -175,8 +178,9 @@ def main():
     ckpts = {"vqgan": ck / "vqgan", "wavtokenizer": ck / "wavtokenizer"}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {dev}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
-    img = bench_vqgan(ckpts["vqgan"], args.image_batches)
-    aud = bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches, args.clip_seconds)
+    img = {} if args.skip_throughput else bench_vqgan(ckpts["vqgan"], args.image_batches)
+    aud = {} if args.skip_throughput else bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches,
+                                                             args.clip_seconds)
     res = None
     if not args.skip_build:
         corpus = work / f"corpus{args.images}"
@@ -190,10 +194,10 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         res = bench_overhead(ckpts, corpus, out, args.workers, args.num_cpus)
     print("\nsummary")
-    for bs in args.image_batches:
+    for bs in img:
         print(f"  vqgan  batch {bs:>3}: {img[bs]:.3f} images/s (x{img[bs] / img[args.image_batches[0]]:.2f} vs batch "
               f"{args.image_batches[0]})")
-    for bs in args.audio_batches:
+    for bs in aud:
         print(f"  wavtok batch {bs:>3}: {aud[bs]:.1f} audio-s/s (x{aud[bs] / aud[args.audio_batches[0]]:.2f} vs batch "
               f"{args.audio_batches[0]})")
     if res:
