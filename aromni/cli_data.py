@@ -143,6 +143,8 @@ def register(app: typer.Typer) -> None:
         else:
             for line in describe(view, dec):
                 out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+            if all(s.modality == "text" for s in view.segments):
+                out_console.print("  (text only: no image or speech span to write; try another --row or --html)")
 
     @app.command()
     def card(out: Path = typer.Argument(..., help=DIR_HELP),
@@ -230,3 +232,5 @@ def register(app: typer.Typer) -> None:
         for reason, n in rep.skipped.items():
             out_console.print(f"  skipped {n:,}: {reason}", highlight=False)
         out_console.print(f"report: {to / 'export.json'}")
+        if rep.rows_out == 0:
+            _fail(f"nothing exported: every row was skipped (see above); {fmt} cannot hold this build's rows")

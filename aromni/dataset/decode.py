@@ -73,7 +73,8 @@ class RowDecoder:
         self.notes: dict[str, str] = {}      # loaded, with a caveat (stand-in, override with another sha256)
         self.problems: dict[str, str] = {}   # cannot decode, and why
         self._tok: dict[str, Any] = {}
-        self._names = {v: k for k, v in self.layout.markers.items()}
+        # structural ids by name; the SFT markers as upstream writes them
+        self._names = {v: {"ins": "<-Ins->", "res": "<-Res->"}.get(k, f"<{k}>") for k, v in self.layout.markers.items()}
 
     # ---- loading -------------------------------------------------------------------------------------------
     def tokenizer(self, modality: str):
@@ -137,7 +138,7 @@ class RowDecoder:
         for i in ids:
             if i in self._names:
                 flush()
-                out.append(f"<{self._names[i]}>")
+                out.append(self._names[i])
             else:
                 run.append(i)
         flush()

@@ -147,7 +147,10 @@ def plot_lengths(lens: dict[str, np.ndarray], st: dict, path: Path, max_tokens: 
     tasks = list(lens) or ["(no rows)"]
     cols = min(3, len(tasks))
     nrows = -(-len(tasks) // cols)
-    fig = _figure(4.2 * cols, 2.9 * nrows + 0.9, f"{st['name']}: row length (tokens) per task", st["stand_in"])
+    title = f"{st['name']}: row length (tokens) per task"
+    if max_tokens:
+        title += f" (the recipe rejects rows over {max_tokens})"
+    fig = _figure(max(4.2 * cols, 9), 2.9 * nrows + 1.1, title, st["stand_in"])
     axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
     for ax, task in zip(axes, tasks):
         x = lens.get(task, np.zeros(0))
@@ -167,9 +170,6 @@ def plot_lengths(lens: dict[str, np.ndarray], st: dict, path: Path, max_tokens: 
         ax.tick_params(labelsize=8)
     for ax in axes[len(tasks):]:
         ax.set_visible(False)
-    if max_tokens:
-        fig.text(0.99, 0.005, f"filter: rows longer than {max_tokens} tokens are rejected", ha="right", fontsize=8,
-                 color="#555")
     return _save(fig, path)
 
 
