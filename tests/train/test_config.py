@@ -1,0 +1,56 @@
+"""Training recipes: the shipped ones load, DeepSpeed JSONs carry real numbers, overrides reach both files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aromni.recipe import RecipeError
+from aromni.train.config import for_world_size, load_train_recipe
+
+from .conftest import ROOT
+
+RECIPES = ["train_tiny.yaml", "train_pretrain.yaml", "train_sft.yaml"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_shipped_recipes_load_and_start_with_their_launch_command(name):
+    path = ROOT / "recipes" / name
+    r, ds = load_train_recipe(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("recipes/" + name) in first and ("torchrun" in first or " train " in first)
+    assert r.train.steps == ds["scheduler"]["params"]["total_num_steps"]
+    assert ds["train_batch_size"] % ds["train_micro_batch_size_per_gpu"] == 0
+    assert r.loss.targets == ("assistant" if "sft" in name else "all")
+
+
+def test_overrides_edit_the_recipe_and_the_deepspeed_json():
+    r, ds = load_train_recipe(ROOT / "recipes" / "train_tiny.yaml",
+                              ["train.steps=3", "data.max_len=512", "ds.optimizer.params.lr=0.5",
+                               "ds.zero_optimization.stage=1"])
+    assert (r.train.steps, r.data.max_len) == (3, 512)
+    assert ds["optimizer"]["params"]["lr"] == 0.5 and ds["zero_optimization"]["stage"] == 1
+    with pytest.raises(RecipeError, match="data.pack"):
+        load_train_recipe(ROOT / "recipes" / "train_tiny.yaml", ["data.pack=maybe"])
+    with pytest.raises(RecipeError, match="unknown key"):
+        load_train_recipe(ROOT / "recipes" / "train_tiny.yaml", ["loss.on=all"])
+
+
+def test_deepspeed_json_without_real_numbers_is_refused(tmp_path):
+    ds = json.loads((ROOT / "recipes" / "ds_tiny.json").read_text())
+    ds["gradient_clipping"] = "auto"
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    text = (ROOT / "recipes" / "train_tiny.yaml").read_text().replace("deepspeed: ds_tiny.json",
+                                                                        f"deepspeed: {tmp_path / 'ds.json'}")
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError, match="gradient_clipping"):
+        load_train_recipe(tmp_path / "r.yaml")
+    with pytest.raises(RecipeError, match="stage 3"):
+        load_train_recipe(ROOT / "recipes" / "train_tiny.yaml", ["ds.zero_optimization.stage=3"])
+
+
+def test_world_size_keeps_the_global_batch():
+    _, ds = load_train_recipe(ROOT / "recipes" / "train_tiny.yaml", ["ds.train_batch_size=8"])
+    assert [for_world_size(ds, w)["gradient_accumulation_steps"] for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(RecipeError, match="not divisible"):
+        for_world_size(ds, 3)
