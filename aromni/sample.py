@@ -152,12 +152,10 @@ def image_code_positions(input_ids: Sequence[int], segments: Sequence, role: str
                          layout: Layout = AR_OMNI_V0_1) -> np.ndarray:
     """Positions of the image codes (without 8197/8196) inside image segments of ``role``: where the perceptual
     loss applies for text_to_image."""
-    out = []
-    for s in segments:
-        s = s if isinstance(s, Segment) else Segment(**s)
-        if s.modality == "image" and s.role == role:
-            out.extend(range(s.start + 1, s.end - 1))
-    return np.asarray(out, dtype=np.int64)
+    spans = [np.arange(s.start + 1, s.end - 1, dtype=np.int64)
+             for s in (s if isinstance(s, Segment) else Segment(**s) for s in segments)
+             if s.modality == "image" and s.role == role]
+    return np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)  # arrays, not lists: the loader's hot path
 
 
 # ---------------------------------------------------------------------------------------------------------------

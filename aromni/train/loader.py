@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 import torch
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.pipeline.unit import stable_hash
 from aromni.sample import IGNORE_INDEX, LossPolicy, Segment, image_code_positions, labels_and_weights
 
 MEDIA = ("image", "speech")
@@ -210,6 +209,7 @@ class ShardSet:
         return out
 
     def _epoch_rows(self, epoch: int, seed: int) -> np.ndarray:
+        from aromni.pipeline.unit import stable_hash   # (heavy module: imported only when shuffling)
         key = (epoch, seed)
         if getattr(self, "_epoch_key", None) != key:
             rng = np.random.default_rng(stable_hash("epoch", seed, epoch))

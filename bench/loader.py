@@ -1,0 +1,129 @@
+"""How fast the trainer's loader turns shards into packed batches, against a raw pyarrow read of the same shards.
+
+    .venv/bin/python bench/loader.py                    # synthetic shards in the real row schema (default 6000 rows)
+    .venv/bin/python bench/loader.py --data runs/demo   # an existing build (small: numbers are noisy)
+
+Goal (issue 8): >= 1M tokens/s per core into packed batches, and <= 1.2x the raw read time. Times are CPU seconds of
+this process (the machine may be shared), with pyarrow on one thread so both sides run on one core. "raw read" reads
+the columns the loader needs (input_ids, segments, task) for every row group and touches the token buffers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aromni.layout import AR_OMNI_V0_1 as L  # noqa: E402
+from aromni.sample import Sample, Segment, rows_to_table  # noqa: E402
+from aromni.train.loader import Loader, ShardSet  # noqa: E402  (imported before any timing)
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[Sample]:
+    """Rows shaped like the paper's 1:1:1 mix: text documents, text<->image, text<->speech."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 3
+        text = lambda k: (16384 + rng.integers(0, 48000, k)).tolist()   # noqa: E731
+        if kind == 0:
+            body = [0] + text(int(rng.integers(200, 1200))) + [2]
+            segs = [Segment("assistant", "text", 0, len(body))]
+            task = "text_to_text"
+        elif kind == 1:
+            prompt = [0] + text(int(rng.integers(10, 40))) + [L.eoh]
+            img = [L.boi] + (4 + rng.integers(0, 8192, 1024)).tolist() + [L.eoi]
+            body = prompt + img + [2]
+            segs = [Segment("user", "text", 0, len(prompt)), Segment("assistant", "image", len(prompt),
+                                                                       len(prompt) + 1026),
+                    Segment("assistant", "text", len(prompt) + 1026, len(body))]
+            task = "text_to_image"
+        else:
+            speech = [L.boa] + (L.speech_code_start + rng.integers(0, 4096, int(rng.integers(80, 600)))).tolist() \
+                + [L.eoa]
+            head = [0] + text(8)
+            tail = [L.eoh] + text(int(rng.integers(10, 60))) + [2]
+            body = head + speech + tail
+            segs = [Segment("user", "text", 0, len(head)), Segment("user", "speech", len(head), len(head) + len(speech)),
+                    Segment("assistant", "text", len(head) + len(speech), len(body))]
+            task = "speech_to_text"
+        out.append(Sample(f"bench/{i}", "bench", task, body, segs))
+    return out
+
+
+def write_shards(rows: list[Sample], d: Path, per_shard: int = 2000) -> Path:
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    n = (len(rows) + per_shard - 1) // per_shard
+    for k in range(n):
+        t = rows_to_table(rows[k * per_shard:(k + 1) * per_shard])
+        pq.write_table(t, d / "data" / f"train-{k:05d}-of-{n:05d}.parquet", compression="zstd",
+                       compression_level=3, row_group_size=512)
+    return d
+
+
+def raw_read(files: list[str]) -> int:
+    tokens = 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for i in range(pf.metadata.num_row_groups):
+            t = pf.read_row_group(i, columns=["input_ids", "segments", "task"], use_threads=False)
+            ids = t.column("input_ids").combine_chunks()
+            tokens += len(ids.values.to_numpy())
+            t.column("segments").combine_chunks().values.field("start").to_numpy()
+    return tokens
+
+
+def loader_epoch(path: str, train_batch: int, micro: int, max_len: int) -> tuple[int, int]:
+    shards = ShardSet(path)
+    ld = Loader(shards, rank=0, world=1, micro_batch=micro, train_batch=train_batch, max_len=max_len, pack=True)
+    tokens = windows = 0
+    while ld.consumed < len(shards):
+        w = ld.next_window()
+        tokens += w.tokens
+        windows += 1
+    return tokens, windows
+
+
+def timed(fn, *a):
+    c, t = time.process_time(), time.perf_counter()
+    r = fn(*a)
+    return r, time.process_time() - c, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="an existing build folder (default: synthetic shards in a temp dir)")
+    ap.add_argument("--rows", type=int, default=6000)
+    ap.add_argument("--train-batch", type=int, default=64)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=1300)
+    args = ap.parse_args()
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data:
+            path = Path(args.data)
+        else:
+            print(f"writing {args.rows} synthetic rows ...", flush=True)
+            path = write_shards(synthetic_rows(args.rows), Path(tmp))
+        files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
+        raw_read(files)                                                     # warm the page cache
+        tok_raw, c_raw, w_raw = min((timed(raw_read, files) for _ in range(3)), key=lambda r: r[1])
+        (tok, n_win), c_ld, w_ld = timed(loader_epoch, str(path), args.train_batch, args.micro, args.max_len)
+    print(f"shards: {len(files)} file(s), {tok_raw:,} tokens; packed into windows of {args.train_batch} rows x "
+          f"{args.max_len} ({n_win} windows, {tok:,} tokens)")
+    print(f"raw pyarrow read : {c_raw:7.3f} s CPU ({w_raw:.3f} s wall)  {tok_raw / c_raw / 1e6:8.2f} M tokens/s/core")
+    print(f"loader -> batches: {c_ld:7.3f} s CPU ({w_ld:.3f} s wall)  {tok / c_ld / 1e6:8.2f} M tokens/s/core")
+    print(f"ratio loader/raw : {c_ld / c_raw:.1f}x   (goal <= 1.2x; tokens/s goal >= 1M per core: "
+          f"{'met' if tok / c_ld >= 1e6 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
