@@ -135,7 +135,8 @@ def bench_overhead(ckpts: dict[str, Path], corpus: Path, out_dir: Path, workers:
 
     import ray
     t0 = time.perf_counter()
-    ray.init(num_cpus=workers + 2 * int(np.ceil(num_cpus)), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=workers + 2 * int(np.ceil(num_cpus)), include_dashboard=False,
+             log_to_driver=False,
              configure_logging=False)
     t_ray = time.perf_counter() - t0
     from aromni.pipeline.pools import start_pools
