@@ -1,0 +1,286 @@
+"""Every task from Python: ``Omni.load(model_dir)`` then ``tts`` / ``asr`` / ``caption`` / ``t2i`` / ``chat``.
+
+    omni = Omni.load("runs/model")                    # tokenizers: from the model dir, else stand-ins (loudly)
+    reply = omni.tts("hello")                         # reply.audio (24 kHz), reply.metrics (FTL, RTF)
+    for chunk in omni.tts_stream("hello"): ...        # AudioChunk(samples, sample_rate, ...) as they are ready
+    omni.t2i("a red fox").images[0].save("fox.png")   # 512 x 512
+    chat = omni.chat(); chat.send(Message(text="hi")).text
+
+Each task pins what its reply may contain (``Constraints``) as its template's assistant part does: tts opens a
+speech span at once, t2i an image; asr and caption answer in text; chat may mix all three. Greedy vs sampling
+defaults follow upstream's scripts (tts / asr / caption greedy, t2i and chat sampled).
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from aromni.infer.generate import Options, Session
+from aromni.infer.lm import ChameleonLM
+from aromni.infer.outputs import Reply, split_reply, text_of
+from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
+from aromni.infer.state import Constraints, DecodeError
+from aromni.infer.stream import AudioChunk, SpeechStream
+from aromni.layout import AR_OMNI_V0_1, Layout
+
+TASKS = ("tts", "asr", "caption", "t2i", "chat")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    constraints: Constraints
+    max_new_tokens: int
+
+
+def task_specs(layout: Layout = AR_OMNI_V0_1) -> dict[str, TaskSpec]:
+    image = layout.image_tokens + 3  # <boi> 1024 codes <eoi> and a stop id
+    return {
+        "tts": TaskSpec(Constraints(text=False, images=0, speech=1, start=layout.boa, greedy=True), 2000),
+        "asr": TaskSpec(Constraints(text=True, images=0, speech=0, greedy=True), 512),
+        "caption": TaskSpec(Constraints(text=True, images=0, speech=0, greedy=True), 512),
+        "t2i": TaskSpec(Constraints(text=False, images=1, speech=0, start=layout.boi), image),
+        "chat": TaskSpec(Constraints(), 2048),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tokenizers: explicit "KIND[:PATH]" specs, else real checkpoints found in the model dir, else stand-ins
+def _media_tokenizer(registry: dict, spec: str | None, model_dir: Path, auto_kind: str, what: str, layout: Layout):
+    if spec:
+        kind, _, path = spec.partition(":")
+        if kind not in registry:
+            raise ValueError(f"unknown {what} tokenizer kind {kind!r}; registered: {sorted(registry)} "
+                             f"(write KIND or KIND:PATH)")
+        return registry[kind](path or str(model_dir), layout, False)
+    if auto_kind in registry:
+        for where in (model_dir, model_dir / "tokenizer", model_dir / auto_kind):
+            if not where.is_dir():
+                continue
+            try:
+                tok = registry[auto_kind](str(where), layout, False)
+            except (OSError, ValueError):
+                continue
+            if getattr(tok, "can_decode", True):
+                return tok
+    warnings.warn(f"no {what} tokenizer checkpoint in {model_dir}: using the STAND-IN {what} tokenizer "
+                  f"(pass --{what}-tokenizer KIND:PATH for a real one)", stacklevel=3)
+    return registry["standin"](None, layout, True)
+
+
+def load_tokenizers(model_dir, text: str | None = None, image: str | None = None, speech: str | None = None,
+                    layout: Layout = AR_OMNI_V0_1):
+    from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS, Tokenizers
+    from aromni.model.text import load_text_tokenizer
+
+    d = Path(model_dir)
+    return Tokenizers(load_text_tokenizer(text or d, layout),
+                      _media_tokenizer(IMAGE_LOADERS, image, d, "vqgan", "image", layout),
+                      _media_tokenizer(SPEECH_LOADERS, speech, d, "wavtokenizer", "speech", layout))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class Omni:
+    """A loaded model with its tokenizers; every task returns a ``Reply``."""
+
+    def __init__(self, lm, tokenizers, layout: Layout = AR_OMNI_V0_1, options: Options = Options(),
+                 model_info: dict | None = None):
+        self.lm, self.tok, self.layout, self.options = lm, tokenizers, layout, options
+        self.model_info = model_info or {}
+        self.specs = task_specs(layout)
+        self._masks = None
+
+    @classmethod
+    def load(cls, model_dir, *, text_tokenizer: str | None = None, image_tokenizer: str | None = None,
+             speech_tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu",
+             layout: Layout = AR_OMNI_V0_1, options: Options = Options()) -> "Omni":
+        from aromni.model.chameleon import load_chameleon, model_note
+        if not hasattr(torch, dtype):
+            raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        model = load_chameleon(model_dir, dtype=getattr(torch, dtype), device=device)
+        toks = load_tokenizers(model_dir, text_tokenizer, image_tokenizer, speech_tokenizer, layout)
+        return cls(ChameleonLM(model), toks, layout, options, {"path": str(model_dir), **model_note(model_dir)})
+
+    # ---- plumbing ----------------------------------------------------------------------------------------
+    def session(self) -> Session:
+        s = Session(self.lm, self.layout, text_vocab_size=self.tok.text.vocab_size, masks=self._masks)
+        self._masks = s.masks  # masks are built once per Omni
+        return s
+
+    def task_options(self, task: str, options: Options | None, **overrides) -> Options:
+        o = options or replace(self.options, max_new_tokens=self.specs[task].max_new_tokens)
+        return replace(o, **{k: v for k, v in overrides.items() if v is not None})
+
+    def encode_image(self, image) -> list[int]:
+        from PIL import Image
+        img = Image.open(image) if isinstance(image, (str, os.PathLike)) else image
+        if self.tok.image is None:
+            raise DecodeError("no image tokenizer loaded")
+        return [int(c) for c in self.tok.image.encode([img])[0]]
+
+    def encode_speech(self, audio) -> list[int]:
+        import soundfile as sf
+        wave, sr = sf.read(str(audio), dtype="float32", always_2d=False) if isinstance(audio, (str, os.PathLike)) \
+            else audio
+        if self.tok.speech is None:
+            raise DecodeError("no speech tokenizer loaded")
+        return [int(c) for c in self.tok.speech.encode([(wave, sr)])[0]]
+
+    @property
+    def provenance(self) -> dict:
+        return {"model": self.model_info, "tokenizers": self.tok.identities,
+                "stand_in": bool(self.tok.any_stand_in or self.model_info.get("stand_in"))}
+
+    def decode_reply(self, ids: list[int], metrics: dict | None = None, speech: list | None = None) -> Reply:
+        """Split and decode a reply's ids. ``speech`` (already decoded waves, e.g. by a stream) skips re-decoding."""
+        L = self.layout
+        parts = split_reply(ids, L)
+        r = Reply(ids=list(ids), parts=parts, metrics=metrics or {}, provenance=self.provenance,
+                  sample_rate=L.speech_sample_rate)
+        r.text = text_of([i for p in parts if p.kind == "text" for i in p.ids], self.tok.text, L).strip()
+        full = [p for p in parts if p.kind == "image" and p.complete]
+        if full:
+            codes = torch.tensor([L.image_codes(p.ids) for p in full])
+            r.images = list(self.tok.image.decode(codes))
+        if speech is not None:
+            r.speech = list(speech)
+        else:
+            for p in parts:
+                if p.kind == "speech" and p.ids:
+                    wave, sr = self.tok.speech.decode(L.speech_codes(p.ids))
+                    r.speech.append(np.asarray(wave, dtype=np.float32).reshape(-1))
+                    r.sample_rate = int(sr)
+        return r
+
+    def _run(self, task: str, prompt: list[int], options: Options, t0: float) -> Reply:
+        s = self.session()
+        s.extend(prompt)
+        ids = [st.token for st in s.generate(self.specs[task].constraints, options, t0=t0)]
+        return self.finish(ids, s, t0, task=task)
+
+    def finish(self, ids: list[int], session: Session, t0: float, **info) -> Reply:
+        """Decode a generated reply and attach its timings (RTF counts generation and decoding)."""
+        t_gen = time.perf_counter() - t0
+        reply = self.decode_reply(ids)
+        total = time.perf_counter() - t0
+        t = session.timing
+        m = {**info, "context_tokens": t.prompt_tokens, "prefilled_tokens": t.prefill_tokens, "new_tokens": len(ids),
+             "first_token_s": t.first_token_s, "generate_s": t_gen, "total_s": total,
+             "tokens_per_s": len(ids) / t_gen if t_gen > 0 else None}
+        audio_s = len(reply.audio) / reply.sample_rate
+        if audio_s:
+            m.update(audio_s=audio_s, rtf=total / audio_s)
+        reply.metrics = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}
+        return reply
+
+    # ---- tasks -------------------------------------------------------------------------------------------
+    def tts(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        t0 = time.perf_counter()
+        prompt = task_prompt("tts", self.tok.text.encode, text=text, instruction=instruction, layout=self.layout)
+        return self._run("tts", prompt, self.task_options("tts", options, **kw), t0)
+
+    def tts_stream(self, text: str, instruction: str | None = None, options: Options | None = None,
+                   chunking: dict | None = None, **kw) -> "SpeechReplyStream":
+        """Speech as it is generated: iterate for ``AudioChunk``s; afterwards ``.reply`` and ``.metrics``."""
+        t0 = time.perf_counter()
+        prompt = task_prompt("tts", self.tok.text.encode, text=text, instruction=instruction, layout=self.layout)
+        s = self.session()
+        s.extend(prompt)
+        steps = s.generate(self.specs["tts"].constraints, self.task_options("tts", options, **kw), t0=t0)
+        return SpeechReplyStream(self, SpeechStream(steps, self.tok.speech.decode, self.layout, t0, **(chunking or {})))
+
+    def asr(self, audio, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        t0 = time.perf_counter()
+        codes = self.encode_speech(audio)
+        prompt = task_prompt("asr", self.tok.text.encode, speech_codes=codes, instruction=instruction,
+                             layout=self.layout)
+        return self._run("asr", prompt, self.task_options("asr", options, **kw), t0)
+
+    def caption(self, image, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        t0 = time.perf_counter()
+        codes = self.encode_image(image)
+        prompt = task_prompt("caption", self.tok.text.encode, image_codes=codes, instruction=instruction,
+                             layout=self.layout)
+        return self._run("caption", prompt, self.task_options("caption", options, **kw), t0)
+
+    def t2i(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        t0 = time.perf_counter()
+        prompt = task_prompt("t2i", self.tok.text.encode, text=text, instruction=instruction, layout=self.layout)
+        return self._run("t2i", prompt, self.task_options("t2i", options, **kw), t0)
+
+    def chat(self, options: Options | None = None, **kw) -> "Chat":
+        return Chat(self, self.task_options("chat", options, **kw))
+
+
+class SpeechReplyStream:
+    """Iterate for audio chunks; after the iteration, ``reply`` (text, speech, ids) and ``metrics`` are ready."""
+
+    def __init__(self, omni: Omni, stream: SpeechStream):
+        self.omni, self.stream = omni, stream
+        self.reply: Reply | None = None
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        yield from self.stream
+        self.reply = self.omni.decode_reply(self.stream.tokens, self.stream.metrics.as_dict(), self.stream.audio)
+
+    @property
+    def metrics(self):
+        return self.stream.metrics
+
+
+class Chat:
+    """A multi-turn conversation; the KV cache is kept from turn to turn (only new ids are forwarded)."""
+
+    def __init__(self, omni: Omni, options: Options):
+        self.omni, self.options = omni, options
+        self.session = omni.session()
+        self.turns = 0
+
+    def _codes(self, image=None, audio=None, image_codes=None, speech_codes=None):
+        if image is not None:
+            image_codes = self.omni.encode_image(image)
+        if audio is not None:
+            speech_codes = self.omni.encode_speech(audio)
+        return image_codes, speech_codes
+
+    def _close_last_reply(self) -> None:
+        """Make the history end like a finished assistant turn: <eom> (upstream turns a final <eos> into <eom>)."""
+        s, L = self.session, self.omni.layout
+        if not s.tokens or self.turns == 0:
+            return
+        last = s.tokens[-1]
+        if last == L.eos and s.cached < len(s.tokens):
+            s.replace_last(L.eom)
+        elif last != L.eom:
+            # cut by max_new_tokens: close an open span so the next turn starts in text
+            from aromni.infer.state import DecodeState
+            state = DecodeState.after_prompt(s.tokens, s.masks)
+            tail = {"image": [L.eoi], "speech": [L.eoa]}.get(state.mode, [])
+            s.extend(tail + [L.eom])
+
+    def add(self, msg: Message, image=None, audio=None) -> None:
+        """Add a message without generating (history, or a given assistant answer)."""
+        img, sp = self._codes(image, audio, msg.image_codes, msg.speech_codes)
+        msg = Message(msg.role, msg.text, img, sp)
+        enc = self.omni.tok.text.encode
+        if msg.role == "user":
+            self._close_last_reply()
+            self.session.extend(chat_turn(msg, enc, first=not self.session.tokens, layout=self.omni.layout))
+        elif msg.role == "assistant":
+            self.session.extend(assistant_turn(msg, enc, self.omni.layout))
+        else:
+            raise ValueError(f"message role must be user or assistant, got {msg.role!r}")
+
+    def send(self, msg: Message, image=None, audio=None) -> Reply:
+        """Add a user message and generate the reply (text, images, speech)."""
+        t0 = time.perf_counter()
+        self.add(msg, image, audio)
+        ids = [st.token for st in self.session.generate(self.omni.specs["chat"].constraints, self.options, t0=t0)]
+        self.turns += 1
+        return self.omni.finish(ids, self.session, t0, task="chat", turn=self.turns)

@@ -1,0 +1,55 @@
+"""Every task from Python on the tiny model (stand-in image/speech tokenizers), replies bounded in length."""
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from aromni.infer.prompts import Message
+from aromni.layout import AR_OMNI_V0_1 as L
+
+
+def speech_wav(path, seconds=0.5):
+    t = np.arange(int(24000 * seconds)) / 24000
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
+    return path
+
+
+def test_tts_and_its_stream_give_the_same_audio(omni):
+    reply = omni.tts("hello world", max_new_tokens=80)
+    assert reply.ids[0] == L.boa and all(L.is_speech_code(t) for t in reply.ids[1:] if t not in (L.eoa, L.eos))
+    assert len(reply.audio) == 600 * sum(len(p.ids) for p in reply.parts if p.kind == "speech") > 0
+    assert reply.metrics["rtf"] > 0 and reply.metrics["first_token_s"] > 0
+    assert reply.provenance["stand_in"] is True
+    stream = omni.tts_stream("hello world", max_new_tokens=80)
+    chunks = list(stream)
+    assert len(chunks) >= 2                    # it streamed
+    assert stream.reply.ids == reply.ids       # greedy: the same ids
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]), reply.audio)
+    m = stream.metrics
+    assert m.first_token_s <= m.first_speech_token_s <= m.first_audio_s <= m.last_audio_s and m.rtf > 0
+
+
+def test_asr_and_caption_answer_in_text(omni, tmp_path):
+    r = omni.asr(speech_wav(tmp_path / "a.wav"), max_new_tokens=10)
+    assert r.ids and not any(L.is_speech_code(t) or L.is_image_code(t) or t in (L.boi, L.boa) for t in r.ids)
+    assert r.metrics["context_tokens"] > 20     # the 0.5 s of speech is in the prompt (20 codes + markers)
+    img = tmp_path / "red.png"
+    Image.new("RGB", (90, 60), (200, 20, 20)).save(img)
+    c = omni.caption(img, max_new_tokens=10)
+    assert c.metrics["context_tokens"] > 1024 and not any(t in (L.boi, L.boa) for t in c.ids)
+    assert isinstance(c.text, str)
+
+
+def test_chat_keeps_the_cache_between_turns(omni, tmp_path):
+    chat = omni.chat(max_new_tokens=12)
+    r1 = chat.send(Message(text="hello"), audio=speech_wav(tmp_path / "q.wav", 0.25))
+    ctx1 = len(chat.session.tokens)
+    r2 = chat.send(Message(text="and a picture"), image=Image.new("RGB", (64, 64), (0, 0, 255)))
+    assert r2.metrics["turn"] == 2
+    # turn 2 forwards only its own ids: the history (turn 1 and its reply) was already in the KV cache
+    new_turn = len(chat.session.tokens) - len(r2.ids) - ctx1
+    assert r2.metrics["prefilled_tokens"] == new_turn + 1   # + reply 1's last id, not forwarded at its stop
+    # reply 1 was closed as an assistant turn: <eom> (a final <eos> becomes <eom>, a cut reply gets one)
+    assert L.eom in chat.session.tokens[ctx1 - 1:ctx1 + 2] and L.eos not in chat.session.tokens[:ctx1 + 2]
+    assert r1.metrics["turn"] == 1
