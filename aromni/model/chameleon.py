@@ -27,15 +27,17 @@ MODEL_NOTE = "aromni_model.json"
 
 
 def load_chameleon(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   layout: Layout = AR_OMNI_V0_1):
+                   layout: Layout = AR_OMNI_V0_1, swin_norm: bool | None = None):
     """An HF Chameleon/Anole checkpoint dir (config.json + safetensors) -> ChameleonForConditionalGeneration.
 
+    ``swin_norm`` None keeps the checkpoint's config; True/False overrides it (the saved config then says so).
     Refuses a checkpoint whose vocabulary map does not put VQ code c at id c + 4 (the layout's image ids)."""
     from transformers import ChameleonForConditionalGeneration
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not an HF Chameleon model dir (no config.json)")
-    model = ChameleonForConditionalGeneration.from_pretrained(str(p), dtype=dtype)
+    extra = {} if swin_norm is None else {"swin_norm": bool(swin_norm)}
+    model = ChameleonForConditionalGeneration.from_pretrained(str(p), dtype=dtype, **extra)
     check_image_vocabulary(model.config, layout)
     return model.to(device)
 

@@ -114,7 +114,7 @@ class OmniModel(nn.Module):
 
 def build_omni(path: str | Path, *, random_init: str | None = None, codebook: str | Path | None = None,
                layout: Layout = AR_OMNI_V0_1, align: str = "next", dtype: torch.dtype = torch.float32,
-               seed: int = 0) -> tuple[OmniModel, dict]:
+               seed: int = 0, swin_norm: bool | None = None) -> tuple[OmniModel, dict]:
     """Load (or, with random_init="tiny", first create) a Chameleon dir and wrap it. Returns (model, note)."""
     p = Path(path)
     if not (p / "config.json").is_file():
@@ -122,7 +122,7 @@ def build_omni(path: str | Path, *, random_init: str | None = None, codebook: st
             raise FileNotFoundError(f"model.path {p}: no config.json (set model.random_init: tiny to create a "
                                     f"tiny random stand-in there)")
         write_tiny_chameleon(p, seed=seed)
-    lm = load_chameleon(p, dtype=dtype, layout=layout)
+    lm = load_chameleon(p, dtype=dtype, layout=layout, swin_norm=swin_norm)
     if codebook is not None:
         cb = load_codebook(codebook)
     else:

@@ -27,6 +27,8 @@ class ModelConfig(Strict):
     codebook: str | None = Field(
         None, description="frozen [8192, D] codebook for the perceptual loss: a Meta vqgan.ckpt, a safetensors/.pt "
                           "holding quantize.embedding.weight, or an HF Chameleon dir; default: the model's own VQ")
+    swin_norm: bool | None = Field(None, description="null: as the checkpoint's config says; true/false: override "
+                                                    "(post-norm on the residual branch, Chameleon's stabiliser)")
     gradient_checkpointing: bool = False
 
 

@@ -199,7 +199,7 @@ def _build_engine(recipe: TrainRecipe, ds: dict, layout, rank: int):
     dtype = torch.bfloat16 if ds.get("bf16", {}).get("enabled") else (
         torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32)
     kw = dict(codebook=recipe.model.codebook, layout=layout, align=recipe.loss.perceptual.align, dtype=dtype,
-              seed=recipe.train.seed)
+              seed=recipe.train.seed, swin_norm=recipe.model.swin_norm)
     if rank == 0:
         model, note = build_omni(recipe.model.path, random_init=recipe.model.random_init, **kw)
     _barrier()

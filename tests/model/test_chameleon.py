@@ -50,3 +50,10 @@ def test_a_written_tiny_model_says_it_is_a_stand_in(tiny_dir):
     assert model_note(tiny_dir)["stand_in"] is True
     assert json.loads((tiny_dir / MODEL_NOTE).read_text())["stand_in"] is True
     assert model_note(tiny_dir.parent) == {}
+
+
+def test_swin_norm_comes_from_the_config_unless_overridden(tiny_dir):
+    assert load_chameleon(tiny_dir).config.swin_norm is True
+    off = load_chameleon(tiny_dir, swin_norm=False)
+    assert off.config.swin_norm is False and off.model.layers[0].__class__.__name__ == "ChameleonDecoderLayer"
+    assert load_chameleon(tiny_dir, swin_norm=True).model.layers[0].__class__.__name__ == "ChameleonSwinDecoderLayer"
