@@ -170,7 +170,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     (out / MANIFEST).unlink(missing_ok=True)
     shards = mixing.write_shards(recipe, out, stems, mixing.shard_blocks(recipe, blocks))
     import pyarrow.parquet as pq
-    totals_ = totals([pq.read_table(out / s["path"], columns=["task", "source", "n_tokens"]) for s in shards], recipe)
+    totals_ = totals((pq.read_table(out / s["path"], columns=["task", "source", "n_tokens"]) for s in shards), recipe)
     by_source: dict[str, list[str]] = {}
     for u in units:
         by_source.setdefault(u.unit.source, []).append(u.part_stem)

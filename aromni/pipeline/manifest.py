@@ -1,6 +1,7 @@
 """manifest.json: everything needed to trust, reproduce and consume a build."""
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 
 from aromni import __version__
 from aromni.layout import Layout
-from aromni.pipeline.parts import part_paths, write_json_atomic, write_parquet_atomic
+from aromni.pipeline.parts import part_paths, write_json_atomic, write_parquet_stream_atomic
 from aromni.recipe import Recipe
 from aromni.sample import REJECT_SCHEMA
 
@@ -59,13 +60,12 @@ def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str
     d.mkdir(parents=True, exist_ok=True)
     written = []
     for s in recipe.sources:
-        tables = [pq.read_table(part_paths(out, stem)["rejects"], schema=REJECT_SCHEMA)
-                  for stem in stems_by_source.get(s.name, [])]
-        if extra and extra.get(s.name):
-            tables.append(pa.Table.from_pylist(extra[s.name], schema=REJECT_SCHEMA))
-        t = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
+        tables = (pq.read_table(part_paths(out, stem)["rejects"], schema=REJECT_SCHEMA)
+                  for stem in stems_by_source.get(s.name, []))
+        more = [pa.Table.from_pylist(extra[s.name], schema=REJECT_SCHEMA)] if extra and extra.get(s.name) else []
         path = d / f"{s.name}.parquet"
-        write_parquet_atomic(t, path, compression="zstd")
+        # streamed part by part: a source with millions of rejects (LAION's failed downloads) is never all in memory
+        write_parquet_stream_atomic(itertools.chain(tables, more), REJECT_SCHEMA, path, compression="zstd")
         written.append(f"{REJECTS}/{path.name}")
     for old in d.glob("*.parquet"):
         if f"{REJECTS}/{old.name}" not in written:

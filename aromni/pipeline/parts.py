@@ -29,6 +29,20 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kw) -> None:
             tmp.unlink()
 
 
+def write_parquet_stream_atomic(tables, schema: pa.Schema, path: Path, **kw) -> None:
+    """Tables one after another into one parquet file, holding one in memory at a time; atomic like the above."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with pq.ParquetWriter(tmp, schema, **kw) as w:
+            for t in tables:
+                if t.num_rows:
+                    w.write_table(t)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_json_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
