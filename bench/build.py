@@ -1,0 +1,99 @@
+"""How much does the build machinery cost on top of tokenizing? And how does it scale with workers?
+
+    .venv/bin/python bench/build.py [--scale 4] [--recipe recipes/demo.yaml]
+
+Builds the demo corpus scaled xN (every item copied with new keys) and prints:
+- bare tokenizer compute: the recipe's tokenizers encoding the same decoded inputs in one process, no pipeline;
+- in-process pipeline: every unit through ``process_unit`` sequentially (read, decode, tokenize, template), no Ray;
+- ``aromni build`` with 1 and 2 workers (fresh local Ray each, start-up included), samples/s;
+and the ratios between them. Timings depend on the machine; the ratios are the point.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=4, help="copies of the demo corpus (default 4)")
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "demo.yaml"))
+    args = ap.parse_args()
+
+    import ray
+
+    from aromni.pipeline.build import build, tokenizers_for
+    from aromni.pipeline.plan import plan
+    from aromni.pipeline.readers import READERS, Rejected
+    from aromni.pipeline.unit import TASK_NEEDS, prepare, process_unit, stable_hash
+    from aromni.pipeline.steps.media import MediaError
+    from aromni.pipeline.steps.text import TextError
+    from aromni.recipe import load_recipe
+    from tests.robustness.robust_corpus import demo_corpus, scaled_copy
+
+    tmp = Path(tempfile.mkdtemp(prefix="aromni-bench-"))
+    corpus = scaled_copy(demo_corpus(tmp / "demo"), tmp / f"x{args.scale}", args.scale)
+    recipe = load_recipe(args.recipe, [f"data_root={corpus}"])
+    tok = tokenizers_for(recipe)
+    units = plan(recipe, tok.identities)
+
+    # 1. bare tokenizer compute on the same decoded inputs
+    decoded = []
+    for pu in units:
+        src = recipe.sources[pu.source_index]
+        for item in READERS[src.reader](src.name, recipe.resolve(src.path), src.options).read(pu.unit):
+            if isinstance(item, Rejected):
+                continue
+            item.id = f"{src.name}/{item.key}"
+            item.task = src.tasks[stable_hash(recipe.seed, item.id) % len(src.tasks)]
+            try:
+                decoded.append((item, prepare(item, recipe, set())))
+            except (MediaError, TextError):
+                continue
+    t0 = time.perf_counter()
+    for ex, media in decoded:
+        tok.text.encode(ex.text)
+        if "image" in media:
+            tok.image.encode([media["image"]])
+        if "speech" in media:
+            tok.speech.encode([media["speech"]])
+    bare = time.perf_counter() - t0
+
+    # 2. the same work through the pipeline's unit function, one process, no Ray
+    t0 = time.perf_counter()
+    n_rows = 0
+    for pu in units:
+        n_rows += len(process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid).rows)
+    inproc = time.perf_counter() - t0
+
+    # 3. real builds
+    walls = {}
+    for w in (1, 2):
+        t0 = time.perf_counter()
+        rep = build(recipe, tmp / f"out-w{w}", workers=w, progress=False)
+        walls[w] = time.perf_counter() - t0
+        ray.shutdown()
+    samples = sum(a["written"] for a in rep.manifest["accounting"].values())
+
+    print(f"corpus: demo x{args.scale}: {len(units)} units, {len(decoded)} decodable examples, {samples} rows written")
+    print(f"tokenizers: {', '.join(k + ('(stand-in)' if v and v.get('stand_in') else '') for k, v in tok.identities.items() if v)}")
+    print(f"bare tokenizer compute        {bare:8.2f} s")
+    print(f"in-process pipeline (no Ray)  {inproc:8.2f} s   ratio vs bare  {inproc / bare:6.2f}")
+    for w in (1, 2):
+        print(f"aromni build --workers {w}       {walls[w]:8.2f} s   ratio vs bare  {walls[w] / bare:6.2f}   "
+              f"{samples / walls[w]:7.1f} samples/s")
+    print(f"speed-up 2 workers vs 1: {walls[1] / walls[2]:.2f}x  (machine has {os.cpu_count()} CPUs)")
+    print(f"outputs under {tmp}")
+
+
+if __name__ == "__main__":
+    main()
