@@ -27,7 +27,8 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# bench/ holds a tokenizers.py that would shadow the tokenizers package: keep this folder off sys.path
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHAPES = {"tiny": dict(hidden=64, layers=2, heads=4), "small": dict(hidden=256, layers=4, heads=4),

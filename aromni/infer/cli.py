@@ -23,6 +23,8 @@ def _fmt_metrics(m: dict) -> str:
     def ms(k):
         return f"{m[k] * 1000:.1f} ms" if m.get(k) is not None else "-"
     bits = [f"FTL {ms('first_token_s')}"]
+    if m.get("first_speech_token_s") is not None:
+        bits.append(f"first speech code {ms('first_speech_token_s')}")
     if m.get("first_audio_s") is not None:
         bits.append(f"first audio {ms('first_audio_s')}")
     if m.get("rtf") is not None:
@@ -125,7 +127,8 @@ def register(app: typer.Typer) -> None:
         image: Optional[Path] = typer.Option(None, "--image", help="caption: the picture to describe"),
         audio: Optional[Path] = typer.Option(None, "--audio", help="asr: the speech to transcribe (wav/flac/...)"),
         messages: Optional[Path] = typer.Option(None, "--messages", help="chat: JSON list of {role, text, image, "
-                                                                         "audio} messages"),
+                                                "audio} messages (paths relative to the JSON; with audio, text is "
+                                                "the instruction after the speech). See docs/inference.md"),
         instruction: Optional[str] = typer.Option(None, "--instruction", help="override the task template's "
                                                                                "default instruction"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="tts: x.wav, t2i: x.png, chat: a folder; "
@@ -171,7 +174,6 @@ def register(app: typer.Typer) -> None:
         """
         from aromni.cli import console, out_console
         from aromni.infer.cfg import Guidance
-        from aromni.infer.generate import Options
         from aromni.infer.state import IMAGE_SAMPLING, TEXT_SAMPLING, DecodeError
         from aromni.infer.tasks import TASKS, Omni
         from aromni.templates import TemplateError
@@ -241,7 +243,8 @@ def register(app: typer.Typer) -> None:
             side = write_sidecar(out, reply)
             out_console.print(f"wrote {out} (+ {side.name})", highlight=False)
         if reply.provenance.get("stand_in"):
-            out_console.print("[bold yellow]stand_in: true[/] (stand-in tokenizers: not real speech / pictures)")
+            out_console.print("[bold yellow]stand_in: true[/] (a stand-in model or tokenizer made this: not real "
+                              "speech, pictures or text)")
         out_console.print(_fmt_metrics(reply.metrics), highlight=False)
 
 

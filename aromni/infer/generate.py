@@ -50,6 +50,7 @@ class Timing:
     new_tokens: int = 0
     prefill_s: float = 0.0
     first_token_s: float | None = None
+    first_speech_s: float | None = None   # request -> first speech code
     total_s: float = 0.0
 
     @property
@@ -127,6 +128,9 @@ class Session:
             self._check_start(state, constraints, options, prompt_len)
         gen = torch.Generator(device=self.masks.device).manual_seed(options.seed)
         rows: GuidedRows | None = None
+        if state.mode == IMAGE and state.span < self.layout.image_tokens and options.guidance.active:
+            # the prompt itself opened the image (e.g. ends with <boi>): guide from the first code on
+            rows = GuidedRows(self.lm, self.cache, self.logits, self.tokens, options.guidance, self.layout)
         try:
             while state.length < max_len and not state.done:
                 mode = state.mode
@@ -148,6 +152,8 @@ class Session:
                 now = time.perf_counter() - t0
                 if timing.first_token_s is None:
                     timing.first_token_s = now
+                if mode == SPEECH and timing.first_speech_s is None:
+                    timing.first_speech_s = now
                 timing.new_tokens += 1
                 timing.total_s = now
                 yield Step(tok, mode, now)

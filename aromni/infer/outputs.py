@@ -66,6 +66,7 @@ class Reply:
     """What a task returns: the reply's ids and their decoded parts, with timings and provenance."""
     ids: list[int]
     text: str = ""
+    transcript: str | None = None                        # chat: what the model heard (<-Ins-> ... <-Res->)
     images: list = field(default_factory=list)           # PIL images, 512 x 512
     speech: list[np.ndarray] = field(default_factory=list)
     sample_rate: int = 24000
@@ -79,7 +80,7 @@ class Reply:
         return np.concatenate(self.speech) if self.speech else np.zeros(0, dtype=np.float32)
 
     def summary(self) -> dict:
-        return {"text": self.text, "n_ids": len(self.ids), "images": len(self.images),
+        return {"text": self.text, "transcript": self.transcript, "n_ids": len(self.ids), "images": len(self.images),
                 "speech_seconds": round(len(self.audio) / self.sample_rate, 3),
                 "parts": [{"kind": p.kind, "n": len(p.ids), "complete": p.complete} for p in self.parts],
                 "metrics": self.metrics, **self.provenance}

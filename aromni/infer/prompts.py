@@ -4,10 +4,11 @@ Single-turn tasks render ``aromni.templates`` task templates (tasks.yaml) and ke
 first assistant segment. The assistant part needs content to render, so a placeholder is passed and cut away;
 the template stays the one definition of the layout.
 
-Chat turns follow reference §2 (the AR-Omni chat code), through ``SampleBuilder``:
-``[0] {history} "USER:" [image] [12821] speech [12820] {text} [12830] "GPT:"`` then the reply, turns separated by
-12831. A speech message without text gets upstream's default text ("Please acknowledge the user's vocal input,
-create a textual response."); a text-only message is ``"USER:" {text} [12830] "GPT:"``.
+Chat turns render the dialog template (``aromni.templates.dialog``, ``chat`` in tasks.yaml) the same way:
+``[0] "USER:" [image] [12821] speech [12820] {instruction} [12830] "GPT:"`` for a user who spoke (the instruction
+defaults to "Please acknowledge the user's vocal input, create a textual response."), ``"USER:" [image] {text}
+[12830] "GPT:"`` for a user who typed; a given assistant turn is ``{text} [image] [speech] [12831]``. A trained
+model answers a spoken turn with ``<-Ins-> {transcript} <-Res-> {reply} …``, as its training rows do.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.templates import SampleBuilder, TemplateError, render_task
+from aromni.templates import TemplateError, render_task
+from aromni.templates.dialog import DialogTurn, render_dialog
 
 # aromni task name -> template name in tasks.yaml
 TASK_TEMPLATES = {"tts": "text_to_speech", "asr": "speech_to_text", "caption": "image_caption",
                   "t2i": "text_to_image"}
-DEFAULT_SPEECH_TEXT = "Please acknowledge the user's vocal input, create a textual response."
 
 
 def task_prompt(task: str, encode_text: Callable[[str], list[int]], *, text: str | None = None,
@@ -48,47 +49,44 @@ def task_prompt(task: str, encode_text: Callable[[str], list[int]], *, text: str
 
 @dataclass
 class Message:
-    """One chat message. A user message may carry image codes and speech codes besides its text."""
+    """One chat message. With speech, ``text`` is the instruction that follows it (the template's
+    {instruction}); without, it is what the user typed."""
     role: str = "user"
     text: str | None = None
     image_codes: Sequence[int] | None = None
     speech_codes: Sequence[int] | None = None
 
 
+def _dialog_part(user: DialogTurn, assistant: DialogTurn, role: str, encode_text, instruction, layout) -> list[int]:
+    """One exchange rendered by the dialog template; the user's ids (with the start) or the assistant's."""
+    rendered = render_dialog([user, assistant], encode_text, instruction=instruction, layout=layout)
+    ids, segments = rendered.ids, rendered.segments
+    cut = next(s.start for s in segments if s.role == "assistant")
+    return ids[:cut] if role == "user" else ids[cut:]
+
+
 def chat_turn(msg: Message, encode_text: Callable[[str], list[int]], first: bool,
               layout: Layout = AR_OMNI_V0_1) -> list[int]:
-    """The ids of one user turn (with ``<bos>`` if it opens the conversation), ending with "GPT:"."""
+    """The ids of one user turn, ending with "GPT:"; ``first`` keeps the template's start (``<bos>``)."""
     if msg.role != "user":
         raise TemplateError(f"chat_turn renders user messages, got role {msg.role!r}")
     text = msg.text if msg.text is not None and msg.text.strip() else None
     if text is None and msg.image_codes is None and msg.speech_codes is None:
         raise TemplateError("a user message needs text, an image or speech")
-    b = SampleBuilder(encode_text, layout)
-    if first:
-        b.token("user", "bos")
-    b.text("user", "USER:")
-    if msg.image_codes is not None:
-        b.image("user", msg.image_codes)
-    if msg.speech_codes is not None:
-        b.speech("user", msg.speech_codes)
-        text = DEFAULT_SPEECH_TEXT if text is None else text
-    if text is not None:
-        b.text("user", text)
-    b.token("user", "eoh")
-    b.text("user", "GPT:")
-    return b.ids
+    spoke = msg.speech_codes is not None
+    user = DialogTurn("user", "" if spoke else (text or ""), msg.image_codes, msg.speech_codes)
+    ids = _dialog_part(user, DialogTurn("assistant", "x"), "user", encode_text,
+                       text if spoke else None, layout)
+    if not first:
+        if ids[0] != layout.bos:
+            raise TemplateError("the chat template's start is not <bos>: cannot continue a conversation with it")
+        ids = ids[1:]
+    return ids
 
 
 def assistant_turn(msg: Message, encode_text: Callable[[str], list[int]], layout: Layout = AR_OMNI_V0_1) -> list[int]:
-    """A given (not generated) assistant message as history: its text, its image, its speech, then <eom>."""
-    b = SampleBuilder(encode_text, layout)
-    if msg.text:
-        b.text("assistant", msg.text)
-    if msg.image_codes is not None:
-        b.image("assistant", msg.image_codes)
-    if msg.speech_codes is not None:
-        b.speech("assistant", msg.speech_codes)
-    if not b.ids:
+    """A given (not generated) assistant message as history: its text, image and speech, then <eom>."""
+    if not ((msg.text and msg.text.strip()) or msg.image_codes is not None or msg.speech_codes is not None):
         raise TemplateError("an assistant message needs text, an image or speech")
-    b.token("assistant", "eom")
-    return b.ids
+    turn = DialogTurn("assistant", msg.text or "", msg.image_codes, msg.speech_codes)
+    return _dialog_part(DialogTurn("user", "x"), turn, "assistant", encode_text, None, layout)

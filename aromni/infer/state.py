@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.layout import Layout
 
 TEXT, IMAGE, SPEECH, DONE = "text", "image", "speech", "done"
 

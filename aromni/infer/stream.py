@@ -17,7 +17,7 @@ decoding work stays a small multiple of one full decode while the first audio co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np

@@ -143,7 +143,13 @@ class Omni:
         parts = split_reply(ids, L)
         r = Reply(ids=list(ids), parts=parts, metrics=metrics or {}, provenance=self.provenance,
                   sample_rate=L.speech_sample_rate)
-        r.text = text_of([i for p in parts if p.kind == "text" for i in p.ids], self.tok.text, L).strip()
+        text_ids = [i for p in parts if p.kind == "text" for i in p.ids]
+        if L.ins in text_ids and L.res in text_ids[text_ids.index(L.ins):]:   # <-Ins-> transcript <-Res-> reply
+            a = text_ids.index(L.ins)
+            b = text_ids.index(L.res, a)
+            r.transcript = text_of(text_ids[a + 1:b], self.tok.text, L).strip()
+            text_ids = text_ids[:a] + text_ids[b + 1:]
+        r.text = text_of(text_ids, self.tok.text, L).strip()
         full = [p for p in parts if p.kind == "image" and p.complete]
         if full:
             codes = torch.tensor([L.image_codes(p.ids) for p in full])
@@ -171,7 +177,8 @@ class Omni:
         total = time.perf_counter() - t0
         t = session.timing
         m = {**info, "context_tokens": t.prompt_tokens, "prefilled_tokens": t.prefill_tokens, "new_tokens": len(ids),
-             "first_token_s": t.first_token_s, "generate_s": t_gen, "total_s": total,
+             "first_token_s": t.first_token_s, "first_speech_token_s": t.first_speech_s, "generate_s": t_gen,
+             "total_s": total,
              "tokens_per_s": len(ids) / t_gen if t_gen > 0 else None}
         audio_s = len(reply.audio) / reply.sample_rate
         if audio_s:
@@ -180,10 +187,12 @@ class Omni:
         return reply
 
     # ---- tasks -------------------------------------------------------------------------------------------
+    def _task(self, task: str, t0: float, options: Options | None, kw: dict, **fields) -> Reply:
+        prompt = task_prompt(task, self.tok.text.encode, layout=self.layout, **fields)
+        return self._run(task, prompt, self.task_options(task, options, **kw), t0)
+
     def tts(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
-        t0 = time.perf_counter()
-        prompt = task_prompt("tts", self.tok.text.encode, text=text, instruction=instruction, layout=self.layout)
-        return self._run("tts", prompt, self.task_options("tts", options, **kw), t0)
+        return self._task("tts", time.perf_counter(), options, kw, text=text, instruction=instruction)
 
     def tts_stream(self, text: str, instruction: str | None = None, options: Options | None = None,
                    chunking: dict | None = None, **kw) -> "SpeechReplyStream":
@@ -196,23 +205,17 @@ class Omni:
         return SpeechReplyStream(self, SpeechStream(steps, self.tok.speech.decode, self.layout, t0, **(chunking or {})))
 
     def asr(self, audio, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        """``audio``: a file path or (wave, sample_rate)."""
         t0 = time.perf_counter()
-        codes = self.encode_speech(audio)
-        prompt = task_prompt("asr", self.tok.text.encode, speech_codes=codes, instruction=instruction,
-                             layout=self.layout)
-        return self._run("asr", prompt, self.task_options("asr", options, **kw), t0)
+        return self._task("asr", t0, options, kw, speech_codes=self.encode_speech(audio), instruction=instruction)
 
     def caption(self, image, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
+        """``image``: a file path or a PIL image."""
         t0 = time.perf_counter()
-        codes = self.encode_image(image)
-        prompt = task_prompt("caption", self.tok.text.encode, image_codes=codes, instruction=instruction,
-                             layout=self.layout)
-        return self._run("caption", prompt, self.task_options("caption", options, **kw), t0)
+        return self._task("caption", t0, options, kw, image_codes=self.encode_image(image), instruction=instruction)
 
     def t2i(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
-        t0 = time.perf_counter()
-        prompt = task_prompt("t2i", self.tok.text.encode, text=text, instruction=instruction, layout=self.layout)
-        return self._run("t2i", prompt, self.task_options("t2i", options, **kw), t0)
+        return self._task("t2i", time.perf_counter(), options, kw, text=text, instruction=instruction)
 
     def chat(self, options: Options | None = None, **kw) -> "Chat":
         return Chat(self, self.task_options("chat", options, **kw))

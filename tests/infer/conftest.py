@@ -59,6 +59,7 @@ class FakeLM:
         self.vocab_size, self.max_len = vocab_size, max_len
         self.bias = bias or {}
         self.calls = 0
+        self.batched = 0   # calls with the three guided rows
 
     def new_cache(self):
         return FakeCache()
@@ -76,6 +77,7 @@ class FakeLM:
         for row, new in zip(cache.rows, ids):
             row.extend(new)
         self.calls += 1
+        self.batched += len(ids) == 3
         lo, hi = vocab if vocab is not None else (0, self.vocab_size - 1)
         logits = torch.randn(len(ids), hi - lo + 1, generator=self.gen) * 4  # peaked, as a trained model's
         for i, b in self.bias.items():

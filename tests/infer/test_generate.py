@@ -18,7 +18,7 @@ def test_cache_across_segments_and_turns_matches_a_full_forward(omni):
     lm = omni.lm
     s = Session(lm, L)
     s.extend([L.bos, 16500, 16501, L.eoh, 16502])
-    turn1 = [x.token for x in s.generate(Constraints(), Options(max_new_tokens=12, seed=1))]
+    list(s.generate(Constraints(), Options(max_new_tokens=12, seed=1)))
     s.extend([L.eom, 16503, L.boa, *L.speech_ids([1, 2, 3]), L.eoa, L.eoh])   # a second user turn
     turn2 = [x.token for x in s.generate(Constraints(), Options(max_new_tokens=12, seed=2))]
     assert s.timing.prefill_tokens == 8 + 1  # only the new ids (and the last reply id) were forwarded

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from aromni.infer.outputs import split_reply
-from aromni.infer.prompts import DEFAULT_SPEECH_TEXT, Message, assistant_turn, chat_turn, task_prompt
+from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
 from aromni.layout import AR_OMNI_V0_1 as L
 from aromni.templates import TemplateError
 
@@ -36,10 +36,13 @@ def test_task_prompts_are_reference_section_2(enc):
         task_prompt("tts", enc, text="  ")
 
 
-def test_chat_turns(enc):
-    first = chat_turn(Message(speech_codes=[1, 2], image_codes=[0] * 1024), enc, first=True)
-    assert first == ([0] + enc("USER:") + [8197] + [4] * 1024 + [8196] + [12821, 8725, 8726, 12820]
-                     + enc(DEFAULT_SPEECH_TEXT) + [12830] + enc("GPT:"))
+def test_chat_turns_follow_the_dialog_template(enc):
+    from aromni.templates import default_instruction
+    spoken = chat_turn(Message(speech_codes=[1, 2], image_codes=[0] * 1024), enc, first=True)
+    assert spoken == ([0] + enc("USER:") + [8197] + [4] * 1024 + [8196] + [12821, 8725, 8726, 12820]
+                      + enc(default_instruction("chat")) + [12830] + enc("GPT:"))
+    told = chat_turn(Message(text="Answer briefly.", speech_codes=[1]), enc, first=False)
+    assert told == enc("USER:") + [12821, 8725, 12820] + enc("Answer briefly.") + [12830] + enc("GPT:")
     assert chat_turn(Message(text="hi"), enc, first=False) == enc("USER:") + enc("hi") + [12830] + enc("GPT:")
     assert assistant_turn(Message("assistant", text="yo", speech_codes=[3]), enc) == enc("yo") + [12821, 8727,
                                                                                                     12820, 12831]

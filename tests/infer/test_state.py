@@ -187,3 +187,13 @@ def test_masks_are_the_spec_sets():
     assert none.nonzero().reshape(-1).tolist() == sorted(L.stop_ids)
     assert m.text_mode(True, True, True) is everything  # built once
     assert torch.equal(m.ids(m.image_codes), torch.arange(4, 8196))
+
+
+def test_a_prompt_that_opens_an_image_is_continued_with_guidance():
+    lm = FakeLM(1)
+    s = Session(lm, L16)
+    prompt = [L16.bos, 20000, L16.eoh, L16.boi, 4, 5]
+    s.extend(prompt)
+    reply = [x.token for x in s.generate(Constraints(), Options(max_new_tokens=40))]
+    assert all(L16.is_image_code(t) for t in reply[:14]) and reply[14] == L16.eoi   # 2 + 14 = 16 codes
+    assert lm.batched == 13  # guided from the first new code on; the 14th (last) closes the rows

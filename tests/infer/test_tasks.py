@@ -53,3 +53,39 @@ def test_chat_keeps_the_cache_between_turns(omni, tmp_path):
     # reply 1 was closed as an assistant turn: <eom> (a final <eos> becomes <eom>, a cut reply gets one)
     assert L.eom in chat.session.tokens[ctx1 - 1:ctx1 + 2] and L.eos not in chat.session.tokens[:ctx1 + 2]
     assert r1.metrics["turn"] == 1
+
+
+def test_reply_parts_are_decoded(omni):
+    enc = omni.tok.text.encode
+    heard, said = enc("hello world"), enc("a test")
+    ids = [L.ins, *heard, L.res, *said, L.boa, *L.speech_ids([7, 8, 9]), L.eoa, L.boi, *L.image_ids([5] * 1024),
+           L.eoi, L.eom]
+    r = omni.decode_reply(ids)
+    assert (r.transcript, r.text) == ("hello world", "a test")
+    assert len(r.audio) == 3 * 600 and r.images[0].size == (512, 512)
+
+
+def test_real_format_tokenizers_are_found_in_the_model_dir(tiny_model_dir, tmp_path):
+    """Meta-layout VQGAN in tokenizer/ and a WavTokenizer in wavtokenizer/ (random weights, real file formats) are
+    picked up through the registries without flags; speech and pictures decode through them."""
+    import warnings
+    from aromni.infer.tasks import Omni
+    from aromni.model.random_checkpoints import write_meta_vqgan, write_wavtokenizer
+    d = tmp_path / "model"
+    d.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (d / f.name).symlink_to(f)
+    write_meta_vqgan(d / "tokenizer")
+    write_wavtokenizer(d / "wavtokenizer")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        omni = Omni.load(d)
+    assert not [w for w in caught if "STAND-IN" in str(w.message)]
+    ident = omni.provenance["tokenizers"]
+    assert (ident["image"]["kind"], ident["speech"]["kind"]) == ("chameleon-vqgan", "wavtokenizer")
+    reply = omni.tts("hello", max_new_tokens=41)
+    assert len(reply.audio) == 40 * 600
+    streamed = np.concatenate([c.samples for c in omni.tts_stream("hello", max_new_tokens=41)])
+    assert len(streamed) == len(reply.audio)   # equal only approximately: WavTokenizer attends globally
+    img = omni.decode_reply([L.boi, *L.image_ids([7] * 1024), L.eoi]).images[0]
+    assert img.size == (omni.tok.image.resolution,) * 2
