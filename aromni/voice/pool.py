@@ -65,3 +65,21 @@ def pooled_synthesizer(backend: str, options: dict, cache_dir, root, actors: int
         return _HANDLES[tag]
     return PooledSynthesizer(BACKENDS[backend](options, root),
                              VoiceCache(cache_dir if cache_dir is not None else default_cache_dir()), connect)
+
+
+def shutdown_pools() -> int:
+    """Kill this Ray job's voice actors (they hold their CPUs/GPUs until killed or Ray shuts down); returns how many.
+    Call it after a build in a process that goes on using Ray (tests, notebooks); ``aromni build`` exits anyway."""
+    import ray
+    if not ray.is_initialized():
+        return 0
+    killed = 0
+    for name in ray.util.list_named_actors():
+        if name.startswith("aromni-voice-"):
+            try:
+                ray.kill(ray.get_actor(name))
+                killed += 1
+            except ValueError:  # already gone
+                pass
+    _HANDLES.clear()
+    return killed

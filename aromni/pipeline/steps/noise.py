@@ -31,7 +31,8 @@ class NoiseOptions(StepOptions):
     targets: list[Literal["user_turns", "speech_to_text"]] = Field(
         ["user_turns"], description="user_turns: user speech in dialogs; speech_to_text: single-turn ASR inputs")
     sample_rate: int = Field(16000, description="speech and noise are mixed (and left) at this rate")
-    keep_clean: bool = Field(False, description="keep the clean waveform as media `speech_clean` beside the noisy one")
+    keep_clean: bool = Field(False, description="keep the clean waveform as media `speech_clean` beside the noisy "
+                                                  "one, for later steps (not tokenized into rows)")
     min_noise_seconds: float = Field(1.0, gt=0, description="noise files shorter than this are not used")
 
     @model_validator(mode="after")

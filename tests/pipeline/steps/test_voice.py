@@ -113,7 +113,11 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
     from tests.pipeline.readers.published import fixture_tree
     root, _ = fixture_tree()
     noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE", "DLIVING"), seconds=3.0)
-    first = build_instruct(root, tmp_path / "a", noise, tmp_path / "cache", ", actors: 1")  # synthesis on a Ray actor
+    from aromni.voice.pool import shutdown_pools
+    try:                                                         # synthesis on a Ray actor
+        first = build_instruct(root, tmp_path / "a", noise, tmp_path / "cache", ", actors: 1")
+    finally:
+        assert shutdown_pools() == 1                             # the actor must not keep its CPU for later builds
     assert validate(tmp_path / "a").ok
     rows = pq.read_table(tmp_path / "a" / "data").to_pylist()
     spoken = 0
