@@ -182,6 +182,9 @@ def write_laion(d: Path) -> None:
     raw = (d / "00001.tar").read_bytes()
     (d / "00001.tar").write_bytes(raw[:cut])   # dies inside trunc_1.jpg
     (d / "00002.tar").write_bytes(b"this is not a tar archive\n" * 40)
+    # A shard that is broken wholesale (101 empty images in a row): the circuit breaker stops it at the default 100.
+    write_tar(d / "00003.tar", [m for i in range(101) for m in ((f"empty{i:03d}.jpg", b""),
+                                                               (f"empty{i:03d}.txt", b"caption %d" % i))])
 
 
 GIGA_SCHEMA = pa.schema([("segment_id", pa.string()), ("text", pa.string()),

@@ -62,7 +62,7 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             tf.addfile(ti, io.BytesIO(payload))
 
 
-def _rekey_laion(src: Path, dst: Path, copy_no: int, groups: list, sidecar: pa.Table | None) -> None:
+def _rekey_laion(dst: Path, copy_no: int, groups: list, sidecar: pa.Table | None) -> None:
     """One LAION tar (+ its img2dataset sidecar) whose keys are prefixed with the copy number."""
     def new(key: str) -> str:
         return f"{copy_no:03d}{key[3:]}" if copy_no else key
@@ -111,7 +111,7 @@ def scaled_copy(src: Path, dst: Path, factor: int) -> Path:
     giga = pq.read_table(src / "gigaspeech" / "data" / "train-00000-of-00001.parquet")
     ufw = pq.read_table(src / "ultrafineweb" / "data" / "ultrafineweb_en" / "part-00000.parquet")
     for k in range(factor):
-        _rekey_laion(src, dst / "laion" / f"{k:05d}.tar", k, groups, sidecar)
+        _rekey_laion(dst / "laion" / f"{k:05d}.tar", k, groups, sidecar)
         ids = [f"{s}_C{k}" if k else s for s in giga.column("segment_id").to_pylist()]
         g = giga.set_column(giga.schema.get_field_index("segment_id"), "segment_id", pa.array(ids, pa.string()))
         (dst / "gigaspeech" / "data").mkdir(parents=True, exist_ok=True)
