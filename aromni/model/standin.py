@@ -16,19 +16,7 @@ import torch
 from PIL import Image
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB, transparency blended onto white (as Meta's VQGAN pre-processing does)."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, img).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = max(arr.max(), 1.0)
-        img = Image.fromarray((arr / (65535.0 if top > 255 else 255.0) * 255).clip(0, 255).astype(np.uint8))
-    return img.convert("RGB")
+from aromni.model.images import to_rgb8
 
 
 class StandInImageTokenizer:
@@ -44,7 +32,7 @@ class StandInImageTokenizer:
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         out = []
         for img in images:
-            img = to_rgb(img)
+            img = to_rgb8(img)
             w, h = img.size
             s = min(w, h)
             img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))

@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.model.images import to_rgb8
 from aromni.model.checkpoint import (CheckpointError, check_state_dict, fold_weight_norm, load_lightning_state_dict,
                                      pick_device, sha256_file, stand_in_note, strip_prefixes,
                                      tensors_sha256)
@@ -285,26 +286,6 @@ class VQModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------------
 # pre/post-processing
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB: EXIF orientation applied, transparency blended onto white exactly as Meta's
-    ``_whiten_transparency`` does ((1-a)*255 + a*rgb, truncated), 16-bit scaled down, CMYK/palette/grey converted."""
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - broken EXIF must not lose the picture
-        pass
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        return Image.fromarray((a / top * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
-    rgba = np.asarray(img.convert("RGBA"))
-    if not (rgba[..., 3] < 255).any():
-        return img.convert("RGB")
-    alpha = rgba[..., 3:4] / 255.0
-    return Image.fromarray(((1 - alpha) * 255 + alpha * rgba[..., :3]).astype(np.uint8), "RGB")
-
-
 def center_square(img: Image.Image, side: int) -> np.ndarray:
     """Shortest edge -> ``side`` (LANCZOS), centre crop; uint8 [side, side, 3]."""
     img = to_rgb8(img)

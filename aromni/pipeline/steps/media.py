@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from aromni.model.standin import to_rgb
+from aromni.model.images import to_rgb8
 
 # Pillow's decompression-bomb guard stays on: above this many pixels an image is refused, never decoded.
 Image.MAX_IMAGE_PIXELS = 89_478_485
@@ -51,7 +51,7 @@ def decode_image(data: bytes, min_side: int = 1) -> tuple[Image.Image, dict]:
             info["exif_orientation"] = int(orientation)
     except Exception:  # noqa: BLE001 - broken EXIF must not lose the picture
         info["exif_error"] = True
-    rgb = to_rgb(img)
+    rgb = to_rgb8(img)
     w, h = rgb.size
     info["size"] = [w, h]
     if min(w, h) < min_side:
