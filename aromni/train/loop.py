@@ -330,6 +330,9 @@ def train(recipe: TrainRecipe, ds: dict, progress: bool = True, console=None) ->
             result.steps, result.consumed_samples = step, window.end
             if step % recipe.train.save_every == 0 or step == steps:
                 _save(engine, ckpt_dir, state, identity, world, recipe.train.keep_checkpoints, rank)
+        if sink is not None:
+            sink.close()   # the progress bar ends with the last step
+            sink = None
         if recipe.train.save_hf and rank == 0:
             result.final_dir = engine.module.save_hf(
                 out / "final", source_dir=recipe.model.path,
