@@ -6,7 +6,8 @@
 Prints, for one random Chameleon of the chosen shape (same weights for both loops):
 1. tokens/s of transformers' ``generate`` (greedy, repetition penalty 1.2, KV cache) and of aromni's loop
    (greedy, repetition penalty 1.2, the FSM's allowed-id mask every step, KV cache), same prompt, same number of new
-   ids (stop ids disabled in both), and the overhead ratio ours/theirs (goal <= 1.1);
+   ids (stop ids disabled in both), and the overhead ratio ours/theirs (goal <= 1.1); plus the floor, a bare loop of
+   the same forwards with a plain argmax, to show what each loop adds;
 2. TTS through ``Omni.tts_stream``: first-token latency (request -> first id), first-audio latency (-> first
    chunk), real-time factor (wall time to the last chunk / seconds of audio; < 1 is faster than real time), with
    the stand-in speech decoder unless --speech-tokenizer names a real one;
@@ -91,6 +92,19 @@ def our_generate(lm, prompt, n, device):
     return dt
 
 
+def bare_loop(lm, prompt, n, device):
+    """The floor: the same forwards with the KV cache and a plain argmax, nothing else."""
+    import torch
+    cache = lm.new_cache()
+    sync(device)
+    t = time.perf_counter()
+    logits = lm.forward(torch.tensor([prompt]), cache)
+    for _ in range(n - 1):
+        logits = lm.forward(logits.argmax(-1, keepdim=True), cache)
+    sync(device)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -123,16 +137,20 @@ def main() -> None:
     # 1. loop overhead: interleaved, median of repeats, after one warm-up of each
     hf_generate(model, prompt, 8, args.device)
     our_generate(lm, prompt, 8, args.device)
-    hf, ours = [], []
+    hf, ours, bare = [], [], []
     for _ in range(args.repeats):
         hf.append(hf_generate(model, prompt, args.new, args.device))
         ours.append(our_generate(lm, prompt, args.new, args.device))
-    t_hf, t_ours = statistics.median(hf), statistics.median(ours)
+        bare.append(bare_loop(lm, prompt, args.new, args.device))
+    t_hf, t_ours, t_bare = statistics.median(hf), statistics.median(ours), statistics.median(bare)
     print(f"transformers generate: {args.new / t_hf:8.1f} ids/s  (median of {args.repeats}: "
           f"{', '.join(f'{x:.2f}' for x in hf)} s)")
     print(f"aromni decode loop:    {args.new / t_ours:8.1f} ids/s  (median of {args.repeats}: "
           f"{', '.join(f'{x:.2f}' for x in ours)} s)")
-    print(f"overhead ratio ours/transformers: {t_ours / t_hf:.3f}  (goal <= 1.1)")
+    print(f"bare forward + argmax: {args.new / t_bare:8.1f} ids/s  (median of {args.repeats}: "
+          f"{', '.join(f'{x:.2f}' for x in bare)} s)")
+    print(f"overhead ratio ours/transformers: {t_ours / t_hf:.3f}  (goal <= 1.1); "
+          f"ours/bare forwards: {t_ours / t_bare:.3f}, transformers/bare: {t_hf / t_bare:.3f}")
 
     # 2./3. TTS latency and real-time factor
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -154,10 +172,11 @@ def main() -> None:
         chunks = runs[0][1]
         print(f"TTS streamed ({m.audio_s:.2f} s of audio, {chunks} chunks, "
               f"{'stand-in' if not args.speech_tokenizer else args.speech_tokenizer} vocoder): "
-              f"FTL {m.first_token_s * 1000:.1f} ms, first audio {m.first_audio_s * 1000:.1f} ms, RTF {m.rtf:.3f}")
+              f"FTL {m.first_token_s * 1000:.1f} ms (first speech code {m.first_speech_token_s * 1000:.1f} ms), "
+              f"first audio {m.first_audio_s * 1000:.1f} ms, RTF {m.rtf:.3f}")
         r = omni.tts("the quick brown fox jumps over the lazy dog", max_new_tokens=args.new).metrics
-        print(f"TTS not streamed: FTL {r['first_token_s'] * 1000:.1f} ms, audio after {r['total_s'] * 1000:.0f} ms, "
-              f"RTF {r['rtf']:.3f}")
+        print(f"TTS not streamed: FTL {r['first_token_s'] * 1000:.1f} ms (first speech code "
+              f"{r['first_speech_token_s'] * 1000:.1f} ms), audio after {r['total_s'] * 1000:.0f} ms, RTF {r['rtf']:.3f}")
         if args.shape == "7b":
             print("goals (7B, GPU): RTF <= 0.3, FTL <= 50 ms; paper: RTF 0.88, FTL 146 ms")
 

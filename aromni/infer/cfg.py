@@ -70,11 +70,13 @@ class GuidedRows:
             caches.append(c)
         width = len(self.rows[0])
         self.cache = lm.stack_caches(caches, width)
-        self.positions = torch.tensor([[len(r)] for r in self.rows])
+        dev = getattr(lm, "device", "cpu")
+        self.positions = torch.tensor([[len(r)] for r in self.rows], device=dev)
         steps = layout.image_tokens + 1 if steps is None else steps
         self.mask = torch.ones(3, width + steps, dtype=torch.long)
         for i, r in enumerate(self.rows):
             self.mask[i, : width - len(r)] = 0
+        self.mask = self.mask.to(dev)
         self.width = width
         self.logits = torch.stack(logits)
 
@@ -88,9 +90,8 @@ class GuidedRows:
         """Append ``token`` to all three rows and compute their next logits in one batch."""
         n = self.lm.cache_length(self.cache) + 1
         ids = torch.full((3, 1), int(token), dtype=torch.long)
-        dev = getattr(self.lm, "device", "cpu")
-        self.logits = self.lm.forward(ids, self.cache, attention_mask=self.mask[:, :n].to(dev),
-                                      position_ids=self.positions.to(dev), vocab=self.vocab)
+        self.logits = self.lm.forward(ids, self.cache, attention_mask=self.mask[:, :n], position_ids=self.positions,
+                                      vocab=self.vocab)
         self.positions += 1
         for r in self.rows:
             r.append(int(token))
