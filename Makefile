@@ -45,6 +45,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/build.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf runs demo_data .pytest_cache
