@@ -54,3 +54,13 @@ def test_world_size_keeps_the_global_batch():
     assert [for_world_size(ds, w)["gradient_accumulation_steps"] for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(RecipeError, match="not divisible"):
         for_world_size(ds, 3)
+
+
+def test_cli_reports_a_bad_recipe_with_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from aromni.cli import app
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "train_tiny.yaml"), "ds.train_batch_size=auto"])
+    assert res.exit_code == 2 and "auto" in res.output

@@ -75,6 +75,16 @@ def test_rows_carry_the_spines_labels_weights_and_perceptual_positions(shards):
     assert {"text_to_image", "image_caption", "speech_to_text", "text_to_text"} <= seen_tasks
 
 
+def test_sft_policy_keeps_only_assistant_targets(shards):
+    m = loader(shards, pack=False, train_batch=1, policy=LossPolicy(on="assistant")).next_window().micro[0]
+    ids, segs, _, _ = shards.row(0)
+    want = np.zeros(len(ids), dtype=bool)
+    for s in segs:
+        want[s.start:s.end] = s.role == "assistant"
+    want[0] = False
+    assert ((m["labels"][0, :len(ids)] != IGNORE_INDEX).numpy() == want).all() and want.any() and not want.all()
+
+
 def test_world_size_changes_who_reads_a_row_not_which_rows_a_step_reads(shards):
     one = windows(loader(shards, train_batch=4), 6)
     two = [windows(loader(shards, train_batch=4, world=2, rank=r), 6) for r in (0, 1)]
