@@ -272,6 +272,13 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     g, chunk = start, max(64, 4 * n_rows)
     idx = shards.order(g, g + chunk, shuffle, seed)
     since_placed = 0
+
+    def drop(reason: str) -> tuple[int, int]:
+        dropped[reason] += 1
+        if since_placed + 1 > len(shards):     # a whole epoch and nothing fits: stop instead of spinning
+            raise DataError(f"no sample of {shards.path} fits a window of {n_rows} rows x {max_len} tokens")
+        return g + 1, since_placed + 1
+
     while True:
         if g - start >= len(idx):
             idx = np.concatenate([idx, shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)])
@@ -283,11 +290,7 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
                 _, segs, _, _ = shards.row(r)
                 pieces = split_sample(n, segs, max_len)
             if pieces is None:
-                dropped["too_long" if long_samples == "drop" else "span_longer_than_max_len"] += 1
-                g += 1
-                since_placed += 1
-                if since_placed > len(shards):
-                    raise DataError(f"no sample of {shards.path} fits data.max_len={max_len}")
+                g, since_placed = drop("too_long" if long_samples == "drop" else "span_longer_than_max_len")
                 continue
         else:
             pieces = [(0, n)]
@@ -300,20 +303,23 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
                     break
                 trial[fit[0]] -= hi - lo
                 where.append(fit[0])
-            if len(where) < len(pieces):
-                break
+            fits = len(where) == len(pieces)
+        else:
+            fits = used + len(pieces) <= n_rows
+            where = list(range(used, used + len(pieces)))
+        if not fits:
+            if any(rows):
+                break                          # the next window starts with this sample
+            g, since_placed = drop("more_pieces_than_rows")   # it would not fit an empty window either
+            continue
+        if pack:
             remaining = trial
         else:
-            if used + len(pieces) > n_rows:
-                break
-            where = list(range(used, used + len(pieces)))
             used += len(pieces)
         for j, (lo, hi) in zip(where, pieces):
             rows[j].append(Piece(g, r, lo, hi))
         g += 1
         since_placed = 0
-    if g == start:
-        raise DataError(f"a window of {n_rows} rows x {max_len} tokens cannot hold sample {start}")
     return Plan(start, g, [r for r in rows if r], dropped)
 
 

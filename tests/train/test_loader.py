@@ -150,7 +150,7 @@ IMAGE = [L.boi] + [L.image_code_start + (k * 7) % 8192 for k in range(1024)] + [
 
 def _write(tmp_path, samples):
     d = tmp_path / "data"
-    d.mkdir()
+    d.mkdir(parents=True)
     pq.write_table(rows_to_table(samples), d / "train-00000-of-00001.parquet", row_group_size=2)
     return tmp_path
 
@@ -221,3 +221,13 @@ def test_bad_data_gets_a_clear_error(tmp_path, shards_dir):
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DataError, match="manifest says"):
         ShardSet(str(copy))
+
+
+def test_a_sample_that_fits_no_window_is_dropped_and_all_dropped_data_is_an_error(tmp_path):
+    long_text = _sample(0, "text_to_text", [("assistant", "text", [0] + _text(2500) + [2])])
+    short = _sample(1, "text_to_text", [("assistant", "text", [0] + _text(5) + [2])])
+    s = ShardSet(str(_write(tmp_path, [long_text, short])))
+    w = loader(s, train_batch=2, pack=False, long_samples="split").next_window()   # 3 pieces > 2 rows
+    assert w.dropped == {"more_pieces_than_rows": 1} and w.samples == [1] and w.end == 2
+    with pytest.raises(DataError, match="no sample"):
+        loader(ShardSet(str(_write(tmp_path / "b", [long_text]))), train_batch=2).next_window()
