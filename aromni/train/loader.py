@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 from collections import Counter, OrderedDict
@@ -56,7 +57,8 @@ def discover(path: str):
     if fs.isfile(root):
         return fs, [root], None
     if not fs.isdir(root):
-        raise DataError(f"data.path {path}: not found")
+        offline = str(path).startswith("hf://") and os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+        raise DataError(f"data.path {path}: not found" + (" (HF_HUB_OFFLINE is set)" if offline else ""))
     manifest = None
     if fs.isfile(f"{root}/manifest.json"):
         with fs.open(f"{root}/manifest.json", "rb") as f:
