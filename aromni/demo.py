@@ -13,8 +13,6 @@ import hashlib
 import importlib
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -80,14 +78,8 @@ TEXT_MODULES = ["json", "csv", "argparse", "logging", "pathlib", "collections", 
 
 def espeak(text: str, voice: str = "en-us", speed: int = 160) -> tuple[np.ndarray, int]:
     """Speak ``text`` with espeak-ng; returns (float32 mono, rate)."""
-    import soundfile as sf
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng; `make install` installs it)")
-    wav = subprocess.run([exe, "-v", voice, "-s", str(speed), "--stdout", text], check=True,
-                         capture_output=True).stdout
-    x, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    return x, sr
+    from aromni.voice.espeak import espeak_speak
+    return espeak_speak(text, voice=voice, rate=speed)
 
 
 def _wav_bytes(x: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:

@@ -217,7 +217,7 @@ def _clean_temp(out: Path) -> None:
 
 
 class pools_stopped:
-    """Stop the tokenizer actors when the units are done (or the build fails)."""
+    """Stop the tokenizer and voice actors when the units are done (or the build fails)."""
 
     def __init__(self, pools):
         self.pools = pools
@@ -227,6 +227,8 @@ class pools_stopped:
 
     def __exit__(self, *exc):
         self.pools.stop()
+        from aromni.voice.pool import shutdown_pools
+        shutdown_pools()  # voice actors (started by units, named) would otherwise hold their CPUs until Ray exits
 
 
 class _progress:
