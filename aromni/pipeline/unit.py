@@ -43,11 +43,15 @@ def stable_hash(*parts) -> int:
 
 
 def unit_id(recipe: Recipe, source: SourceConfig, unit: Unit, tokenizer_ids: dict) -> str:
-    """What a unit's output depends on: the source's config, the shared filters/seed/tokenizers, and the file."""
+    """What a unit's output depends on: the source's config, the shared filters/seed/steps/tokenizers, the file, and
+    the aromni version (parts written by other code are never reused)."""
     import json
+
+    from aromni import __version__
     key = json.dumps({"source": source.model_dump(mode="json"), "filters": recipe.filters.model_dump(mode="json"),
-                      "steps": [s.model_dump(mode="json") for s in recipe.steps], "seed": recipe.seed, "tokenizers": tokenizer_ids,
-                      "unit": [unit.path, unit.size, unit.part]}, sort_keys=True)
+                      "steps": [s.model_dump(mode="json") for s in recipe.steps], "seed": recipe.seed,
+                      "tokenizers": tokenizer_ids, "unit": [unit.path, unit.size, unit.part],
+                      "aromni": __version__}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
