@@ -1,6 +1,6 @@
 """What does aromni's decode loop cost over transformers' ``generate``, and how fast does TTS speak?
 
-    .venv/bin/python bench/infer.py [--shape small] [--new 200] [--repeats 3] [--device cpu] [--threads N]
+    .venv/bin/python bench/infer.py [--shape small] [--new 200] [--repeats 3] [--device cpu] [--threads 1]
     .venv/bin/python bench/infer.py --shape 7b --device cuda --dtype bfloat16      # on a GPU
 
 Prints, for one random Chameleon of the chosen shape (same weights for both loops):
@@ -112,7 +112,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on CPU: 1; on a busy "
+                    "2-core machine 2 threads spin against each other and timings vary 5x)")
     ap.add_argument("--speech-tokenizer", default=None, help="KIND[:PATH] for TTS decoding (default: stand-in)")
     args = ap.parse_args()
 
@@ -123,8 +124,8 @@ def main() -> None:
     from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS, Tokenizers
     from aromni.layout import AR_OMNI_V0_1 as L
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     dtype = getattr(torch, args.dtype)
     model = make_model(args.shape, dtype, args.device)
     n_params = sum(p.numel() for p in model.model.layers.parameters()) / 1e6
