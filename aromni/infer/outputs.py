@@ -69,7 +69,7 @@ class Reply:
     transcript: str | None = None                        # chat: what the model heard (<-Ins-> ... <-Res->)
     images: list = field(default_factory=list)           # PIL images, 512 x 512
     speech: list[np.ndarray] = field(default_factory=list)
-    sample_rate: int = 24000
+    sample_rate: int = AR_OMNI_V0_1.speech_sample_rate
     parts: list[Part] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)       # tokenizer identities; stand_in flags

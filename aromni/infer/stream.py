@@ -39,7 +39,7 @@ class ChunkedSpeech:
     """One speech span, decoded incrementally. ``decode(codes) -> (wave, sample_rate)`` is the tokenizer's."""
 
     def __init__(self, decode: Callable, hop: int, first: int = 10, growth: float = 2.0, max_chunk: int = 100,
-                 lookahead: int = 4, sample_rate: int = 24000):
+                 lookahead: int = 4, sample_rate: int = AR_OMNI_V0_1.speech_sample_rate):
         if first < 1 or growth < 1 or max_chunk < 1 or lookahead < 0:
             raise ValueError("first >= 1, growth >= 1, max_chunk >= 1, lookahead >= 0")
         self.decode, self.hop, self.growth, self.max_chunk, self.lookahead = decode, hop, growth, max_chunk, lookahead
