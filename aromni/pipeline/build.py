@@ -162,7 +162,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     stems = [u.part_stem for u in units]
     stats = [stats_by_stem[s] for s in stems]
     stem_group = {u.part_stem: recipe.sources[u.source_index].group for u in units}
-    dups = mixing.find_duplicates(recipe, out, stems) if recipe.filters.dedup else {}
+    dups = mixing.find_duplicates(recipe, out, stems, content=recipe.filters.dedup)
     stats, dup_rejects = mixing.account_duplicates(stats, stems, dups)
     groups = mixing.order_groups(recipe, out, stems, stem_group, skip=dups)
     blocks, mix_report = mixing.select(recipe, groups)

@@ -67,17 +67,20 @@ class Duplicate:
     part: int
     row: int
     id: str
-    kept: str    # the id of the row with the same content that stays
+    kept: str    # the id of the row with the same content (or id) that stays
     tokens: int
+    reason: str = "duplicate"   # or duplicate_id: two rows of the build share an id (e.g. one key in two files)
 
 
 _CONTENT = r'"content_hash": "(?P<h>[0-9a-f]+)"'
 
 
-def find_duplicates(recipe: Recipe, out: Path, stems: list[str]) -> dict[tuple[int, int], Duplicate]:
-    """Rows whose content (meta.content_hash: text + media bytes, or the ids of an imported row) an earlier row of the
-    build already has. "Earlier" is the mixing order, (hash(seed, id), id), over the whole build, so which copy stays
-    depends only on the recipe and the data, never on the number of workers or the units' order."""
+def find_duplicates(recipe: Recipe, out: Path, stems: list[str], content: bool = True
+                    ) -> dict[tuple[int, int], Duplicate]:
+    """Rows whose id, or (with ``content``) whose content (meta.content_hash: text + media bytes, or the ids of an
+    imported row), an earlier row of the build already has. "Earlier" is the mixing order, (hash(seed, id), id), then
+    the unit order, over the whole build, so which copy stays depends only on the recipe and the data, never on the
+    number of workers or the units' order. Ids must be unique in a dataset, so they are checked even without dedup."""
     seen: list[tuple[int, str, str, int, int, int]] = []
     for k, stem in enumerate(stems):
         t = pq.read_table(part_paths(out, stem)["rows"], columns=["id", "n_tokens", "meta"])
@@ -85,21 +88,25 @@ def find_duplicates(recipe: Recipe, out: Path, stems: list[str]) -> dict[tuple[i
             continue
         h = pc.struct_field(pc.extract_regex(t.column("meta"), _CONTENT), "h").to_pylist()
         for r, (i, n, c) in enumerate(zip(t.column("id").to_pylist(), t.column("n_tokens").to_pylist(), h)):
-            if c is not None:
-                seen.append((stable_hash(recipe.mixing.seed, i), i, c, k, r, n))
-    seen.sort()
+            seen.append((stable_hash(recipe.mixing.seed, i), i, k, r, n, c if content else None))
+    seen.sort(key=lambda x: x[:4])
     first: dict[str, str] = {}
+    first_ids: set[str] = set()
     dups = {}
-    for _, i, c, k, r, n in seen:
-        if c in first:
+    for _, i, k, r, n, c in seen:
+        if i in first_ids:
+            dups[(k, r)] = Duplicate(k, r, i, i, n, "duplicate_id")
+        elif c is not None and c in first:
             dups[(k, r)] = Duplicate(k, r, i, first[c], n)
         else:
-            first[c] = i
+            first_ids.add(i)
+            if c is not None:
+                first[c] = i
     return dups
 
 
 def account_duplicates(stats: list[dict], stems: list[str], dups: dict) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Move dropped duplicates from written to rejected (reason duplicate) in copies of the units' stats, and make their
+    """Move dropped duplicates from written to rejected (reason duplicate / duplicate_id) in copies of the units' stats, and make their
     reject rows (per source), so read = written + rejected still holds for every source."""
     stats = [dict(st, rejected=dict(st["rejected"])) for st in stats]
     rows: dict[str, list[dict]] = {}
@@ -107,11 +114,12 @@ def account_duplicates(stats: list[dict], stems: list[str], dups: dict) -> tuple
         st = stats[d.part]
         st["written"] -= 1
         st["tokens"] -= d.tokens
-        st["rejected"]["duplicate"] = st["rejected"].get("duplicate", 0) + 1
+        st["rejected"][d.reason] = st["rejected"].get(d.reason, 0) + 1
         st["rejected"] = dict(sorted(st["rejected"].items()))
+        what = "the same id as a row of an earlier unit" if d.reason == "duplicate_id" else f"same content as {d.kept}"
         rows.setdefault(st["source"], []).append(
-            {"id": d.id, "source": st["source"], "unit": st["unit"], "reason": "duplicate",
-             "message": f"same content as {d.kept}, which is kept (first in mixing order)"})
+            {"id": d.id, "source": st["source"], "unit": st["unit"], "reason": d.reason,
+             "message": f"{what}, which is kept (first in mixing order)"})
     return stats, rows
 
 

@@ -156,3 +156,25 @@ def test_unreachable_cluster_is_a_clear_error(demo_recipe, tmp_path):
                         "--ray-address", f"127.0.0.1:{_free_port()}", "--no-progress"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "cannot join the Ray cluster" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_same_id_in_two_units_is_rejected_once(demo_corpus, tmp_path):
+    """Ids are unique in a build even without content dedup: a key that two files share is kept once (first unit)
+    and the other copy is a duplicate_id reject, so validate passes and nothing is lost silently."""
+    import shutil
+    from aromni.recipe import load_recipe
+    root = tmp_path / "corpus"
+    for sub in ("laion", "gigaspeech", "ultrafineweb"):
+        shutil.copytree(demo_corpus / sub, root / sub)
+    (root / "tokenizer").mkdir()
+    shutil.copy(demo_corpus / "tokenizer" / "tokenizer.json", root / "tokenizer" / "tokenizer.json")
+    shutil.copy(root / "laion" / "00000.tar", root / "laion" / "00001.tar")   # same keys in a second shard
+    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={root}", "filters.dedup=false"])
+    rep = build(r, tmp_path / "out", progress=False)
+    a = rep.manifest["accounting"]["laion"]
+    assert a["rejected"]["duplicate_id"] == 24 and a["written"] == 24
+    assert a["read"] == a["written"] + sum(a["rejected"].values())
+    assert validate(tmp_path / "out").ok
+    rej = [x for x in pq.read_table(tmp_path / "out" / "rejects" / "laion.parquet").to_pylist()
+           if x["reason"] == "duplicate_id"]
+    assert len(rej) == 24 and all(x["unit"].endswith("00001.tar") for x in rej)
