@@ -43,9 +43,15 @@ test: install
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# Each script prints what it measures and ratios against its baseline. Full-size tokenizer throughput on a CPU is
+# slow (minutes per batch of 32 images): `make bench` runs small batches; see `bench/tokenizers.py --help`.
 bench: install
 	$(PY) bench/build.py
 	$(PY) bench/loader.py
+	$(PY) bench/memory.py
+	$(PY) bench/infer.py
+	$(PY) bench/voice.py
+	$(PY) bench/tokenizers.py --image-batches 1 --audio-batches 1 8 --images 4
 
 clean:
 	rm -rf runs demo_data .pytest_cache
