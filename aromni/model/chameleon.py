@@ -78,7 +78,7 @@ def omni_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
         h = hidden[logits_mask]
     else:
         h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-    return OmniOutput(model.lm_head(h), hidden, getattr(out, "past_key_values", None) or getattr(out, "cache", None))
+    return OmniOutput(model.lm_head(h), hidden, getattr(out, "cache", None))  # transformers 5 names it `cache`
 
 
 def tiny_chameleon_config(layout: Layout = AR_OMNI_V0_1, hidden: int = 64, layers: int = 2, heads: int = 4,
