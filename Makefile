@@ -33,9 +33,11 @@ demo-data:
 demo: install demo-data
 	$(AROMNI) build recipes/demo.yaml --out runs/demo
 	$(AROMNI) validate runs/demo
+	$(AROMNI) stats runs/demo > runs/demo/stats.txt
 	@echo
-	@echo "Done. Results: runs/demo/data/*.parquet (shards), runs/demo/manifest.json, runs/demo/rejects/"
-	@echo "Next: $(AROMNI) readers | $(AROMNI) --help"
+	@echo "Done. Results in runs/demo/: data/*.parquet (shards), manifest.json, rejects/, plots/*.png, stats.txt"
+	@echo "The demo's tokenizers are STAND-INS (see the manifest's 'warning'); point a recipe at real checkpoints for real data."
+	@echo "Next: $(AROMNI) show runs/demo --row 1 | $(AROMNI) readers | $(AROMNI) --help"
 
 test: install
 	$(VENV)/bin/pytest -q
