@@ -338,6 +338,7 @@ def train(recipe: TrainRecipe, ds: dict, progress: bool = True, console=None) ->
                 out / "final", source_dir=recipe.model.path,
                 note={"stand_in": stand_in, "trained_from": recipe.model.path, "steps": result.steps,
                       "consumed_samples": result.consumed_samples, "recipe": recipe.name, "data": recipe.data.path})
+            _copy_data_tokenizer(recipe.data.path, result.final_dir)
             console.print(f"HF model: {result.final_dir}")
         _barrier()
     finally:
@@ -345,3 +346,18 @@ def train(recipe: TrainRecipe, ds: dict, progress: bool = True, console=None) ->
         if sink is not None:
             sink.close()
     return result
+
+
+def _copy_data_tokenizer(data_path, final_dir: Path) -> None:
+    """A model dir without a text tokenizer gets the one its training data was built with (from the build's
+    manifest), so `aromni infer --model final/` decodes with the vocabulary the model learned."""
+    if (final_dir / "tokenizer.json").exists():
+        return
+    manifest = Path(str(data_path)) / "manifest.json"
+    try:
+        text = json.loads(manifest.read_text())["tokenizers"]["text"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    src = Path(text.get("path") or "")
+    if src.is_file():
+        shutil.copy2(src, final_dir / "tokenizer.json")

@@ -63,7 +63,7 @@ def test_loss_falls_and_every_term_is_finite(reference):
     assert h[-1]["consumed_samples"] == res.consumed_samples > 72                # into the second epoch
 
 
-def test_outputs_checkpoints_and_an_hf_model_with_the_trained_head(reference):
+def test_outputs_checkpoints_and_an_hf_model_with_the_trained_head(reference, shards_dir):
     from transformers import ChameleonForConditionalGeneration
     out, res, head0 = reference
     assert metrics(out) == [json.loads(json.dumps(r)) for r in res.history]
@@ -83,6 +83,9 @@ def test_outputs_checkpoints_and_an_hf_model_with_the_trained_head(reference):
     assert not torch.allclose(head, head0, atol=1e-4)                            # ... and actually trained
     assert not torch.equal(module_state(out / "checkpoints/step_4")["perceptual_head.weight"], head)
     assert json.loads((final / "aromni_model.json").read_text())["stand_in"] is True
+    # the data's text tokenizer travels with the model, so `aromni infer --model final/` works as is
+    text_tok = json.loads((shards_dir / "manifest.json").read_text())["tokenizers"]["text"]["path"]
+    assert (final / "tokenizer.json").read_bytes() == Path(text_tok).read_bytes()
 
 
 def test_resume_retraces_the_uninterrupted_run_exactly(reference, shards_dir, tiny_lm, tmp_path):
