@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from aromni.registry import Registry, StrictOptions
 
 from aromni.voice.cache import VoiceCache, cache_key, default_cache_dir
 
@@ -27,16 +27,12 @@ class VoiceError(RuntimeError):
     """A backend that cannot load or synthesise; the message says why and what to do."""
 
 
-class BackendOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BackendOptions(StrictOptions):
+    """A voice backend's options."""
 
 
-BACKENDS: dict[str, type["VoiceBackend"]] = {}
-
-
-def register_backend(cls):
-    BACKENDS[cls.name] = cls
-    return cls
+BACKENDS: Registry = Registry()
+register_backend = BACKENDS.register
 
 
 class VoiceBackend:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from pydantic import BaseModel, ConfigDict
+from aromni.registry import Registry, StrictOptions
 
 
 @dataclass
@@ -65,16 +65,12 @@ class Unit:
         return self.path if self.part is None else f"{self.path}#{self.part}"
 
 
-class ReaderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReaderOptions(StrictOptions):
+    """A reader's ``sources[].options``."""
 
 
-READERS: dict[str, type["Reader"]] = {}
-
-
-def register(cls):
-    READERS[cls.name] = cls
-    return cls
+READERS: Registry = Registry()
+register = READERS.register
 
 
 class Reader:

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from aromni.registry import Registry, StrictOptions
 
 
-class StepOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StepOptions(StrictOptions):
+    """A step's ``steps[].options``."""
 
 
-STEPS: dict[str, type["Step"]] = {}
-
-
-def register_step(cls):
-    STEPS[cls.name] = cls
-    return cls
+STEPS: Registry = Registry()
+register_step = STEPS.register
 
 
 class Step:
