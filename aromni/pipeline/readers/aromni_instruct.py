@@ -1,7 +1,6 @@
 """The published AR-Omni-Instruct parquet (input_ids + labels) imported as rows, so its rows and ours mix."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
@@ -67,13 +66,11 @@ class AROmniInstructReader(ParquetReader):
     columns = ("input_ids", "labels")
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        stem = Path(unit.path).stem
-        for item in self.iter_rows(unit):
+        for item in self.iter_keyed_rows(unit):
             if isinstance(item, Rejected):
                 yield item
                 continue
-            index, r = item
-            key = f"{stem}:{index}"
+            key, index, r = item
             ids, labels = r.get("input_ids"), r.get("labels")
             if not ids:
                 yield Rejected(key, "empty_row", "input_ids is empty")

@@ -48,6 +48,13 @@ class ParquetReader(Reader):
         except (OSError, pa.ArrowException) as e:
             yield Rejected(unit.label, "unreadable_file", f"{unit.label}: {e}")
 
+    def iter_keyed_rows(self, unit: Unit) -> Iterator[tuple[str, int, dict] | Rejected]:
+        """``iter_rows`` with each row's key, ``{file stem}:{row index}``: the one definition of the ids of
+        sources that have no id column of their own (stable as long as the file is)."""
+        stem = os.path.splitext(os.path.basename(unit.path))[0]
+        for item in self.iter_rows(unit):
+            yield item if isinstance(item, Rejected) else (f"{stem}:{item[0]}", *item)
+
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
         for item in self.iter_rows(unit):
             if isinstance(item, Rejected):

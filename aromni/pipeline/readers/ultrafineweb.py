@@ -1,7 +1,6 @@
 """Ultra-FineWeb text documents (parquet)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 from pydantic import Field
@@ -26,13 +25,11 @@ class UltraFineWebReader(ParquetReader):
     columns = ("content",)
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        stem = Path(unit.path).stem
-        for item in self.iter_rows(unit):
+        for item in self.iter_keyed_rows(unit):
             if isinstance(item, Rejected):
                 yield item
                 continue
-            index, r = item
-            key = f"{stem}:{index}"
+            key, index, r = item
             if self.opts.min_score is not None and (r.get("score") or 0.0) < self.opts.min_score:
                 yield Rejected(key, "low_score", f"score {r.get('score')} < {self.opts.min_score}")
                 continue
