@@ -37,4 +37,4 @@ def build_steps(recipe) -> list[Step]:
 
 
 # the registered steps (imported last: they subclass Step)
-from aromni.pipeline.steps import noise, voice  # noqa: E402,F401
+from aromni.pipeline.steps import filters, noise, voice  # noqa: E402,F401

@@ -1,0 +1,7 @@
+"""Quality filters (issue 16), each a registered step with its own reason, stats and ``meta`` measurement:
+``language`` (lingua), ``audio_quality`` (clipping, silero-vad speech activity, WADA-SNR, speech rate),
+``decontaminate`` (evaluation sets: word 13-grams, perceptual image hashes), ``clip_score`` (local CLIP checkpoint).
+Near-duplicates are build-wide, not per example: ``near_dup`` holds the four bounded-memory stages the build calls.
+"""
+from aromni.pipeline.steps.filters import language  # noqa: F401
+from aromni.pipeline.steps.filters import audio  # noqa: F401

@@ -1,0 +1,82 @@
+"""What every quality filter shares: per-source scoping, counted decisions, histograms of what was measured.
+
+A filter is two layers so it ports to any step interface in minutes:
+- pure measurement functions (numbers in, numbers out; no Example, no recipe) in each filter's module, and
+- a thin ``Step`` subclass that reads the example, calls them, records the measurement in ``meta`` and keeps or
+  rejects (raising ``TextError``/``MediaError`` with the filter's reason, which today's unit turns into a reject).
+"""
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+from pydantic import Field
+
+from aromni.pipeline.steps import Step, StepOptions
+
+
+class FilterOptions(StepOptions):
+    sources: list[str] | None = Field(None, description="apply only to these sources (by name); default: every source")
+
+
+class FilterStats(Counter):
+    """Flat, summable counts (so units merge with ``+``, and today's unit writes them as they are):
+    ``checked``, ``kept``, ``rejected.<reason>``, ``skipped.<why>`` and ``hist.<quantity>.<bin start>`` — a histogram of
+    each measured quantity over fixed bins (the same in every unit), for ``aromni stats`` to draw with the threshold."""
+
+    def reject(self, reason: str) -> None:
+        self[f"rejected.{reason}"] += 1
+
+    def skip(self, why: str) -> None:
+        self[f"skipped.{why}"] += 1
+
+    def observe(self, quantity: str, value: float, edges: tuple[float, ...]) -> None:
+        """Count ``value`` in the bin of ``edges`` (sorted bin starts; below the first goes to the first)."""
+        i = max(0, bisect.bisect_right(edges, value) - 1)
+        self[f"hist.{quantity}.{edges[i]:g}"] += 1
+
+    def to_dict(self) -> dict:
+        return dict(sorted(self.items()))
+
+
+def linear_edges(lo: float, hi: float, n: int) -> tuple[float, ...]:
+    step = (hi - lo) / n
+    return tuple(round(lo + i * step, 6) for i in range(n))
+
+
+def source_of(example) -> str:
+    """The source name: today's unit sets ``example.id = f"{source}/{key}"`` before the steps run."""
+    return (example.id or "").split("/", 1)[0]
+
+
+def example_texts(example) -> list[tuple[str, str]]:
+    """(field, text) of every text the example holds: its text (caption / transcript / document) and every dialog turn's."""
+    out = []
+    if isinstance(example.text, str) and example.text.strip():
+        out.append(("text", example.text))
+    for i, t in enumerate(example.turns or []):
+        if isinstance(t.text, str) and t.text.strip():
+            out.append((f"turns[{i}]", t.text))
+    return out
+
+
+class FilterStep(Step):
+    """A step with a ``sources`` scope and ``FilterStats``. Subclasses implement ``check(example, media)``."""
+    Options = FilterOptions
+
+    def __init__(self, options, recipe=None):
+        super().__init__(options, recipe)
+        self.stats = FilterStats()
+
+    def applies_to(self, example) -> bool:
+        return self.opts.sources is None or source_of(example) in self.opts.sources
+
+    def apply(self, example, media: dict, rng) -> None:
+        if not self.applies_to(example):
+            return
+        self.stats["checked"] += 1
+        self.check(example, media)  # raises to reject (counted by the subclass with stats.reject)
+        self.stats["kept"] += 1
+
+    def check(self, example, media: dict) -> None:
+        raise NotImplementedError
