@@ -6,3 +6,4 @@ Near-duplicates are build-wide, not per example: ``near_dup`` holds the four bou
 from aromni.pipeline.steps.filters import language  # noqa: F401
 from aromni.pipeline.steps.filters import audio  # noqa: F401
 from aromni.pipeline.steps.filters import decontaminate  # noqa: F401
+from aromni.pipeline.steps.filters import clip_score  # noqa: F401
