@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from aromni.pipeline.steps import register_step
 from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, example_texts
-from aromni.pipeline.steps.filters.near_dup import hamming, image_chunk_keys, image_phash, normalise_text
+from aromni.pipeline.steps.filters.fingerprints import hamming, image_chunk_keys, image_phash, normalise_text
 from aromni.pipeline.steps.text import TextError
 from aromni.registry import StrictOptions
 

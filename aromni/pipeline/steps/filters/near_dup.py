@@ -22,9 +22,6 @@ hashes, so a pair at Jaccard s is found with probability 1 - (1 - s^rows)^bands.
 from __future__ import annotations
 
 import hashlib
-import io
-import re
-import unicodedata
 from functools import lru_cache
 from typing import Iterable, Literal, Sequence
 
@@ -33,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from aromni.pipeline.steps.filters.fingerprints import (hamming, image_chunk_keys, image_phash,  # noqa: F401
+                                                        normalise_text, shingles)
 from aromni.registry import StrictOptions
 
 try:  # the core helper moves stable_hash here; until then it lives in the unit
@@ -87,35 +86,7 @@ def _optimal(threshold: float, num_perm: int) -> tuple[int, int]:
     return int(b), int(r)
 
 
-# ---- measurement: normalise, shingle, hash --------------------------------------------------------------------------
-_SPACE = re.compile(r"\s+")
-_DIGIT = re.compile(r"\d")
-
-
-def normalise_text(text: str, steps: Sequence[str] = ("nfkc", "lower", "punctuation", "whitespace")) -> str:
-    if "nfkc" in steps:
-        text = unicodedata.normalize("NFKC", text)
-    if "lower" in steps:
-        text = text.lower()
-    if "punctuation" in steps:
-        text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
-    if "digits" in steps:
-        text = _DIGIT.sub("0", text)
-    if "whitespace" in steps:
-        text = _SPACE.sub(" ", text).strip()
-    return text
-
-
-def shingles(text: str, n: int, kind: str = "word") -> set[bytes]:
-    units = text.split() if kind == "word" else list(text)
-    if not units:
-        return set()
-    sep = " " if kind == "word" else ""
-    if len(units) <= n:
-        return {sep.join(units).encode("utf-8", "surrogatepass")}
-    return {sep.join(units[i:i + n]).encode("utf-8", "surrogatepass") for i in range(len(units) - n + 1)}
-
-
+# ---- measurement: MinHash signatures and LSH band keys ---------------------------------------------------------
 def minhashes(texts: Iterable[str | None], o: NearDupOptions) -> list[np.ndarray | None]:
     """The MinHash signature (num_perm uint64 values) of each normalised text; None for an empty one."""
     from datasketch import MinHash
@@ -133,32 +104,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[int]:
                             salt=b.to_bytes(4, "little")).digest()
         out.append(int.from_bytes(d, "little") & ~1)
     return out
-
-
-def image_phash(image, kind: str = "phash") -> int:
-    """64-bit perceptual hash of a PIL image or encoded image bytes."""
-    import imagehash
-    from PIL import Image
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        image = Image.open(io.BytesIO(bytes(image)))
-    bits = getattr(imagehash, kind)(image).hash.flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def image_chunk_keys(h: int, max_hamming: int) -> list[int]:
-    """The pigeonhole keys: 64 bits split into max_hamming + 1 chunks, each (chunk index, chunk bits) hashed; odd."""
-    n = max_hamming + 1
-    edges = np.linspace(0, 64, n + 1).astype(int)
-    bits = f"{h:064b}"
-    out = []
-    for i in range(n):
-        d = hashlib.blake2b(f"{i}:{bits[edges[i]:edges[i + 1]]}".encode(), digest_size=8, person=b"aromni-img").digest()
-        out.append(int.from_bytes(d, "little") | 1)
-    return out
-
-
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
 
 
 # ---- stage (a) -----------------------------------------------------------------------------------------------------
