@@ -3,7 +3,8 @@
     .venv/bin/python bench/dedup.py [--docs 4000] [--images 600] [--seed 0]
 
 Text corpus: documents of 80-300 words drawn from a Zipf vocabulary; 20% of them get 1-3 near-copies with 1-3% of
-their words edited (substituted, inserted or deleted). Image corpus: multi-scale random colour fields; 20% get 1-3
+their words edited (substituted, inserted or deleted); 8% get a hard negative that shares only their first half
+(5-gram Jaccard ~0.33: related, not a duplicate — dropping it counts against precision). Image corpus: multi-scale random colour fields; 20% get 1-3
 copies, each a crop (<= 2% off each side), a JPEG re-encode (quality 30-70) or a resize (0.5-1.5x). Everything runs
 through ``find_near_duplicates`` (all four stages, in-process, the corpus split into 8 tables like 8 units).
 Scored per dropped row: correct when it and its kept row come from the same original (precision); recall = correct
@@ -63,6 +64,11 @@ def text_corpus(n: int, rng):
             for c in range(int(rng.integers(1, 4))):
                 rows.append((f"doc{d}c{c}", " ".join(edit_words(words, vocab, rng.uniform(0.01, 0.03), rng))))
                 group[f"doc{d}c{c}"] = d
+        elif rng.random() < 0.1:  # a hard negative: shares its first half with the original, the rest is new text
+            half = len(words) // 2
+            other = words[:half] + [vocab[int(rng.zipf(1.3)) % len(vocab)] for _ in range(len(words) - half)]
+            rows.append((f"doc{d}h", " ".join(other)))
+            group[f"doc{d}h"] = -1 - d                     # its own group: dropping it is a false positive
     return rows, group
 
 
@@ -107,7 +113,7 @@ def image_corpus(n: int, rng):
 
 
 def score(drops: pa.Table, group: dict) -> dict:
-    planted = len(group) - len(set(group.values()))
+    planted = len(group) - len(set(group.values()))  # hard negatives are groups of one: never planted copies
     d = drops.to_pylist()
     correct = sum(group[r["id"]] == group[r["kept_id"]] for r in d)
     return {"planted": planted, "dropped": len(d), "precision": correct / len(d) if d else 1.0,
@@ -130,6 +136,7 @@ def main() -> None:
     o = NearDupOptions()
     print(f"defaults: {o.shingle} {o.ngram}-grams, {o.num_perm} permutations, threshold {o.threshold} -> "
           f"bands x rows {o.band_layout()}, {o.image_hash} max_hamming {o.max_hamming}, {o.partitions} partitions")
+    signature_table(["warm-up"], 0, o, ["import datasketch and imagehash before timing"], [jpeg(picture(0))])
     results = {}
     texts, tgroup = text_corpus(a.docs, rng)
     images, igroup, kinds = image_corpus(a.images, rng)
