@@ -68,6 +68,12 @@ class FilterStep(Step):
         super().__init__(options, recipe)
         self.stats = FilterStats()
 
+    @classmethod
+    def path_problems(cls, opts, resolve, key: str) -> list[str]:
+        """Problems with the files the options name (for the recipe check, before a build starts; exit 2), each
+        message starting with its recipe key under ``key`` (e.g. ``steps[3].options``). Default: none."""
+        return []
+
     def applies_to(self, example) -> bool:
         return self.opts.sources is None or source_of(example) in self.opts.sources
 

@@ -50,6 +50,13 @@ class ClipScoreStep(FilterStep):
             path = str(recipe.resolve(self.opts.path)) if recipe is not None else self.opts.path
             self.scorer = load_clip(path, self.opts.device, self.opts.batch_size)
 
+    @classmethod
+    def path_problems(cls, opts, resolve, key: str) -> list[str]:
+        import os
+        if opts.path and not os.path.isfile(os.path.join(str(resolve(opts.path)), "config.json")):
+            return [f"{key}.path: {resolve(opts.path)} is not a CLIP checkpoint folder (no config.json)"]
+        return []
+
     def score_batch(self, pairs: list) -> list[float | None]:
         """Score of each (example, media): metadata where allowed, else the model (batched); None when neither."""
         o = self.opts

@@ -79,8 +79,11 @@ class DecontaminateOptions(FilterOptions):
 
 
 # ---- loaders: (item id, text) or (item id, image path) per published layout ------------------------------------------
-def _where(i: int) -> str:
-    return f"decontaminate.sets[{i}].path"
+KEY = "decontaminate"  # what messages call the section; the step passes its own key (steps[k].options)
+
+
+def _where(i: int, key: str | None = None) -> str:
+    return f"{key or KEY}.sets[{i}].path"
 
 
 def _need(paths: list[str], i: int, root: str, what: str) -> list[str]:
@@ -238,12 +241,17 @@ class EvalIndex:
         return best
 
 
+def eval_set_problems(o: DecontaminateOptions, resolve: Callable[[str], object] = str, key: str = KEY) -> list[str]:
+    """Cheap check for the recipe check (exit 2): every set's path exists. One message per missing set."""
+    return [f"{_where(i, key)}: {resolve(s.path)} does not exist (evaluation set {s.label!r}, kind {s.kind})"
+            for i, s in enumerate(o.sets) if not os.path.exists(str(resolve(s.path)))]
+
+
 def check_eval_sets(o: DecontaminateOptions, resolve: Callable[[str], object] = str) -> None:
-    """Cheap check for the recipe check (exit 2): every set's path exists. Raises EvalSetError naming key and path."""
-    for i, s in enumerate(o.sets):
-        p = str(resolve(s.path))
-        if not os.path.exists(p):
-            raise EvalSetError(f"{_where(i)}: {p} does not exist (evaluation set {s.label!r}, kind {s.kind})")
+    """Raises EvalSetError naming the key and path of the first missing set."""
+    problems = eval_set_problems(o, resolve)
+    if problems:
+        raise EvalSetError(problems[0])
 
 
 def build_index(o: DecontaminateOptions, resolve: Callable[[str], object] = str) -> EvalIndex:
@@ -288,6 +296,10 @@ class DecontaminateStep(FilterStep):
     def __init__(self, options, recipe=None):
         super().__init__(options, recipe)
         self.index = shared_index(self.opts, recipe.resolve if recipe is not None else str)
+
+    @classmethod
+    def path_problems(cls, opts, resolve, key: str) -> list[str]:
+        return eval_set_problems(opts, resolve, key)
 
     def images(self, example, media: dict):
         if media.get("image") is not None:

@@ -106,6 +106,19 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[int]:
     return out
 
 
+def fingerprint_inputs(example, group: str) -> tuple[str | None, bytes | None]:
+    """What stage (a) fingerprints for one example, by mix group (docs/quality.md): text and dialog rows by their
+    text (all turns), image-text rows by the image bytes (a caption like "a photo of a cat" repeats across different
+    pictures), speech rows by nothing (the same sentence read by another speaker is new data)."""
+    if group in ("text", "dialog"):
+        if example.turns:
+            return "\n".join(t.text for t in example.turns if isinstance(t.text, str)) or None, None
+        return (example.text if isinstance(example.text, str) else None), None
+    if group == "image_text":
+        return None, example.image
+    return None, None
+
+
 # ---- stage (a) -----------------------------------------------------------------------------------------------------
 def signature_table(ids: Sequence[str], order_seed, o: NearDupOptions, texts: Sequence[str | None] | None = None,
                     images: Sequence | None = None) -> pa.Table:

@@ -62,3 +62,10 @@ def test_other_tasks_are_skipped_and_bad_options():
     assert step.stats["skipped.not_image_text"] == 1
     with pytest.raises(ValueError):
         STEPS["clip_score"].Options(recompute=True)
+
+
+def test_path_problems_name_the_key(clip_dir, tmp_path):
+    cls = STEPS["clip_score"]
+    assert cls.path_problems(cls.Options(path=clip_dir), str, "steps[1].options") == []
+    assert cls.path_problems(cls.Options(path=str(tmp_path)), str, "steps[1].options") == [
+        f"steps[1].options.path: {tmp_path} is not a CLIP checkpoint folder (no config.json)"]

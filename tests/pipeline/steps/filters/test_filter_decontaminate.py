@@ -170,3 +170,10 @@ def test_empty_layout_and_check(tmp_path):
 def test_bad_options(bad):
     with pytest.raises(ValueError):
         DecontaminateOptions(**bad)
+
+
+def test_path_problems_for_the_recipe_check(evals, tmp_path):
+    o = DecontaminateOptions(sets=[*sets(evals)[:2], {"kind": "vctk", "path": "VCTK-missing", "name": "v2"}])
+    assert STEPS["decontaminate"].path_problems(o, lambda p: tmp_path / p if not str(p).startswith("/") else p,
+                                                "steps[2].options") == [
+        f"steps[2].options.sets[2].path: {tmp_path / 'VCTK-missing'} does not exist (evaluation set 'v2', kind vctk)"]

@@ -152,3 +152,14 @@ def test_signature_rows_without_content_have_no_keys():
 def test_bad_options(bad):
     with pytest.raises(ValueError):
         NearDupOptions(**bad)
+
+
+def test_fingerprint_inputs_by_group():
+    from aromni.pipeline.readers.base import Example, Turn
+    from aromni.pipeline.steps.filters.near_dup import fingerprint_inputs
+    e = Example(key="k", text="caption", image=b"jpg")
+    assert fingerprint_inputs(e, "image_text") == (None, b"jpg")
+    assert fingerprint_inputs(e, "text") == ("caption", None)
+    assert fingerprint_inputs(e, "speech_text") == (None, None)
+    d = Example(key="d", turns=[Turn("user", "hi"), Turn("assistant", "hello")])
+    assert fingerprint_inputs(d, "dialog") == ("hi\nhello", None)
