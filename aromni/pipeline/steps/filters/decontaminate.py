@@ -67,6 +67,9 @@ class DecontaminateOptions(FilterOptions):
         ["nfkc", "lower", "punctuation", "whitespace"])
     max_hamming: int = Field(4, ge=0, le=31, description="images: pHash bits within which an image matches")
     images: bool = Field(True, description="check images against image sets")
+    cache_dir: str | None = Field(None, description="where image sets' hashes are kept between processes; default "
+                                  "$AROMNI_CACHE/decontaminate or ~/.cache/aromni/decontaminate")
+    cache: bool = Field(True, description="false: hash image sets afresh in every process")
     texts: bool = Field(True, description="check texts against text sets")
 
     @model_validator(mode="after")
@@ -254,21 +257,58 @@ def check_eval_sets(o: DecontaminateOptions, resolve: Callable[[str], object] = 
         raise EvalSetError(problems[0])
 
 
+def default_cache_dir() -> str:
+    base = os.environ.get("AROMNI_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "aromni")
+    return os.path.join(os.path.expanduser(base), "decontaminate")
+
+
+def image_hashes(files: list[tuple[str, str]], i: int, cache_dir: str | None) -> list[tuple[str, int]]:
+    """(item, pHash) of each (item, file). Hashing val2014 takes minutes, so the result is kept in ``cache_dir`` under
+    a key of the files' names, sizes and mtimes (any change: hashed afresh); written atomically."""
+    path = None
+    if cache_dir:
+        listing = [(item, os.path.getsize(f), os.stat(f).st_mtime_ns, os.path.abspath(f)) for item, f in files]
+        key = hashlib.sha256(json.dumps(["phash-v1", listing]).encode()).hexdigest()[:32]
+        path = os.path.join(os.path.expanduser(cache_dir), f"images-{key}.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                cached = json.load(fh)
+            return [(item, int(h, 16)) for item, h in cached]
+        except (OSError, ValueError, TypeError):
+            pass
+    out = []
+    for item, f in files:
+        try:
+            with open(f, "rb") as fh:
+                out.append((item, image_phash(fh.read())))
+        except Exception as e:  # noqa: BLE001 - PIL raises many types
+            raise EvalSetError(f"{_where(i)}: cannot read image {f}: {type(e).__name__}: {e}") from None
+    if path:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump([(item, f"{h:016x}") for item, h in out], fh)
+            os.replace(tmp, path)
+        except OSError:  # a read-only cache costs time, not correctness
+            pass
+    return out
+
+
 def build_index(o: DecontaminateOptions, resolve: Callable[[str], object] = str) -> EvalIndex:
     """Read every set (raising EvalSetError on a missing or malformed one) into one index."""
     check_eval_sets(o, resolve)
     idx = EvalIndex(o.ngram, tuple(o.normalise), o.max_hamming)
+    cache_dir = (str(resolve(o.cache_dir)) if o.cache_dir else default_cache_dir()) if o.cache else None
     for i, s in enumerate(o.sets):
         root = str(resolve(s.path))
         n = 0
-        for item, value in LOADERS[s.kind](s, root, i):
-            if s.kind in IMAGE_KINDS:
-                try:
-                    idx.add_image(s.label, item, image_phash(open(value, "rb").read()))
-                except Exception as e:  # noqa: BLE001 - PIL raises many types
-                    raise EvalSetError(f"{_where(i)}: cannot read image {value}: {type(e).__name__}: {e}") from None
-            else:
-                idx.add_text(s.label, item, value)
+        if s.kind in IMAGE_KINDS:
+            for item, h in image_hashes(list(LOADERS[s.kind](s, root, i)), i, cache_dir):
+                idx.add_image(s.label, item, h)
+                n += 1
+        for item, value in (() if s.kind in IMAGE_KINDS else LOADERS[s.kind](s, root, i)):
+            idx.add_text(s.label, item, value)
             n += 1
         if n == 0:
             raise EvalSetError(f"{_where(i)}: {root} holds no items (evaluation set {s.label!r}, kind {s.kind})")

@@ -77,7 +77,7 @@ def sets(root):
 
 @pytest.fixture(scope="module")
 def step(evals):
-    return STEPS["decontaminate"]({"sets": sets(evals)})
+    return STEPS["decontaminate"]({"sets": sets(evals), "cache": False})
 
 
 def ex(text=None, turns=None, key="k", source="src"):
@@ -147,7 +147,7 @@ def test_missing_or_malformed_sets_name_the_key_and_path(evals, tmp_path, mutate
     if key == 0:
         s[0]["path"] = str(root / "nowhere")
     mutate(root)
-    o = DecontaminateOptions(sets=s)
+    o = DecontaminateOptions(sets=s, cache=False)
     if needle is None:  # one VCTK file gone: the set still reads
         assert build_index(o).sizes["vctk"] == 1
         return
@@ -177,3 +177,21 @@ def test_path_problems_for_the_recipe_check(evals, tmp_path):
     assert STEPS["decontaminate"].path_problems(o, lambda p: tmp_path / p if not str(p).startswith("/") else p,
                                                 "steps[2].options") == [
         f"steps[2].options.sets[2].path: {tmp_path / 'VCTK-missing'} does not exist (evaluation set 'v2', kind vctk)"]
+
+
+def test_image_hashes_are_cached_and_refreshed_when_files_change(evals, tmp_path):
+    import shutil
+    root = tmp_path / "e"
+    shutil.copytree(evals / "coco", root / "coco")
+    o = DecontaminateOptions(sets=[{"kind": "coco_images", "path": str(root / "coco")}], cache_dir=str(tmp_path / "c"))
+    first = build_index(o)
+    (cached,) = list((tmp_path / "c").glob("images-*.json"))
+    assert len(json.loads(cached.read_text())) == 3
+    assert build_index(o).image_keys == first.image_keys            # from the cache
+    picture(50).save(root / "coco" / "val2014" / "COCO_val2014_000000000001.jpg", quality=95)  # a file changed
+    third = build_index(o)
+    assert third.image_keys != first.image_keys and len(list((tmp_path / "c").glob("images-*.json"))) == 2
+    bad = root / "coco" / "val2014" / "COCO_val2014_000000000002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(EvalSetError, match=r"sets\[0\].path: cannot read image .*000000000002.jpg"):
+        build_index(o)

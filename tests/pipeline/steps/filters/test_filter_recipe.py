@@ -110,7 +110,8 @@ STEPS = [
     {"name": "language", "options": {"keep": ["en"], "sources": ["ultrafineweb"]}},
     {"name": "decontaminate", "options": {"sets": [{"kind": "librispeech", "path": "eval/LibriSpeech"},
                                                    {"kind": "coco_captions", "path": "eval/coco"},
-                                                   {"kind": "coco_images", "path": "eval/coco"}]}},
+                                                   {"kind": "coco_images", "path": "eval/coco"}],
+                                          "cache_dir": "cache"}},
 ]
 SOURCES = [("mls", "mls", "mls_english/train", ["speech_to_text"], "speech_text"),
            ("ultrafineweb", "ultrafineweb", "Ultra-FineWeb/data/ultrafineweb_en", ["text_to_text"], "text"),
