@@ -67,6 +67,22 @@ class FilterStep(Step):
     def __init__(self, options, recipe=None):
         super().__init__(options, recipe)
         self.stats = FilterStats()
+        if recipe is not None:
+            bad = self.source_problems(self.opts, recipe, f"steps[{self.name}].options")
+            if bad:
+                raise ValueError("; ".join(bad))
+
+    @classmethod
+    def source_problems(cls, opts, recipe, key: str) -> list[str]:
+        """A ``sources`` entry that names no source of the recipe would silently filter nothing: say so."""
+        names = [s.name for s in recipe.sources]
+        unknown = [n for n in (opts.sources or []) if n not in names]
+        return [f"{key}.sources: unknown source(s) {unknown}; the recipe has {names}"] if unknown else []
+
+    @classmethod
+    def recipe_problems(cls, opts, recipe, key: str) -> list[str]:
+        """Everything the recipe check (exit 2) should say about this step: unknown sources, missing files."""
+        return cls.source_problems(opts, recipe, key) + cls.path_problems(opts, recipe.resolve, key)
 
     @classmethod
     def path_problems(cls, opts, resolve, key: str) -> list[str]:

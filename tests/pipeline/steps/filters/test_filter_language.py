@@ -65,3 +65,16 @@ def test_min_confidence_rejects_an_unsure_english_text():
 def test_bad_options_are_errors(bad):
     with pytest.raises(ValueError):
         LanguageOptions(**bad)
+
+
+def test_unknown_sources_are_named():
+    from aromni.recipe import parse_recipe
+    recipe = parse_recipe({"name": "t", "data_root": "/tmp", "tokenizers": {"text": {"path": "t.json"}},
+                           "sources": [{"name": "web", "reader": "ultrafineweb", "path": "x", "tasks": ["text_to_text"]}],
+                           "mixing": {"ratio": {"text": 1}}})
+    cls = STEPS["language"]
+    assert cls.recipe_problems(cls.Options(sources=["web"]), recipe, "steps[0].options") == []
+    assert cls.recipe_problems(cls.Options(sources=["wbe"]), recipe, "steps[0].options") == [
+        "steps[0].options.sources: unknown source(s) ['wbe']; the recipe has ['web']"]
+    with pytest.raises(ValueError, match="unknown source"):
+        cls({"sources": ["wbe"]}, recipe)
