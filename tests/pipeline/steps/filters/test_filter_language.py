@@ -36,12 +36,27 @@ def test_step_keeps_english_rejects_others_and_counts():
     assert kept.meta["language"]["lang"] == "en" and kept.meta["language"]["confidence"] > 0.5
     with pytest.raises(TextError) as e:
         step.apply(ex("b", DE), {}, None)
-    assert e.value.reason == "language" and "detected de" in e.value.message
+    assert e.value.reason == "language" and "detected de" in e.value.message and "en confidence" in e.value.message
     step.apply(ex("c", "ok"), {}, None)  # too short to tell: kept, counted as skipped
     s = step.stats.to_dict()
     assert s["checked"] == 3 and s["kept"] == 2 and s["rejected.language"] == 1 and s["skipped.too_short"] == 1
     assert s["lang.en"] == 1 and s["lang.de"] == 1
-    assert sum(v for k, v in s.items() if k.startswith("hist.language_confidence.")) == 2
+    assert sum(v for k, v in s.items() if k.startswith("hist.keep_confidence.")) == 2
+
+
+@pytest.mark.parametrize("caption,kept", [
+    ("Microscope image of a cell, grayscale", True),     # lingua's top language is fr (0.40), en 0.34: kept
+    ("Texture of a brick wall, grayscale", True),
+    ("Un chien dans le parc", False), ("Der Hund läuft im Park", False), ("Una casa blanca en la playa", False)])
+def test_short_captions_are_decided_on_the_kept_languages_confidence(caption, kept):
+    step = STEPS["language"]({"keep": ["en"]})
+    e = ex("s", caption)
+    if kept:
+        step.apply(e, {}, None)
+        assert e.meta["language"]["keep_confidence"] >= 0.2
+    else:
+        with pytest.raises(TextError):
+            step.apply(e, {}, None)
 
 
 def test_dialogs_are_measured_on_all_turns_and_sources_scope_the_step():
