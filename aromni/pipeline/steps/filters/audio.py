@@ -116,7 +116,8 @@ def speech_rate(text: str, seconds: float, unit: Literal["chars", "words"] = "ch
 
 
 class AudioQualityOptions(FilterOptions):
-    max_clipping: float | None = Field(0.01, ge=0, le=1, description="reject (clipping) above this ratio; null: measure only")
+    max_clipping: float | None = Field(0.01, ge=0, le=1,
+                                       description="reject (clipping) above this ratio; null: measure only")
     clip_min_run: int = Field(3, ge=2, description="flat run length at the peak that counts as clipped")
     vad: bool = Field(True, description="run silero-vad (speech fraction, trimming, the rate's duration)")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
@@ -129,7 +130,8 @@ class AudioQualityOptions(FilterOptions):
                                                    "null: measure only. Read speech is 10-18 chars/s")
 
 
-def measure(wave: np.ndarray, sr: int, text: str | None, o: AudioQualityOptions) -> tuple[dict, list[tuple[float, float]]]:
+def measure(wave: np.ndarray, sr: int, text: str | None, o: AudioQualityOptions
+            ) -> tuple[dict, list[tuple[float, float]]]:
     """Every measurement of one segment (for meta) and the VAD's speech segments."""
     m: dict = {"clipping": round(clipping_ratio(wave, o.clip_min_run), 5), "snr_db": round(wada_snr(wave), 2)}
     seconds = len(wave) / sr

@@ -21,8 +21,9 @@ class FilterOptions(StepOptions):
 
 class FilterStats(Counter):
     """Flat, summable counts (so units merge with ``+``, and today's unit writes them as they are):
-    ``checked``, ``kept``, ``rejected.<reason>``, ``skipped.<why>`` and ``hist.<quantity>.<bin start>`` — a histogram of
-    each measured quantity over fixed bins (the same in every unit), for ``aromni stats`` to draw with the threshold."""
+    ``checked``, ``kept``, ``rejected.<reason>``, ``skipped.<why>`` and ``hist.<quantity>.<bin start>`` — a histogram
+    of each measured quantity over fixed bins (the same in every unit), for ``aromni stats`` to draw with the
+    threshold."""
 
     def reject(self, reason: str) -> None:
         self[f"rejected.{reason}"] += 1
@@ -50,7 +51,8 @@ def source_of(example) -> str:
 
 
 def example_texts(example) -> list[tuple[str, str]]:
-    """(field, text) of every text the example holds: its text (caption / transcript / document) and every dialog turn's."""
+    """(field, text) of every text the example holds: its text (caption / transcript / document) and every dialog
+    turn's."""
     out = []
     if isinstance(example.text, str) and example.text.strip():
         out.append(("text", example.text))

@@ -6,7 +6,8 @@ Evaluation sets are read in their published layouts (``kind``):
 - ``librispeech``: ``<path>/<subset>/<spk>/<chapter>/<spk>-<chapter>.trans.txt`` (``path`` is the ``LibriSpeech``
   folder, or a subset folder itself); item = utterance id.
 - ``vctk``: ``<path>/txt/p*/p*_*.txt`` (one sentence per file); item = file stem (``p225_001``).
-- ``coco_captions``: ``<path>/annotations/captions_val2014.json`` (or the json itself); item = ``caption <id> (image <id>)``.
+- ``coco_captions``: ``<path>/annotations/captions_val2014.json`` (or the json itself);
+  item = ``caption <id> (image <id>)``.
 - ``coco_karpathy``: Karpathy's ``dataset_coco.json`` (``<path>`` or ``<path>/dataset_coco.json``), ``splits``
   (default test); item = ``<filename> sent <sentid>``.
 - ``coco_images``: ``<path>/val2014/*.jpg`` (or the folder of jpgs itself); item = file name.
@@ -204,7 +205,7 @@ class EvalIndex:
     normalise: tuple[str, ...]
     max_hamming: int
     grams: dict[int, tuple[str, str]] = field(default_factory=dict)     # n-gram hash -> (set, item)
-    full: dict[int, tuple[str, str]] = field(default_factory=dict)      # short item's normalised text hash -> (set, item)
+    full: dict[int, tuple[str, str]] = field(default_factory=dict)      # short item's text hash -> (set, item)
     image_keys: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)  # chunk key -> [(phash, set, item)]
     sizes: dict[str, int] = field(default_factory=dict)                 # set -> items
 

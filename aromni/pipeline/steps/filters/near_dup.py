@@ -44,8 +44,10 @@ IMAGE_BIT = np.uint64(1)  # keys of image chunks are odd, of text bands even: on
 SIGNATURE_SCHEMA = pa.schema([("id", pa.string()), ("order", pa.uint64()), ("keys", pa.list_(pa.uint64())),
                               ("image_hash", pa.uint64())])
 KEY_SCHEMA = pa.schema([("key", pa.uint64()), ("order", pa.uint64()), ("id", pa.string()), ("image_hash", pa.uint64())])
-PAIR_SCHEMA = pa.schema([("a_order", pa.uint64()), ("a_id", pa.string()), ("b_order", pa.uint64()), ("b_id", pa.string())])
-DROP_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("message", pa.string())])
+PAIR_SCHEMA = pa.schema([("a_order", pa.uint64()), ("a_id", pa.string()),
+                         ("b_order", pa.uint64()), ("b_id", pa.string())])
+DROP_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()),
+                         ("message", pa.string())])
 
 
 class NearDupOptions(StrictOptions):
