@@ -154,6 +154,11 @@ def laion_members() -> list[tuple[str, bytes] | tarfile.TarInfo]:
     hard = tarfile.TarInfo("hardlink_ok.jpg")
     hard.type, hard.linkname = tarfile.LNKTYPE, "ok_plain.jpg"
     m += [link, hard]
+    # a sample whose image is a link but whose caption and metadata are fine: one sample, one reject
+    captioned = tarfile.TarInfo("link_with_caption.jpg")
+    captioned.type, captioned.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    m += [captioned, ("link_with_caption.txt", GOOD_CAPTION.encode()),
+          ("link_with_caption.json", _meta("link_with_caption", GOOD_CAPTION))]
     return m
 
 
@@ -310,10 +315,12 @@ CASES: dict[str, tuple[str, str, tuple]] = {
     "sample_overlong": ("laion", "caption_overlong", ("reject", "too_long")),
     "duplicate_id_in_tar": ("laion", "dup_key@2", ("reject", "duplicate_id")),
     # tar structure
-    "tar_member_parent_path": ("laion", "../escape_parent.jpg", ("reject", "bad_tar_member")),
-    "tar_member_absolute_path": ("laion", "/tmp/aromni_escape_absolute.jpg", ("reject", "bad_tar_member")),
-    "tar_member_symlink": ("laion", "symlink_passwd.jpg", ("reject", "bad_tar_member")),
-    "tar_member_hardlink": ("laion", "hardlink_ok.jpg", ("reject", "bad_tar_member")),
+    # a refused member is its sample's one reject, keyed like every LAION sample (the member's stem)
+    "tar_member_parent_path": ("laion", "escape_parent", ("reject", "bad_path")),
+    "tar_member_absolute_path": ("laion", "aromni_escape_absolute", ("reject", "bad_path")),
+    "tar_member_symlink": ("laion", "symlink_passwd", ("reject", "bad_tar_member")),
+    "tar_member_hardlink": ("laion", "hardlink_ok", ("reject", "bad_tar_member")),
+    "tar_member_link_with_caption": ("laion", "link_with_caption", ("reject", "bad_tar_member")),
     "tar_truncated": ("laion", "trunc_1", ("reject", "truncated_tar")),
     "tar_not_a_tar": ("laion", "00002.tar", ("reject", "unreadable_file")),
     # audio (GigaSpeech parquet)

@@ -72,6 +72,8 @@ def test_journeydb_options_and_annotation_archive(tree, tmp_path):
     assert len(reader.units()) == 2
     items = [x for u in reader.units() for x in reader.read(u)]
     assert sum(isinstance(x, Example) for x in items) == 4
-    assert [x.message for x in items if isinstance(x, Rejected) and x.reason == "empty_text"] == ["no Task2.Caption"]
+    # text: caption and no Task2.Caption: the caption is missing (not an empty text)
+    assert [x.reason for x in items if isinstance(x, Rejected) and x.reason != "missing_file"
+            and x.reason != "missing_annotation"] == ["missing_caption"]
     assert strip_params("a cat --ar 16:9 --v 5 --q 2") == "a cat" and strip_params("a -- b") == "a -- b"
     assert json.loads((src / "train_anno_realease_repath.jsonl").read_text().splitlines()[0])["img_path"][:6] == "./000/"

@@ -57,7 +57,7 @@ def test_mls_opus_tree(tree):
     assert row.meta["speaker"] == "4800" and row.meta["path"].endswith(".opus")
     assert row.meta["transcript"] == "the birch canoe slid on the smooth planks"
     reader = READERS["mls"]("mls", root / "mls_english_opus", {"split": "train"})
-    assert reader.files() == [root / "mls_english_opus" / "train" / "transcripts.txt"]
+    assert reader.files() == [str(root / "mls_english_opus" / "train" / "transcripts.txt")]
 
 
 def test_speech_filters_count_under_their_own_reason(tree):
