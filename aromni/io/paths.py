@@ -10,6 +10,7 @@ HF_TOKEN) and are never written anywhere.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import posixpath
 from typing import IO, Iterable
@@ -155,7 +156,9 @@ def open_input(p, mode: str = "rb", block_size: int | None = None) -> IO:
     fs, path = filesystem(p)
     try:
         if is_url(p):
-            return fs.open(path, mode, block_size=block_size or BLOCK_SIZE, cache_type="readahead")
+            f = fs.open(path, mode, block_size=block_size or BLOCK_SIZE, cache_type="readahead")
+            # io's buffered reader on top: readline(limit), peek and the rest of the io API, same range reads below
+            return io.BufferedReader(f, buffer_size=64 << 10) if mode == "rb" else f
         return open(path, mode)
     except Exception as e:  # noqa: BLE001 - every store raises its own types: one message naming the URL
         raise _wrap(p, e) from None
@@ -221,36 +224,37 @@ def _matches(fname: str, patterns: Iterable[str]) -> bool:
 
 
 def walk_entries(root, limit: int | None = None) -> Iterable[tuple[str, bool]]:
-    """(path, is_dir) of everything under ``root``, depth first in sorted full-path order (a directory's entries are
-    ordered as ``name/`` so the order equals sorting the full paths), stopping with TooManyFiles past ``limit``."""
+    """(path, is_dir) of everything under ``root``, depth first; a directory's entries are ordered as ``name/`` so the
+    files come in sorted full-path order (a prefix of the walk is a prefix of the sorted listing). Stops with
+    TooManyFiles past ``limit`` entries instead of walking a whole disk."""
     fs, path = filesystem(root)
     limit = MAX_FILES if limit is None else limit
     seen = 0
-    stack = [path]
-    while stack:
-        d = stack.pop()
+
+    def entries(d: str):
         try:
-            entries = fs.ls(d, detail=True)
+            found = fs.ls(d, detail=True)
         except Exception as e:  # noqa: BLE001
             raise _wrap(_full(d, str(root)), e) from None
-        items = []
-        for e in entries:
-            p = e["name"].rstrip("/")
-            if p.rstrip("/") == d.rstrip("/"):
-                continue
-            items.append((p, e.get("type") == "directory"))
+        items = [(e["name"].rstrip("/"), e.get("type") == "directory") for e in found
+                 if e["name"].rstrip("/") != d.rstrip("/")]
         items.sort(key=lambda x: posixpath.basename(x[0]) + ("/" if x[1] else ""))
-        subdirs = []
-        for p, is_d in items:
-            seen += 1
-            if seen > limit:
-                raise TooManyFiles(f"{root}: more than {limit} entries; point path at the data's folder (or set "
-                                   f"max_units / AROMNI_MAX_FILES) instead of walking a whole tree")
-            yield _full(p, str(root)), is_d
-            if is_d:
-                subdirs.append(p)
-        # later dirs pushed first so the first one is walked next; files were already yielded in order
-        stack.extend(reversed(subdirs))
+        return iter(items)
+
+    stack = [entries(path)]
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            continue
+        p, is_d = nxt
+        seen += 1
+        if seen > limit:
+            raise TooManyFiles(f"{root}: more than {limit} entries; point path at the data's folder (or set "
+                               f"max_units / AROMNI_MAX_FILES) instead of walking a whole tree")
+        yield _full(p, str(root)), is_d
+        if is_d:
+            stack.append(entries(p))
 
 
 def list_files(root, patterns: Iterable[str] = ("*",), limit: int | None = None) -> list[str]:

@@ -43,6 +43,7 @@ class AnyInstructReader(Reader):
     carries = frozenset({"dialog", "text", "speech", "image"})
 
     def files(self) -> list[str]:
+        self.require()
         p = self.path
         if paths.isfile(p):
             return [p]

@@ -98,8 +98,15 @@ class Reader:
         # listing budget: a folder with more candidate files than this is an error, not a walk of the whole disk
         self.max_files = max_files
 
+    def require(self) -> None:
+        """A source on an object store that does not exist (missing bucket or prefix) or cannot be reached is one
+        InputError naming the URL, not an empty source."""
+        if paths.is_url(self.path) and not paths.has_magic(self.path) and not paths.exists(self.path):
+            raise paths.InputError(f"{self.path}: not found (no such object, prefix or bucket)")
+
     def files(self) -> list[str]:
         """The unit files: ``path`` itself, a glob, or the files of a folder matching ``patterns``, sorted."""
+        self.require()
         if paths.has_magic(self.path):
             return paths.glob(self.path, self.max_files)
         if paths.isdir(self.path):

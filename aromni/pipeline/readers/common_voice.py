@@ -53,6 +53,7 @@ class CommonVoiceReader(LineFileReader):
     Options = CommonVoiceOptions
 
     def files(self) -> list[str]:
+        self.require()
         if paths.isdir(self.path):
             f = paths.join(self.path, f"{self.opts.split.removesuffix('.tsv')}.tsv")
             return [f] if paths.isfile(f) else []

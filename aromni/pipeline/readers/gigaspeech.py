@@ -64,6 +64,7 @@ class GigaSpeechReader(ParquetReader):
     columns = ("segment_id", "text", "audio")
 
     def _metadata(self) -> str | None:
+        self.require()
         if paths.has_magic(self.path):
             return None
         for cand in (self.path, paths.join(self.path, METADATA)):

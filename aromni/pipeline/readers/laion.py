@@ -69,6 +69,7 @@ class LaionReader(Reader):
 
     # ---- units: tars, files folders, parquet shards holding images ------------------------------------------
     def units(self) -> list[Unit]:
+        self.require()
         p = self.path
         is_dir = not paths.has_magic(p) and paths.isdir(p)
         if is_dir and _is_files_folder(p):  # one files-format folder

@@ -31,6 +31,7 @@ class MLSReader(LineFileReader):
     carries = frozenset({"text", "speech"})
 
     def files(self) -> list[str]:
+        self.require()
         p = self.path
         for cand in (p, paths.join(p, "transcripts.txt"), paths.join(p, self.opts.split, "transcripts.txt")):
             if paths.isfile(cand):

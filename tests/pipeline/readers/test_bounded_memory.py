@@ -1,6 +1,7 @@
 """Issue 14.1: tiny hostile files must not blow up a worker. Each case of the issue runs in a child process that
 reads the source and decodes its media exactly as a unit does (reader -> decode_image / decode_audio, without the
-tokenizers), and reports its peak RSS (``ru_maxrss``: the true peak, not a sample). The bound: the peak stays within
+tokenizers), and reports its peak RSS (the kernel's high-water mark VmHWM, reset at the child's start: the true
+peak, not a sample). The bound: the peak stays within
 IDLE + 150 MiB, where IDLE is the same child reading a benign tar in the same run (on main these cases peaked at
 4-9 GB). Each hostile item must also be rejected with its reason, decided from headers."""
 from __future__ import annotations
@@ -24,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[3]
 BOUND_MIB = 150
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
+# The peak (VmHWM) survives fork + exec: a child of a big pytest process starts with the parent's. Reset it here
+# (Linux clear_refs 5), so the number is this process's own peak.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 from collections import Counter
 from aromni.pipeline.readers import READERS, Example
 from aromni.pipeline.steps.media import MediaError, decode_audio, decode_image
@@ -44,7 +49,8 @@ for u in r.units():
             reasons["ok"] += 1
         except MediaError as e:
             reasons[e.reason] += 1
-print(json.dumps({"reasons": reasons, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"reasons": reasons, "peak_mib": hwm / 1024}))
 """
 
 
@@ -53,6 +59,11 @@ def probe(reader: str, path: Path, options: dict | None = None) -> dict:
                          capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def within_bound(r: dict, idle: float) -> None:
+    print(f"peak {r['peak_mib']:.0f} MiB vs idle {idle:.0f} MiB (bound +{BOUND_MIB} MiB)")
+    assert r["peak_mib"] <= idle + BOUND_MIB, (r, idle)
 
 
 def _png(seed: int, size=(96, 80)) -> bytes:
@@ -111,7 +122,7 @@ def test_gnu_sparse_member_claiming_4_gib(tmp_path, idle):
     assert (tmp_path / "00000.tar").stat().st_size < 20_000
     r = probe("laion", tmp_path)
     assert r["reasons"] == {"ok": 1, "bad_tar_member": 1}, r
-    assert r["peak_mib"] <= idle + BOUND_MIB, (r, idle)
+    within_bound(r, idle)
 
 
 def test_gzip_stream_named_tar_with_a_huge_member(tmp_path, idle):
@@ -129,7 +140,7 @@ def test_gzip_stream_named_tar_with_a_huge_member(tmp_path, idle):
     assert (tmp_path / "00000.tar").stat().st_size < 2 << 20
     r = probe("laion", tmp_path)
     assert r["reasons"] == {"ok": 1, "too_large": 1}, r
-    assert r["peak_mib"] <= idle + BOUND_MIB, (r, idle)
+    within_bound(r, idle)
 
 
 def test_gigaspeech_parquet_with_a_two_hour_flac(tmp_path, idle):
@@ -146,7 +157,7 @@ def test_gigaspeech_parquet_with_a_two_hour_flac(tmp_path, idle):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "train-00000.parquet")
     r = probe("gigaspeech", tmp_path)
     assert r["reasons"] == {"audio_too_long": 1}, r
-    assert r["peak_mib"] <= idle + BOUND_MIB, (r, idle)
+    within_bound(r, idle)
 
 
 @pytest.mark.slow
@@ -161,7 +172,7 @@ def test_eight_pngs_just_under_pillows_bomb_limit(tmp_path, idle):
             _sample(tf, f"big{i}", big)
     r = probe("laion", tmp_path)
     assert r["reasons"] == {"image_too_large": 8}, r
-    assert r["peak_mib"] <= idle + BOUND_MIB, (r, idle)
+    within_bound(r, idle)
 
 
 def test_caps_are_options(tmp_path):
