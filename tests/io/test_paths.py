@@ -188,3 +188,37 @@ def test_missing_objects_buckets_and_endpoints_are_one_clear_error(s3, monkeypat
     finally:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_bucket_source_cannot_name_files_outside_its_tree(s3):
+    """Issue 15.1 on object storage: a Common Voice path of ../ or another bucket's URL is bad_path there too."""
+    import s3fs
+    from aromni.pipeline.readers import READERS, Rejected
+    local, remote, _ = s3
+    lang = local / "cv-corpus-20.0-2024-12-06" / "en"
+    lines = (lang / "validated.tsv").read_text().splitlines()
+    cols = lines[0].split("\t")
+    evil = []
+    for p in ("../../../laion-aesthetics-v2-5plus/00000.tar", f"s3://{BUCKET}/raw/ultrachat/train_0.jsonl"):
+        cells = lines[1].split("\t")
+        cells[cols.index("path")] = p
+        evil.append("\t".join(cells))
+    fs = s3fs.S3FileSystem()
+    fs.pipe(f"{BUCKET}/evil-cv/en/validated.tsv", ("\n".join([lines[0], *evil]) + "\n").encode())
+    r = READERS["common_voice"]("cv", f"s3://{BUCKET}/evil-cv/en")
+    assert [x.reason for u in r.units() for x in r.read(u) if isinstance(x, Rejected)] == ["bad_path", "bad_path"]
+
+
+def test_recipe_with_an_unknown_url_scheme_is_a_recipe_error():
+    """A bad URL in a recipe is a recipe error (exit 2), found before any Ray start-up."""
+    from aromni.recipe import RecipeError, check_paths, parse_recipe
+    base = {"name": "t", "tokenizers": {"text": {"path": "tok.json", "stand_in": True}, "image": {"kind": "standin"},
+                                        "speech": {"kind": "standin"}},
+            "sources": [{"name": "u", "reader": "ultrachat", "path": "x", "tasks": ["chat"]}],
+            "mixing": {"ratio": {"dialog": 1}}}
+    with pytest.raises(RecipeError, match="data_root: s4://lab"):
+        check_paths(parse_recipe({**base, "data_root": "s4://lab"}, []))
+    bad = {**base, "sources": [{**base["sources"][0], "path": "htps://lab/x"}]}
+    with pytest.raises(RecipeError, match=r"sources\[0\].path: htps://lab/x: unsupported URL scheme"):
+        check_paths(parse_recipe(bad, []))
+    check_paths(parse_recipe({**base, "data_root": "s3://lab/raw"}, []))   # URLs are checked when listed
