@@ -228,7 +228,8 @@ class Recipe(Strict):
         if p is None:
             return None
         if paths.is_url(p) or paths.is_url(self.data_root):  # s3://, gs://, hf://: a string, never a Path
-            return paths.resolve(p, self.data_root)
+            r = paths.resolve(p, self.data_root)
+            return r if paths.is_url(r) else Path(r)
         q = Path(p)
         try:
             q = q.expanduser()
