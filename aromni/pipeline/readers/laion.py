@@ -115,10 +115,13 @@ class LaionReader(Reader):
         plain file within ``max_file_bytes`` (decided from its header; a compressed stream is read at most that far).
         A refused member is its sample's one reject: the sample is not also counted missing_file."""
         cap = self.opts.max_file_bytes
+        raw = None
         try:
             raw = paths.open_input(path)
             tf = tarfile.open(fileobj=raw, mode="r|*")
         except (tarfile.TarError, OSError) as e:
+            if raw is not None:
+                raw.close()
             yield Rejected(paths.name(path), "unreadable_file", f"{path}: {e}")
             return
         group: dict[str, bytes] = {}
