@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aromni.io import paths
 from aromni.layout import TASK_GROUPS
 
 
@@ -223,9 +224,12 @@ class Recipe(Strict):
         return self
 
     # ---- derived -----------------------------------------------------------------------------------------
-    def resolve(self, p: str | None) -> Path | None:
+    def resolve(self, p: str | None) -> Path | str | None:
         if p is None:
             return None
+        if paths.is_url(p) or paths.is_url(self.data_root):  # s3://, gs://, hf://: a string, never a Path
+            r = paths.resolve(p, self.data_root)
+            return r if paths.is_url(r) else Path(r)
         q = Path(p)
         try:
             q = q.expanduser()
@@ -364,13 +368,26 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def check_paths(recipe: Recipe) -> None:
     """Input paths must exist before a build starts (a typo should not cost a Ray start-up)."""
     problems = []
+    try:
+        paths.check_url(recipe.data_root)
+    except paths.BadURL as e:
+        raise RecipeError(f"data_root: {e}") from None
     for i, s in enumerate(recipe.sources):
-        p = recipe.resolve(s.path)
+        try:
+            p = recipe.resolve(s.path)
+        except paths.BadURL as e:
+            problems.append(f"sources[{i}].path: {e}")
+            continue
+        if paths.is_url(p):  # existence on an object store is checked when planning lists it (exit 1 naming it)
+            continue
         if not any(ch in str(p) for ch in "*?[") and not p.exists():
             problems.append(f"sources[{i}].path: {p} does not exist")
     for kind in ("text", "image", "speech"):
         t = getattr(recipe.tokenizers, kind)
-        if t is not None and t.path is not None and not recipe.resolve(t.path).exists():
+        if t is not None and t.path is not None and paths.scheme(t.path) not in ("",) + paths.SCHEMES:
+            problems.append(f"tokenizers.{kind}.path: unsupported URL scheme in {t.path}")
+        elif t is not None and t.path is not None and not paths.is_url(recipe.resolve(t.path)) \
+                and not recipe.resolve(t.path).exists():
             problems.append(f"tokenizers.{kind}.path: {recipe.resolve(t.path)} does not exist")
     if problems:
         raise RecipeError("; ".join(problems))

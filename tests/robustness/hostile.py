@@ -106,6 +106,17 @@ def truncated_wav() -> bytes:
 
 
 # ---- files ------------------------------------------------------------------------------------------------------
+def wav_claiming(data_size: int, riff_size: int | None = None) -> bytes:
+    """A 1 s WAV whose data chunk (and optionally RIFF) size claims ``data_size`` bytes: what a writer that died or
+    never patched its header leaves. libsndfile decodes the second that is there."""
+    w = bytearray(encode(tone(1.0)))
+    i = w.index(b"data")
+    w[i + 4:i + 8] = data_size.to_bytes(4, "little")
+    if riff_size is not None:
+        w[4:8] = riff_size.to_bytes(4, "little")
+    return bytes(w)
+
+
 def _meta(key: str, caption: str, **extra) -> bytes:
     return json.dumps({"key": key, "caption": caption, "status": "success", "url": f"https://example.org/{key}",
                        **extra}).encode()
@@ -154,6 +165,11 @@ def laion_members() -> list[tuple[str, bytes] | tarfile.TarInfo]:
     hard = tarfile.TarInfo("hardlink_ok.jpg")
     hard.type, hard.linkname = tarfile.LNKTYPE, "ok_plain.jpg"
     m += [link, hard]
+    # a sample whose image is a link but whose caption and metadata are fine: one sample, one reject
+    captioned = tarfile.TarInfo("link_with_caption.jpg")
+    captioned.type, captioned.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    m += [captioned, ("link_with_caption.txt", GOOD_CAPTION.encode()),
+          ("link_with_caption.json", _meta("link_with_caption", GOOD_CAPTION))]
     return m
 
 
@@ -209,6 +225,12 @@ def giga_rows() -> list[dict]:
         row("audio_48khz", encode(tone(1.0, sr=48000), sr=48000), "REAR RIGHT <PERIOD>"),
         row("audio_nan", nan_wav(), "SIDE LEFT <PERIOD>"),
         row("audio_truncated", truncated_wav(), "SIDE RIGHT <PERIOD>"),
+        # 10 hours at 16 kHz, 16 bit claimed in the data chunk; the RIFF size is the true one
+        row("audio_data_chunk_10h", wav_claiming(10 * 3600 * SR * 2, riff_size=len(encode(tone(1.0))) - 8),
+            "THE DATA CHUNK SAYS TEN HOURS <PERIOD>"),
+        row("audio_data_chunk_ffffffff", wav_claiming(0xFFFFFFFF), "A HEADER NEVER PATCHED <PERIOD>"),
+        row("audio_riff_and_data_ffffffff", wav_claiming(0xFFFFFFFF, riff_size=0xFFFFFFFF),
+            "BOTH SIZES ARE PLACEHOLDERS <PERIOD>"),
         row("audio_mp3_named_wav", mp3, "GLUE THE SHEET TO THE DARK BLUE BACKGROUND <PERIOD>", path="x.wav"),
         row("audio_overlong", encode(tone(45.0)), "IT'S EASY TO TELL THE DEPTH OF A WELL <PERIOD>"),
         row("audio_too_short", encode(tone(0.05)), "RICE IS OFTEN SERVED IN ROUND BOWLS <PERIOD>"),
@@ -310,10 +332,12 @@ CASES: dict[str, tuple[str, str, tuple]] = {
     "sample_overlong": ("laion", "caption_overlong", ("reject", "too_long")),
     "duplicate_id_in_tar": ("laion", "dup_key@2", ("reject", "duplicate_id")),
     # tar structure
-    "tar_member_parent_path": ("laion", "../escape_parent.jpg", ("reject", "bad_tar_member")),
-    "tar_member_absolute_path": ("laion", "/tmp/aromni_escape_absolute.jpg", ("reject", "bad_tar_member")),
-    "tar_member_symlink": ("laion", "symlink_passwd.jpg", ("reject", "bad_tar_member")),
-    "tar_member_hardlink": ("laion", "hardlink_ok.jpg", ("reject", "bad_tar_member")),
+    # a refused member is its sample's one reject, keyed like every LAION sample (the member's stem)
+    "tar_member_parent_path": ("laion", "escape_parent", ("reject", "bad_path")),
+    "tar_member_absolute_path": ("laion", "aromni_escape_absolute", ("reject", "bad_path")),
+    "tar_member_symlink": ("laion", "symlink_passwd", ("reject", "bad_tar_member")),
+    "tar_member_hardlink": ("laion", "hardlink_ok", ("reject", "bad_tar_member")),
+    "tar_member_link_with_caption": ("laion", "link_with_caption", ("reject", "bad_tar_member")),
     "tar_truncated": ("laion", "trunc_1", ("reject", "truncated_tar")),
     "tar_not_a_tar": ("laion", "00002.tar", ("reject", "unreadable_file")),
     # audio (GigaSpeech parquet)
@@ -327,6 +351,9 @@ CASES: dict[str, tuple[str, str, tuple]] = {
     "audio_48khz": ("gigaspeech", "audio_48khz", ("repair", lambda m, r: m["audio"]["sample_rate"] == 48000)),
     "audio_nan": ("gigaspeech", "audio_nan", ("reject", "bad_audio")),
     "audio_truncated": ("gigaspeech", "audio_truncated", ("reject", "truncated_audio")),
+    "audio_data_chunk_10h": ("gigaspeech", "audio_data_chunk_10h", ("reject", "truncated_audio")),
+    "audio_data_chunk_ffffffff": ("gigaspeech", "audio_data_chunk_ffffffff", ("reject", "truncated_audio")),
+    "audio_riff_and_data_ffffffff": ("gigaspeech", "audio_riff_and_data_ffffffff", ("reject", "truncated_audio")),
     "audio_mp3_named_wav": ("gigaspeech", "audio_mp3_named_wav",
                             ("repair", lambda m, r: m["audio"]["format"] == "MP3")),
     "audio_overlong": ("gigaspeech", "audio_overlong", ("reject", "audio_too_long")),

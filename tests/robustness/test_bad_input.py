@@ -4,6 +4,7 @@ a build runs; one slow test runs the whole CLI build on the same hostile corpus.
 from __future__ import annotations
 
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -115,7 +116,20 @@ def test_symlink_member_is_never_followed(processed):
     rows, rejects, _, _ = processed
     passwd = Path("/etc/passwd").read_text()[:40]
     assert not any(passwd in json.dumps(s.meta) for v in rows.values() for s in v)
-    assert [r["reason"] for r in rejects["laion/symlink_passwd.jpg"]] == ["bad_tar_member"]
+    assert [r["reason"] for r in rejects["laion/symlink_passwd"]] == ["bad_tar_member"]
+
+
+def test_each_sample_counted_once(processed):
+    """A refused tar member (link, ../, absolute path) is its sample's one reject: the unit reads exactly as many
+    items as the tar holds samples (+ the sidecar's keys the tar lacks), never an extra bad member + missing_file."""
+    _, rejects, stats, _ = processed
+    names = [m.name if isinstance(m, tarfile.TarInfo) else m[0] for m in hostile.laion_members()]
+    samples = [k for i, k in enumerate(n.rpartition(".")[0] for n in names)
+               if i == 0 or k != names[i - 1].rpartition(".")[0]]
+    (st,) = [s for s in stats if s["unit"].endswith("00000.tar")]
+    assert st["read"] == len(samples) + 2  # + listed_not_in_tar, download_failed from the sidecar
+    for key in ("escape_parent", "aromni_escape_absolute", "symlink_passwd", "hardlink_ok", "link_with_caption"):
+        assert len(rejects[f"laion/{key}"]) == 1, rejects[f"laion/{key}"]
 
 
 def test_circuit_breaker_stops_the_unit_not_the_build(tmp_path, hostile_root):

@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from pathlib import Path
 from typing import Iterator
 
 from pydantic import Field
 
+from aromni.io import paths
 from aromni.pipeline.readers.base import Example, Reader, Rejected, Turn, Unit, register
-from aromni.pipeline.readers.files import MiB, LineOptions, array_units, iter_array, json_lines, line_units, tar_index
+from aromni.pipeline.readers.files import (MiB, LineOptions, MemberRefused, array_units, iter_array, json_lines,
+                                           line_units, tar_index, unsafe_name)
 
 ROLES = {"user": "user", "human": "user", "anygpt": "assistant", "assistant": "assistant", "gpt": "assistant"}
 TARS = {"speech": ("speech.tar",), "image": ("images_224.tar", "images.tar"), "music": ("music.tar",)}
@@ -39,28 +40,33 @@ class AnyInstructReader(Reader):
     Units: byte ranges of metadata.jsonl (options.unit_bytes), runs of options.dialogs_per_unit dialogs of metadata.json.
     path: the AnyInstruct root, or one subset folder."""
     Options = AnyInstructOptions
+    carries = frozenset({"dialog", "text", "speech", "image"})
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[str]:
+        self.require()
         p = self.path
-        if p.is_file():
+        if paths.isfile(p):
             return [p]
-        found = [f for name in ("metadata.jsonl", "metadata.json") for f in p.glob(f"*/{name}")]
-        found += [f for name in ("metadata.jsonl", "metadata.json") if (f := p / name).is_file()]
-        return sorted(set(found), key=str)
+        names = ("metadata.jsonl", "metadata.json")
+        found = [f for f, is_dir in paths.list_dir(p) if not is_dir and paths.name(f) in names]
+        for sub, is_dir in paths.list_dir(p):
+            if is_dir:
+                found += [f for f, d in paths.list_dir(sub) if not d and paths.name(f) in names]
+        return sorted(set(found))
 
     def units(self) -> list[Unit]:
         out = []
         for f in self.files():
-            if f.suffix == ".jsonl":
+            if paths.suffix(f) == ".jsonl":
                 out += line_units(self.source, f, self.opts.unit_bytes)
             else:
                 out += array_units(self.source, f, None, self.opts.dialogs_per_unit)
         return out
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        meta = Path(unit.path)
-        subset = meta.parent.name
-        if meta.suffix == ".jsonl":
+        meta = unit.path
+        subset = paths.name(paths.parent(meta))
+        if paths.suffix(meta) == ".jsonl":
             for item in json_lines(meta, unit.part or 0, self.opts.unit_bytes, f"{subset}/"):
                 if isinstance(item, Rejected):
                     yield item
@@ -75,9 +81,11 @@ class AnyInstructReader(Reader):
             except ValueError as e:
                 yield Rejected(unit.label, "bad_metadata", f"{meta}: {e}")
 
-    def _dialog(self, rec, key: str, meta: Path, where: str) -> Example | Rejected:
+    def _dialog(self, rec, key: str, meta: str, where: str) -> Example | Rejected:
+        folder = paths.parent(meta)
+        subset = paths.name(folder)
         if isinstance(rec, dict) and rec.get("id") is not None:
-            key = f"{meta.parent.name}/{rec['id']}"
+            key = f"{subset}/{rec['id']}"
         chat = rec.get("chat") if isinstance(rec, dict) else None
         if not isinstance(chat, list) or not chat:
             return Rejected(key, "bad_dialog", f"{where}: no 'chat' list")
@@ -96,24 +104,28 @@ class AnyInstructReader(Reader):
                 name = msg.get(kind)
                 if not name:
                     continue
+                if unsafe_name(str(name)):  # "../x" or "/etc/x": refused whatever the tar holds
+                    return Rejected(key, "bad_path", f"message {i}: {kind} {name!r} leaves {folder}")
                 try:
-                    data = self._member(meta.parent, kind, str(name))
+                    data = self._member(folder, kind, str(name))
+                except MemberRefused as e:
+                    return Rejected(key, e.reason, f"message {i}: {e.message}")
                 except (OSError, tarfile.TarError) as e:
-                    return Rejected(key, "unreadable_file", f"{meta.parent}: {TARS[kind][0]}: {e}")
+                    return Rejected(key, "unreadable_file", f"{folder}: {TARS[kind][0]}: {e}")
                 if data is None:
                     return Rejected(key, "missing_audio" if kind == "speech" else "missing_file",
-                                    f"message {i}: {name} is not in {meta.parent}/{TARS[kind][0]}")
+                                    f"message {i}: {name} is not in {folder}/{TARS[kind][0]}")
                 if kind == "speech":
                     turn.audio = data
                 else:
                     turn.image = data
                 turn.meta[kind] = str(name)
             turns.append(turn)
-        return Example(key=key, turns=turns, meta={"path": where, "subset": meta.parent.name})
+        return Example(key=key, turns=turns, meta={"path": where, "subset": subset})
 
-    def _member(self, folder: Path, kind: str, name: str) -> bytes | None:
+    def _member(self, folder: str, kind: str, name: str) -> bytes | None:
         for tar in TARS[kind]:
-            p = folder / tar
-            if p.is_file():
-                return tar_index(p).read(name)
+            p = paths.join(folder, tar)
+            if paths.isfile(p):
+                return tar_index(p).read(name, self.opts.max_file_bytes)
         return None

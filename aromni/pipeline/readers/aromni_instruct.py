@@ -57,6 +57,7 @@ def segments_from_labels(input_ids: Sequence[int], labels: Sequence[int],
 @register
 class AROmniInstructReader(ParquetReader):
     name = "aromni_instruct"
+    carries = frozenset({"tokens", "dialog"})
     layout_doc = """The published AR-Omni-Instruct-v0.1 (ModalityDance), one parquet, one unit per row group:
     columns input_ids (list<int>) and labels (list<int>, -100 where no loss), already tokenized with the AR-Omni
     layout. Segments are recovered from the labels (assistant where labels != -100, modality from the span markers);

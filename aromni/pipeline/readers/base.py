@@ -9,12 +9,12 @@ Register a reader with ``@register``; its ``Options`` pydantic model validates `
 """
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+from pydantic import Field
+
+from aromni.io import paths
 from aromni.registry import Registry, StrictOptions
 
 
@@ -65,12 +65,22 @@ class Unit:
         return self.path if self.part is None else f"{self.path}#{self.part}"
 
 
+MiB = 1 << 20
+
+
 class ReaderOptions(StrictOptions):
-    """A reader's ``sources[].options``."""
+    """A reader's ``sources[].options``. Every reader has ``max_file_bytes``: a media file or tar member over it is
+    rejected ``too_large`` from its size (header, listing) before a byte of it is read, so one hostile file cannot
+    blow up a worker."""
+    max_file_bytes: int = Field(64 * MiB, ge=1, description="media file / tar member size cap (bytes): larger ones "
+                                                            "are rejected too_large before reading")
 
 
 READERS: Registry = Registry()
 register = READERS.register
+
+
+CARRIES = frozenset({"text", "image", "speech", "dialog", "tokens"})
 
 
 class Reader:
@@ -78,25 +88,38 @@ class Reader:
     layout_doc: ClassVar[str] = ""
     Options: ClassVar[type[ReaderOptions]] = ReaderOptions
     patterns: ClassVar[tuple[str, ...]] = ("*",)   # which files inside a folder are units
+    # What this reader's Examples hold, among CARRIES: the recipe check refuses a task that needs something else.
+    carries: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, source_name: str, path: Path, options: dict | None = None):
+    def __init__(self, source_name: str, path, options: dict | None = None, max_files: int | None = None):
         self.source = source_name
-        self.path = Path(path)
+        self.path = paths.normalise(str(path))  # a local path or a URL (s3://, gs://, hf://datasets/...)
         self.opts = self.Options(**(options or {}))
+        # listing budget: a folder with more candidate files than this is an error, not a walk of the whole disk
+        self.max_files = max_files
 
-    def files(self) -> list[Path]:
+    def require(self) -> None:
+        """A source on an object store that does not exist (missing bucket or prefix) or cannot be reached is one
+        InputError naming the URL, not an empty source."""
+        if paths.is_url(self.path) and not paths.has_magic(self.path) and not paths.exists(self.path):
+            raise paths.InputError(f"{self.path}: not found (no such object, prefix or bucket)")
+
+    def files(self) -> list[str]:
         """The unit files: ``path`` itself, a glob, or the files of a folder matching ``patterns``, sorted."""
-        p = str(self.path)
-        if any(ch in p for ch in "*?["):
-            found = [Path(f) for f in glob.glob(p, recursive=True)]
-        elif self.path.is_dir():
-            found = [f for pat in self.patterns for f in self.path.rglob(pat)]
-        else:
-            found = [self.path] if self.path.exists() else []
-        return sorted({f for f in found if f.is_file()}, key=lambda f: str(f))
+        self.require()
+        if paths.has_magic(self.path):
+            return paths.glob(self.path, self.max_files)
+        if paths.isdir(self.path):
+            return paths.list_files(self.path, self.patterns, self.max_files)
+        return [self.path] if paths.isfile(self.path) else []
 
     def units(self) -> list[Unit]:
-        return [Unit(self.source, str(f), os.path.getsize(f)) for f in self.files()]
+        return [Unit(self.source, f, paths.size(f)) for f in self.files()]
+
+    @classmethod
+    def describe(cls) -> str:
+        """What ``aromni readers`` prints: the layout and what the examples carry (the tasks it can serve)."""
+        return f"{cls.layout_doc.strip()}\n    carries: {', '.join(sorted(cls.carries)) or 'nothing'}"
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
         raise NotImplementedError

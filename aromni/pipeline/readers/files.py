@@ -10,14 +10,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import os
 import tarfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Iterator
 
 from pydantic import Field
 
+from aromni.io import paths
 from aromni.pipeline.readers.base import Reader, ReaderOptions, Rejected, Unit
 
 MiB = 1 << 20
@@ -26,21 +25,21 @@ MiB = 1 << 20
 # ---------------------------------------------------------------------------------------------------------------
 # Line files split into byte ranges
 # ---------------------------------------------------------------------------------------------------------------
-def line_units(source: str, path: Path, unit_bytes: int) -> list[Unit]:
+def line_units(source: str, path: str, unit_bytes: int) -> list[Unit]:
     """One unit per ``unit_bytes`` of the file (at least one, even for an empty file)."""
-    size = os.path.getsize(path)
+    size = paths.size(path)
     n = max(1, -(-size // unit_bytes))
     return [Unit(source, str(path), size, part=k) for k in range(n)]
 
 
-def iter_lines(path: str | Path, part: int, unit_bytes: int, skip_header: bool = False) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: str, part: int, unit_bytes: int, skip_header: bool = False) -> Iterator[tuple[int, bytes]]:
     """(byte offset, raw line without the newline) for the lines that start in range ``part``.
 
     A line starts in the range when the byte before it (a newline, or the start of the file) lies before the range's
     end; the line itself may run past the end.
     """
     start, end = part * unit_bytes, (part + 1) * unit_bytes
-    with open(path, "rb") as f:
+    with paths.open_input(path) as f:
         if start == 0:
             pos = 0
             if skip_header:
@@ -56,8 +55,8 @@ def iter_lines(path: str | Path, part: int, unit_bytes: int, skip_header: bool =
             pos += len(line)
 
 
-def read_header(path: str | Path) -> bytes:
-    with open(path, "rb") as f:
+def read_header(path: str) -> bytes:
+    with paths.open_input(path) as f:
         return f.readline().rstrip(b"\r\n")
 
 
@@ -80,10 +79,10 @@ def decode_line(raw: bytes, key: str) -> tuple[str | None, Rejected | None]:
         return None, Rejected(key, "bad_text", f"line is not UTF-8: {e}")
 
 
-def text_lines(path: str | Path, part: int, unit_bytes: int, skip_header: bool = False
+def text_lines(path: str, part: int, unit_bytes: int, skip_header: bool = False
                ) -> Iterator[tuple[int, str] | Rejected]:
     """(offset, line) for the non-blank lines of range ``part``; a line that is not UTF-8 is a Rejected."""
-    name = Path(path).name
+    name = paths.name(path)
     for off, raw in iter_lines(path, part, unit_bytes, skip_header):
         if not raw.strip():
             continue
@@ -91,7 +90,7 @@ def text_lines(path: str | Path, part: int, unit_bytes: int, skip_header: bool =
         yield bad if bad else (off, line)
 
 
-def json_lines(path: str | Path, part: int, unit_bytes: int, key_prefix: str = ""
+def json_lines(path: str, part: int, unit_bytes: int, key_prefix: str = ""
                ) -> Iterator[tuple[int, str, dict] | Rejected]:
     """(offset, key, record) for the JSON lines of range ``part``. ``key`` is ``key_prefix`` + a hash of the line: stable
     whatever the unit size (line numbers are not known inside a byte range). Broken lines are Rejected."""
@@ -114,10 +113,10 @@ def json_lines(path: str | Path, part: int, unit_bytes: int, key_prefix: str = "
 # ---------------------------------------------------------------------------------------------------------------
 # JSON arrays, item by item
 # ---------------------------------------------------------------------------------------------------------------
-def array_start(path: str | Path, key: str | None = None, probe: int = 1 << 24) -> int:
+def array_start(path: str, key: str | None = None, probe: int = 1 << 24) -> int:
     """Byte offset just after the ``[`` of the array: the top-level value, or the value of ``key`` (searched for in the
     first ``probe`` bytes, e.g. GigaSpeech.json's ``"audios"``)."""
-    with open(path, "rb") as f:
+    with paths.open_input(path) as f:
         head = f.read(probe)
     stripped = head.lstrip()
     if key is None or stripped[:1] == b"[":
@@ -135,7 +134,7 @@ def array_start(path: str | Path, key: str | None = None, probe: int = 1 << 24) 
     return j + 1
 
 
-def iter_array(path: str | Path, start: int, limit: int | None = None, *, offsets: bool = False,
+def iter_array(path: str, start: int, limit: int | None = None, *, offsets: bool = False,
                chunk: int = 1 << 20, max_item: int = 256 << 20) -> Iterator:
     """Items of a JSON array from byte ``start`` (just after ``[`` or a previous item), at most ``limit`` of them.
 
@@ -147,7 +146,7 @@ def iter_array(path: str | Path, start: int, limit: int | None = None, *, offset
     dec = codecs.getincrementaldecoder(enc)()
     scanner = json.JSONDecoder()
     buf, pos, base, n, eof = "", 0, start, 0, False
-    with open(path, "rb") as f:
+    with paths.open_input(path) as f:
         f.seek(start)
         while limit is None or n < limit:
             while True:  # skip separators
@@ -179,13 +178,13 @@ def iter_array(path: str | Path, start: int, limit: int | None = None, *, offset
             pos = end
 
 
-def array_units(source: str, path: Path, key: str | None, items_per_unit: int) -> list[Unit]:
+def array_units(source: str, path: str, key: str | None, items_per_unit: int) -> list[Unit]:
     """Cut a JSON array into units of ``items_per_unit`` items; a unit's ``part`` is the byte offset of its first item.
 
     This reads the file once (at plan time, in the driver); workers then seek straight to their items.
     """
     start = array_start(path, key)
-    size = os.path.getsize(path)
+    size = paths.size(path)
     units = []
     for i, (off, _) in enumerate(iter_array(path, start, offsets=True)):
         if i % items_per_unit == 0:
@@ -194,43 +193,111 @@ def array_units(source: str, path: Path, key: str | None, items_per_unit: int) -
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Random access into an uncompressed tar (AnyInstruct's speech.tar, 33 GB)
+# Tar members: what may be read, with a cap on the bytes
+# ---------------------------------------------------------------------------------------------------------------
+def member_problem(m: tarfile.TarInfo, max_bytes: int | None) -> tuple[str, str] | None:
+    """Why a tar member must not be read, or None. Only plain regular files with a relative path that stays inside
+    the archive are read: links, devices, GNU sparse members (``tarfile`` would hand them out as regular files and
+    expand the holes in memory), ``../`` and absolute names are refused; a member over ``max_bytes`` is too_large,
+    decided from its header before a byte of it is read."""
+    if m.issparse():
+        return "bad_tar_member", f"{m.name}: GNU sparse member (claims {m.size} bytes): refused"
+    if not m.isreg() or m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+        return "bad_tar_member", f"{m.name}: not a regular file (link, device or special member)"
+    if unsafe_name(m.name):
+        return "bad_path", f"{m.name}: absolute or parent-relative path"
+    if max_bytes is not None and m.size > max_bytes:
+        return "too_large", f"{m.name}: {m.size} bytes > max_member_bytes {max_bytes}"
+    return None
+
+
+def unsafe_name(name: str) -> bool:
+    """A member or metadata path that is absolute or climbs out with ``..`` (after normalisation)."""
+    if not name or name.startswith(("/", "\\")) or "\x00" in name or "://" in name:
+        return True
+    return ".." in name.replace("\\", "/").split("/")
+
+
+def read_member(tf: tarfile.TarFile, m: tarfile.TarInfo, max_bytes: int | None) -> bytes:
+    """The member's bytes, never more than ``max_bytes`` (+1 to notice a lie) even when the stream is compressed."""
+    f = tf.extractfile(m)
+    cap = m.size if max_bytes is None else min(m.size, max_bytes)
+    data = f.read(cap + 1) if f is not None else b""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MemberTooLarge(f"{m.name}: more than {max_bytes} bytes")
+    return data
+
+
+class MemberTooLarge(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random access into an uncompressed tar (AnyInstruct's speech.tar, 33 GB), local or in a bucket
 # ---------------------------------------------------------------------------------------------------------------
 class TarIndex:
-    """Member name -> (data offset, size), built once per process from the tar's headers (no data is read)."""
+    """Member name -> (data offset, size), built once per process from the tar's headers (no data is read; on an
+    object store each header is a small range request). Members that must not be read (see ``member_problem``) are
+    kept apart in ``refused`` with their reason, under both their name and the short alias, so a metadata line that
+    names one gets that reason instead of the bytes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str):
         self.path = str(path)
         self.members: dict[str, tuple[int, int]] = {}
-        with tarfile.open(self.path, mode="r:") as tf:
+        self.refused: dict[str, tuple[str, str]] = {}
+        with paths.open_input(self.path) as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
             for m in tf:
-                if m.isfile():
-                    name = m.name.removeprefix("./")
-                    self.members[name] = (m.offset_data, m.size)
-                    # also without the top folder: metadata says "chunk_00000/0001.mp3", the tar may hold
-                    # "speech/chunk_00000/0001.mp3"
-                    short = name.split("/", 1)[-1]
-                    self.members.setdefault(short, (m.offset_data, m.size))
+                name = m.name.removeprefix("./")
+                problem = member_problem(m, None)
+                # also without the top folder: metadata says "chunk_00000/0001.mp3", the tar may hold
+                # "speech/chunk_00000/0001.mp3"
+                short = name.split("/", 1)[-1]
+                if problem is not None:
+                    for n in (name, short, m.name):
+                        self.refused.setdefault(n, problem)
+                    continue
+                self.members[name] = (m.offset_data, m.size)
+                self.members.setdefault(short, (m.offset_data, m.size))
 
-    def read(self, name: str) -> bytes | None:
-        hit = self.members.get(name.removeprefix("./"))
+    def lookup(self, name: str) -> tuple[int, int] | tuple[str, str] | None:
+        key = name.removeprefix("./")
+        if unsafe_name(key):
+            return "bad_path", f"{name}: absolute or parent-relative path"
+        if key in self.refused:
+            return self.refused[key]
+        return self.members.get(key)
+
+    def read(self, name: str, max_bytes: int | None = None) -> bytes | None:
+        """The member's bytes; None when absent. Raises MemberRefused for a refused or oversized member."""
+        hit = self.lookup(name)
         if hit is None:
             return None
-        with open(self.path, "rb") as f:
-            f.seek(hit[0])
-            return f.read(hit[1])
+        if isinstance(hit[0], str):
+            raise MemberRefused(*hit)
+        offset, size = hit
+        if max_bytes is not None and size > max_bytes:
+            raise MemberRefused("too_large", f"{name}: {size} bytes > max_member_bytes {max_bytes}")
+        with paths.open_input(self.path) as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+class MemberRefused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 
 @lru_cache(maxsize=8)
-def _tar_index(path: str, size: int, mtime: float) -> TarIndex:
+def _tar_index(path: str, size: int) -> TarIndex:
     return TarIndex(path)
 
 
-def tar_index(path: str | Path) -> TarIndex:
+def tar_index(path: str) -> TarIndex:
     """A cached TarIndex (per worker process; a changed file is re-indexed)."""
-    st = os.stat(path)
-    return _tar_index(str(path), st.st_size, st.st_mtime)
+    return _tar_index(str(path), paths.size(path))
 
 
 __all__ = ["LineFileReader", "LineOptions", "TarIndex", "array_start", "array_units", "decode_line", "iter_array",
-           "iter_lines", "json_lines", "line_units", "read_header", "tar_index", "text_lines", "MiB"]
+           "iter_lines", "json_lines", "member_problem", "read_member", "unsafe_name", "MemberRefused",
+           "MemberTooLarge", "line_units", "read_header", "tar_index", "text_lines", "MiB"]

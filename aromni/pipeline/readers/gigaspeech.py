@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator, Literal
 
 from pydantic import Field
 
+from aromni.io import paths
 from aromni.pipeline.readers.base import Example, Rejected, Unit, register
 from aromni.pipeline.readers.files import array_start, array_units, iter_array
 from aromni.pipeline.readers.parquet import ParquetReader
@@ -40,6 +40,8 @@ class GigaSpeechOptions(ParquetReader.Options):
     subset: str | None = Field(None, description="original layout: keep segments of this subset (XS, S, M, L, XL, "
                                                  "DEV, TEST); others are rejected as not_in_subset")
     audios_per_unit: int = Field(20, ge=1, description="original layout: long recordings per unit")
+    max_segment_seconds: float = Field(600.0, gt=0, description="original layout: a segment whose begin/end times "
+                                       "span more than this is rejected audio_too_long before it is read")
 
 
 @register
@@ -58,11 +60,15 @@ class GigaSpeechReader(ParquetReader):
     tags <SIL> <MUSIC> <NOISE> <OTHER> (removed; garbage-only utterances are rejected as garbage_only).
     path: the folder holding *.parquet or GigaSpeech.json, a glob, or one file."""
     Options = GigaSpeechOptions
+    carries = frozenset({"text", "speech"})
     columns = ("segment_id", "text", "audio")
 
-    def _metadata(self) -> Path | None:
-        for cand in (self.path, self.path / METADATA):
-            if cand.name == METADATA and cand.is_file():
+    def _metadata(self) -> str | None:
+        self.require()
+        if paths.has_magic(self.path):
+            return None
+        for cand in (self.path, paths.join(self.path, METADATA)):
+            if paths.name(cand) == METADATA and paths.isfile(cand):
                 return cand
         return None
 
@@ -73,7 +79,7 @@ class GigaSpeechReader(ParquetReader):
         return array_units(self.source, meta, "audios", self.opts.audios_per_unit)
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        if Path(unit.path).name == METADATA:
+        if paths.name(unit.path) == METADATA:
             yield from self._read_original(unit)
         else:
             yield from super().read(unit)
@@ -100,31 +106,34 @@ class GigaSpeechReader(ParquetReader):
     def _read_original(self, unit: Unit) -> Iterator[Example | Rejected]:
         import soundfile as sf
 
-        meta = Path(unit.path)
+        meta = unit.path
         try:
             start = unit.part if unit.part is not None else array_start(meta, "audios")
             audios = iter_array(meta, start, self.opts.audios_per_unit)
             for a in audios:
-                yield from self._recording(a, meta.parent, sf)
+                yield from self._recording(a, paths.parent(meta), sf)
         except ValueError as e:
             yield Rejected(unit.label, "bad_metadata", f"{meta}: {e}")
 
-    def _recording(self, a: dict, root: Path, sf) -> Iterator[Example | Rejected]:
+    def _recording(self, a: dict, root: str, sf) -> Iterator[Example | Rejected]:
         segments = a.get("segments") or []
         rel = str(a.get("path") or "")
-        audio_path = root / rel
+        audio_path = paths.confine(root, rel)
         want = f"{{{self.opts.subset}}}" if self.opts.subset else None
         base = {k: a[k] for k in ("aid", "source", "category", "speaker") if a.get(k) is not None}
         problem = None
-        if not audio_path.is_file():
-            aes = Path(f"{audio_path}.aes")
+        if audio_path is None:  # "../../../etc/x.opus" or an absolute path: never read outside the release
+            problem = ("bad_path", f"recording path {rel!r} leaves {root}")
+        elif not paths.isfile(audio_path):
+            aes = f"{audio_path}.aes"
             problem = (("encrypted_audio", f"{aes} is encrypted: decrypt it with GigaSpeech's toolkit first")
-                       if aes.exists() or rel.endswith(".aes") else ("missing_audio", f"{audio_path} not found"))
-        handle = None
+                       if rel.endswith(".aes") or paths.exists(aes) else ("missing_audio", f"{audio_path} not found"))
+        handle = raw = None
         try:
             if problem is None:
                 try:
-                    handle = sf.SoundFile(str(audio_path))
+                    raw = paths.open_input(audio_path)
+                    handle = sf.SoundFile(raw)
                 except Exception as e:  # noqa: BLE001 - libsndfile errors come in several types
                     problem = ("bad_audio", f"{audio_path}: {type(e).__name__}: {e}")
             for s in segments:
@@ -137,6 +146,10 @@ class GigaSpeechReader(ParquetReader):
                     continue
                 try:
                     b, e = float(s["begin_time"]), float(s["end_time"])
+                    if e - b > self.opts.max_segment_seconds:
+                        yield Rejected(key, "audio_too_long", f"segment [{b}, {e}] is {e - b:.1f} s > "
+                                                              f"max_segment_seconds {self.opts.max_segment_seconds}")
+                        continue
                     sr = handle.samplerate
                     handle.seek(max(0, int(round(b * sr))))
                     wave = handle.read(max(0, int(round((e - b) * sr))), dtype="float32", always_2d=True)
@@ -148,3 +161,5 @@ class GigaSpeechReader(ParquetReader):
         finally:
             if handle is not None:
                 handle.close()
+            if raw is not None:
+                raw.close()

@@ -1,18 +1,22 @@
 """JourneyDB (Midjourney images with prompts and captions) as published on the HF Hub (JourneyDB/JourneyDB)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tarfile
-from pathlib import Path
 from typing import Iterator, Literal
 
 from pydantic import Field
 
+from aromni.io import paths
 from aromni.pipeline.readers.base import Example, Reader, ReaderOptions, Rejected, Unit, register
+from aromni.pipeline.readers.files import MemberTooLarge, member_problem, read_member, unsafe_name
 
 ANNOTATIONS = ("train_anno_realease_repath.jsonl", "valid_anno_repath.jsonl")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+MAX_LINE = 1 << 20  # an annotation line is ~2 KB: a longer one is broken, not something to hold in memory
+_FOLDER = re.compile(rb'"img_path"\s*:\s*"(?:\./)?([^"/]+)/')
 # Midjourney parameters at the end of a prompt ("--ar 16:9 --v 5 --q 2"): not a description of the picture.
 _PARAMS = re.compile(r"\s+--?[a-z]+(?:\s+(?!--)[^\s]+)?", re.IGNORECASE)
 
@@ -43,81 +47,122 @@ class JourneyDBReader(Reader):
     missing_annotation, lines without an image as missing_file.
     path: the data/train folder (or the imgs folder, or one archive, with options.annotations)."""
     Options = JourneyDBOptions
+    carries = frozenset({"text", "image"})
     patterns = ("*.tgz", "*.tar.gz", "*.tar")
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[str]:
         return [f for f in super().files() if not _is_annotation_archive(f)]
 
-    def _annotation_file(self) -> Path:
+    def _annotation_file(self) -> str:
+        base = self.path if paths.isdir(self.path) else paths.parent(self.path)
         if self.opts.annotations:
-            p = Path(self.opts.annotations)
-            return p if p.is_absolute() else (self.path if self.path.is_dir() else self.path.parent) / p
-        roots = [self.path] if self.path.is_dir() else []
-        roots += [self.path.parent, self.path.parent.parent]
+            return paths.resolve(self.opts.annotations, base)
+        roots = [self.path] if paths.isdir(self.path) else []
+        roots += [paths.parent(self.path), paths.parent(paths.parent(self.path))]
         for root in roots:
             for name in ANNOTATIONS:
-                for cand in (root / name, root / f"{name}.tgz"):
-                    if cand.exists():
+                for cand in (paths.join(root, name), paths.join(root, f"{name}.tgz")):
+                    if paths.exists(cand):
                         return cand
         raise FileNotFoundError(f"no {ANNOTATIONS[0]} (or .tgz) under {self.path}; set options.annotations")
 
-    def _lines(self, anno: Path) -> Iterator[bytes]:
-        if anno.suffix in (".tgz", ".gz", ".tar"):
-            with tarfile.open(anno, mode="r|*") as tf:
-                for m in tf:
-                    if m.isfile() and m.name.endswith(".jsonl"):
-                        yield from tf.extractfile(m)
-                        return
-            raise FileNotFoundError(f"{anno}: no .jsonl member")
-        with open(anno, "rb") as f:
-            yield from f
+    def _lines(self, anno: str) -> Iterator[bytes]:
+        """The annotation file's lines (each at most MAX_LINE bytes: longer ones come back cut, flagged by length)."""
+        with paths.open_input(anno) as raw:
+            if paths.suffix(anno) in (".tgz", ".gz", ".tar"):
+                with tarfile.open(fileobj=raw, mode="r|*") as tf:
+                    for m in tf:
+                        if m.isreg() and not m.issparse() and m.name.endswith(".jsonl"):
+                            yield from _bounded_lines(tf.extractfile(m))
+                            return
+                raise FileNotFoundError(f"{anno}: no .jsonl member")
+            yield from _bounded_lines(raw)
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        folder = Path(unit.path).name.split(".")[0]  # imgs/000.tgz -> "000"
+        folder = paths.name(unit.path).split(".")[0]  # imgs/000.tgz -> "000"
         try:
             anno_path = self._annotation_file()
-            annotations = self._annotations_for(anno_path, folder)
+            annotations, broken = self._annotations_for(anno_path, folder, self._is_first(unit))
         except (FileNotFoundError, OSError, tarfile.TarError) as e:
-            yield Rejected(Path(unit.path).name, "missing_annotation", str(e))
+            yield Rejected(paths.name(unit.path), "missing_annotation", str(e))
             return
+        yield from broken
         seen: set[str] = set()
+        cap = self.opts.max_file_bytes
         try:
-            with tarfile.open(unit.path, mode="r|*") as tf:
+            with paths.open_input(unit.path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
                 for m in tf:
-                    if not m.isfile():
-                        continue
                     name = m.name.removeprefix("./")
-                    if Path(name).suffix.lower() not in IMAGE_EXTS:
+                    if paths.suffix(name).lower() not in IMAGE_EXTS:
                         continue
-                    if m.name.startswith("/") or ".." in Path(m.name).parts:
-                        yield Rejected(name, "bad_tar_member", f"{m.name}: absolute or parent-relative path")
+                    problem = member_problem(m, cap)
+                    if problem is not None:
+                        seen.add(name)  # the image's one reject: not also missing_file for its annotation
+                        yield Rejected(name, *problem)
                         continue
                     seen.add(name)
                     rec = annotations.get(name)
                     if rec is None:
-                        yield Rejected(name, "missing_annotation", f"{unit.path}:{name} has no line in {anno_path.name}")
+                        yield Rejected(name, "missing_annotation", f"{unit.path}:{name} has no line in "
+                                                                   f"{paths.name(anno_path)}")
                         continue
-                    yield from self._example(name, rec, tf.extractfile(m).read(), unit)
+                    try:
+                        data = read_member(tf, m, cap)
+                    except MemberTooLarge as e:  # a compressed stream that inflates past its header's size
+                        yield Rejected(name, "too_large", str(e))
+                        continue
+                    yield from self._example(name, rec, data, unit)
         except (tarfile.TarError, OSError, EOFError) as e:
-            yield Rejected(Path(unit.path).name, "truncated_tar", f"{unit.path}: {e}")
+            yield Rejected(paths.name(unit.path), "truncated_tar", f"{unit.path}: {e}")
         for name in sorted(set(annotations) - seen):
             yield Rejected(name, "missing_file", f"{name} is annotated but not in {unit.path}")
 
-    def _annotations_for(self, anno: Path, folder: str) -> dict[str, dict]:
-        """Only this archive's lines are parsed: a cheap byte test skips the other ~99.5% of the file."""
+    def _is_first(self, unit: Unit) -> bool:
+        """Lines that name no archive are counted once, by the first archive's unit."""
+        try:
+            first = self.files()[:1]
+        except OSError:
+            return False
+        return bool(first) and first[0] == unit.path
+
+    def _annotations_for(self, anno: str, folder: str, first: bool) -> tuple[dict[str, dict], list[Rejected]]:
+        """Only this archive's lines are parsed: a cheap byte test skips the other ~99.5% of the file. Lines that are
+        not JSON (or name a path outside the archive) are this unit's bad_metadata / bad_path when they mention its
+        folder, the first unit's when they name none."""
         needle = f"/{folder}/".encode()
-        out = {}
+        out: dict[str, dict] = {}
+        bad: list[Rejected] = []
         for line in self._lines(anno):
-            if needle not in line:
+            if not line.strip():
+                continue
+            mine = needle in line
+            named = _FOLDER.search(line)
+            if not mine and not (first and named is None):
+                continue
+            key = "annotation:" + hashlib.sha1(line).hexdigest()[:16]
+            if len(line) > MAX_LINE:
+                bad.append(Rejected(key, "bad_metadata", f"{paths.name(anno)}: a line over {MAX_LINE} bytes"))
                 continue
             try:
                 rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue  # a broken line cannot be attributed to an image; images without a line are rejected
-            name = str(rec.get("img_path", "")).removeprefix("./")
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                if mine or named is None:
+                    bad.append(Rejected(key, "bad_metadata", f"{paths.name(anno)}: line is not JSON: {e}"))
+                continue
+            raw_name = str(rec.get("img_path", ""))
+            name = raw_name.removeprefix("./")
+            if not mine:
+                if not raw_name:
+                    bad.append(Rejected(key, "bad_metadata", f"{paths.name(anno)}: line has no img_path"))
+                continue
+            if unsafe_name(name):
+                bad.append(Rejected(name, "bad_path", f"img_path {raw_name!r} leaves the archive"))
+                continue
             if name.split("/", 1)[0] == folder:
                 out[name] = rec
-        return out
+        return out, bad
 
     def _example(self, name: str, rec: dict, img: bytes, unit: Unit) -> Iterator[Example | Rejected]:
         caption = ((rec.get("Task2") or {}).get("Caption") or "").strip()
@@ -129,8 +174,11 @@ class JourneyDBReader(Reader):
             text, used = caption, "Task2.Caption"
         elif prompt and mode != "caption":
             text, used = prompt, "prompt"
+        elif mode == "caption":
+            yield Rejected(name, "missing_caption", "no Task2.Caption (options.text: caption)")
+            return
         else:
-            yield Rejected(name, "empty_text", f"no {'Task2.Caption' if mode == 'caption' else 'caption or prompt'}")
+            yield Rejected(name, "empty_text", f"no {'prompt' if mode == 'prompt' else 'caption or prompt'}")
             return
         meta = {"caption": text, "text_field": used, "prompt": rec.get("prompt"), "path": f"{unit.path}:{name}"}
         style = (rec.get("Task1") or {}).get("Style")
@@ -139,5 +187,20 @@ class JourneyDBReader(Reader):
         yield Example(key=name, text=text, image=img, meta=meta)
 
 
-def _is_annotation_archive(p: Path) -> bool:
-    return "anno" in p.name
+def _is_annotation_archive(p: str) -> bool:
+    return "anno" in paths.name(p)
+
+
+def _bounded_lines(f) -> Iterator[bytes]:
+    """Lines of a binary stream, none held longer than MAX_LINE + 1 bytes (the rest of an over-long line is
+    skipped), so a 10 GB file without a newline cannot fill a worker's memory."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while True:  # drop the rest of the over-long line
+                rest = f.readline(MAX_LINE)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line

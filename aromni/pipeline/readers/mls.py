@@ -1,11 +1,11 @@
 """Multilingual LibriSpeech (OpenSLR 94) as released: transcripts.txt + audio/{speaker}/{book}/{id}.flac|.opus."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator, Literal
 
 from pydantic import Field
 
+from aromni.io import paths
 from aromni.pipeline.readers.base import Example, Rejected, Unit, register
 from aromni.pipeline.readers.files import LineFileReader, LineOptions, text_lines
 from aromni.pipeline.readers.gigaspeech import apply_case
@@ -28,17 +28,19 @@ class MLSReader(LineFileReader):
     Units: byte ranges of transcripts.txt (options.unit_bytes).
     path: the split folder, the mls_{lang} folder (with options.split), or transcripts.txt."""
     Options = MLSOptions
+    carries = frozenset({"text", "speech"})
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[str]:
+        self.require()
         p = self.path
-        for cand in (p, p / "transcripts.txt", p / self.opts.split / "transcripts.txt"):
-            if cand.is_file():
+        for cand in (p, paths.join(p, "transcripts.txt"), paths.join(p, self.opts.split, "transcripts.txt")):
+            if paths.isfile(cand):
                 return [cand]
         return []
 
     def read(self, unit: Unit) -> Iterator[Example | Rejected]:
-        txt = Path(unit.path)
-        audio_root = txt.parent / "audio"
+        txt = unit.path
+        audio_root = paths.join(paths.parent(txt), "audio")
         for item in text_lines(txt, unit.part or 0, self.opts.unit_bytes):
             if isinstance(item, Rejected):
                 yield item
@@ -49,17 +51,24 @@ class MLSReader(LineFileReader):
                 yield Rejected(f"{txt.name}@{off}", "bad_metadata", f"not 'speaker_book_utt<TAB>text': {line[:80]!r}")
                 continue
             speaker, book, _ = utt.split("_", 2)
-            folder = audio_root / speaker / book
-            audio = next((folder / f"{utt}{ext}" for ext in AUDIO_EXTS if (folder / f"{utt}{ext}").is_file()), None)
+            folder = paths.confine(audio_root, f"{speaker}/{book}")
+            if folder is None or "/" in utt or "\\" in utt:  # an id such as ../../x_y_z names a file elsewhere
+                yield Rejected(utt, "bad_path", f"{txt}@{off}: id {utt!r} leaves {audio_root}")
+                continue
+            cands = [paths.join(folder, f"{utt}{ext}") for ext in AUDIO_EXTS]
+            audio = next((c for c in cands if paths.isfile(c)), None)
             if audio is None:
                 yield Rejected(utt, "missing_audio", f"no {folder}/{utt}{{{','.join(AUDIO_EXTS)}}}")
                 continue
             try:
-                data = audio.read_bytes()
-            except OSError as e:
-                yield Rejected(utt, "missing_audio", f"{audio}: {e}")
+                data = paths.read_bytes(audio, self.opts.max_file_bytes)
+            except paths.TooLarge as e:
+                yield Rejected(utt, "too_large", str(e))
+                continue
+            except paths.InputError as e:
+                yield Rejected(utt, "missing_audio", str(e))
                 continue
             text = apply_case(text.strip(), self.opts.case)
             yield Example(key=utt, text=text, audio=data,
                           meta={"transcript": text, "speaker": speaker, "book": book,
-                                "path": str(audio.relative_to(txt.parent.parent))})
+                                "path": audio[len(paths.parent(paths.parent(txt))) + 1:]})

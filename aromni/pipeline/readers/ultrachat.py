@@ -16,6 +16,7 @@ class UltraChatOptions(LineOptions):
 @register
 class UltraChatReader(LineFileReader):
     name = "ultrachat"
+    carries = frozenset({"dialog", "text"})
     layout_doc = """UltraChat (HF stingning/ultrachat): train_0.jsonl ... train_9.jsonl, one dialog per line:
     {"id": "0", "data": ["user turn", "assistant turn", "user turn", ...]}.
     Turns alternate user/assistant starting with the user; a trailing user turn has no reply and is dropped

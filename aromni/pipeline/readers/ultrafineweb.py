@@ -16,6 +16,7 @@ class UltraFineWebOptions(ParquetReader.Options):
 @register
 class UltraFineWebReader(ParquetReader):
     name = "ultrafineweb"
+    carries = frozenset({"text"})
     layout_doc = """Ultra-FineWeb (openbmb/Ultra-FineWeb) parquet, one unit per row group:
     columns content (the document), score (quality classifier), source.
     Only the English portion is used in the paper (data/ultrafineweb_en/*.parquet).

@@ -36,6 +36,7 @@ def _round(r) -> float:
 @register
 class VoiceAssistantReader(ParquetReader):
     name = "voiceassistant"
+    carries = frozenset({"dialog", "text", "speech"})
     layout_doc = """VoiceAssistant-400K (HF gpt-omni/VoiceAssistant-400K), data/*.parquet, one unit per row group:
     columns split_name, index, round, question (text), question_audio (audio struct bytes/path), answer (text),
     answer_snac (the answer's SNAC codes: not AR-Omni's codec, ignored; the voice step re-synthesises replies).

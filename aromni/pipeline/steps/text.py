@@ -14,7 +14,11 @@ class TextError(Exception):
 
 
 def clean_text(text, min_chars: int = 1, max_chars: int | None = None) -> tuple[str, dict]:
-    """Returns the cleaned text and what was done (``meta``); raises TextError(empty_text|bad_text)."""
+    """Returns the cleaned text and what was done (``meta``); raises TextError(empty_text|bad_text).
+
+    A text over ``max_chars`` is cut at the last word boundary before it (or at ``max_chars`` when the last space
+    is in the first half): ``info["truncated_chars"]`` is how many characters were cut and ``info["original_chars"]``
+    the length before, so the cut is visible in the row's meta and countable in the unit's stats."""
     info: dict = {}
     if isinstance(text, bytes):
         try:
@@ -34,6 +38,8 @@ def clean_text(text, min_chars: int = 1, max_chars: int | None = None) -> tuple[
         raise TextError("empty_text", f"{len(t)} characters after clean-up (< {max(min_chars, 1)})")
     if max_chars is not None and len(t) > max_chars:
         cut = t.rfind(" ", 0, max_chars)
+        original = len(t)
         t = t[: cut if cut > max_chars // 2 else max_chars]
-        info["truncated_chars"] = max_chars
+        info["truncated_chars"] = original - len(t)
+        info["original_chars"] = original
     return t, info

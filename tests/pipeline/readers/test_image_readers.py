@@ -72,6 +72,60 @@ def test_journeydb_options_and_annotation_archive(tree, tmp_path):
     assert len(reader.units()) == 2
     items = [x for u in reader.units() for x in reader.read(u)]
     assert sum(isinstance(x, Example) for x in items) == 4
-    assert [x.message for x in items if isinstance(x, Rejected) and x.reason == "empty_text"] == ["no Task2.Caption"]
+    # text: caption and no Task2.Caption: the caption is missing (not an empty text)
+    assert [x.reason for x in items if isinstance(x, Rejected) and x.reason != "missing_file"
+            and x.reason != "missing_annotation"] == ["missing_caption"]
     assert strip_params("a cat --ar 16:9 --v 5 --q 2") == "a cat" and strip_params("a -- b") == "a -- b"
     assert json.loads((src / "train_anno_realease_repath.jsonl").read_text().splitlines()[0])["img_path"][:6] == "./000/"
+
+
+def test_laion_metadata_parquet_says_what_it_is(tmp_path):
+    """Issue 15.5: LAION's metadata (URL, TEXT, ...: img2dataset's input) is not a shard: the error says so and gives
+    the img2dataset command, whether path names the folder or the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from aromni.io.paths import InputError
+    f = tmp_path / "part-00000-laion.parquet"
+    pq.write_table(pa.table({"URL": ["https://example.org/a.jpg"], "TEXT": ["a cat"], "AESTHETIC_SCORE": [6.1]}), f)
+    for path in (tmp_path, f):
+        with pytest.raises(InputError) as e:
+            READERS["laion"]("laion", path).units()
+        assert "LAION metadata" in str(e.value) and "img2dataset --url_list" in str(e.value)
+
+
+def test_laion_keeps_img2dataset_status_as_the_reason(tmp_path):
+    """Issue 15.6: img2dataset's failed_to_resize is its own reason, not download_failed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tests.pipeline.readers.published import add_member, image_bytes
+    import tarfile
+    with tarfile.open(tmp_path / "00000.tar", "w") as tf:
+        add_member(tf, "a.jpg", image_bytes(1))
+        add_member(tf, "a.txt", b"a caption")
+    pq.write_table(pa.Table.from_pylist([
+        {"key": "a", "status": "success", "error_message": None},
+        {"key": "b", "status": "failed_to_resize", "error_message": "image too small"},
+        {"key": "c", "status": "failed_to_download", "error_message": "HTTP 404"}]), tmp_path / "00000.parquet")
+    reader = READERS["laion"]("laion", tmp_path)
+    got = {x.key: getattr(x, "reason", "ok") for u in reader.units() for x in reader.read(u)}
+    assert got == {"a": "ok", "b": "failed_to_resize", "c": "download_failed"}
+
+
+def test_journeydb_broken_annotation_lines_are_counted(tmp_path):
+    """Issue 15.6: a line that is not JSON is bad_metadata (counted once, by the archive it names or the first one),
+    not skipped silently."""
+    import tarfile
+    from tests.pipeline.readers.published import add_member, image_bytes, write_jsonl
+    d = tmp_path / "train"
+    (d / "imgs").mkdir(parents=True)
+    for folder in ("000", "001"):
+        with tarfile.open(d / "imgs" / f"{folder}.tgz", "w:gz") as tf:
+            add_member(tf, f"{folder}/a.jpg", image_bytes(int(folder)))
+    write_jsonl(d / "train_anno_realease_repath.jsonl",
+                [{"img_path": f"./{f}/a.jpg", "prompt": "p", "Task2": {"Caption": "A picture."}} for f in ("000", "001")])
+    with open(d / "train_anno_realease_repath.jsonl", "a") as f:
+        f.write('{"img_path": "./001/b.jpg", "prompt": \n')       # broken, names archive 001
+        f.write("not json at all\n")                               # broken, names nothing: the first unit's
+    reader = READERS["journeydb"]("jdb", d)
+    per_unit = [[getattr(x, "reason", "ok") for x in reader.read(u)] for u in reader.units()]
+    assert per_unit == [["bad_metadata", "ok"], ["bad_metadata", "ok"]]

@@ -57,7 +57,7 @@ def test_mls_opus_tree(tree):
     assert row.meta["speaker"] == "4800" and row.meta["path"].endswith(".opus")
     assert row.meta["transcript"] == "the birch canoe slid on the smooth planks"
     reader = READERS["mls"]("mls", root / "mls_english_opus", {"split": "train"})
-    assert reader.files() == [root / "mls_english_opus" / "train" / "transcripts.txt"]
+    assert reader.files() == [str(root / "mls_english_opus" / "train" / "transcripts.txt")]
 
 
 def test_speech_filters_count_under_their_own_reason(tree):
@@ -67,3 +67,27 @@ def test_speech_filters_count_under_their_own_reason(tree):
     assert r["rejected"] == {"missing_audio": 1, "audio_too_long": 4}
     r = run_source("common_voice", "cv-corpus-20.0-2024-12-06/en", ["text_to_speech"], filters={"max_tokens": 30})
     assert r["rejected"] == {"missing_audio": 1, "too_long": 5}
+
+
+@pytest.mark.parametrize("split", ["invalidated", "other", "reported"])
+def test_common_voice_unvalidated_splits_get_the_vote_rule(tmp_path, split):
+    """Issue 15.4: clips the community voted down are not training data by default: the unvalidated splits apply
+    Common Voice's rule (up >= 2, up - down >= 1) unless a vote option is given explicitly."""
+    write_common_voice(tmp_path)
+    lang = tmp_path / "cv-corpus-20.0-2024-12-06" / "en"
+    rows = (lang / "validated.tsv").read_text().splitlines()
+    cols = rows[0].split("\t")
+    out = [rows[0]]
+    for i, line in enumerate(rows[1:5]):  # votes (up, down): voted down, unvoted, one vote, validated
+        cells = line.split("\t")
+        cells[cols.index("up_votes")], cells[cols.index("down_votes")] = [("0", "2"), ("0", "0"), ("1", "0"),
+                                                                          ("2", "0")][i]
+        out.append("\t".join(cells))
+    (lang / f"{split}.tsv").write_text("\n".join(out) + "\n")
+    reader = READERS["common_voice"]("cv", lang, {"split": split})
+    items = [x for u in reader.units() for x in reader.read(u)]
+    assert [getattr(x, "reason", "ok") for x in items] == ["votes", "votes", "votes", "ok"]
+    # an explicit vote option replaces the rule (here: keep anything not voted down twice)
+    reader = READERS["common_voice"]("cv", lang, {"split": split, "max_down_votes": 1})
+    assert [getattr(x, "reason", "ok") for u in reader.units() for x in reader.read(u)] == ["votes", "ok", "ok", "ok"]
+    assert "vote rule" in READERS["common_voice"].layout_doc
