@@ -13,8 +13,8 @@ Packing is first-fit over the window's rows and takes a *prefix* of the stream: 
 ends the window (it opens the next one). Samples are never cut inside an image or speech span: a sample longer than
 ``max_len`` is dropped (AR-Omni's rule) or, with ``long_samples: split``, cut at points outside those spans. Each
 piece gets its own position ids from 0, so attention stays inside it (transformers builds a block-diagonal mask from
-restarting position ids), and its first token carries no label. Labels and weights come from the spine's
-``labels_and_weights``; perceptual targets from ``image_code_positions``.
+restarting position ids), and its first token carries no label. Labels, weights and perceptual positions are derived
+for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.sample import IGNORE_INDEX, LossPolicy, Segment, image_code_positions, labels_and_weights
+from aromni.sample import IGNORE_INDEX, LossPolicy, Segment
+from aromni.train.labels import FlatRows, derive
 
 MEDIA = ("image", "speech")
 
@@ -71,20 +72,6 @@ def discover(path: str):
     if not files:
         raise DataError(f"data.path {path}: no parquet shards")
     return fs, files, manifest
-
-
-@dataclass
-class RowGroup:
-    """One decoded row group: flat numpy arrays, rows sliced out on demand."""
-    ids: np.ndarray
-    offsets: np.ndarray
-    tasks: list
-    seg_offsets: np.ndarray | None = None
-    seg_start: np.ndarray | None = None
-    seg_end: np.ndarray | None = None
-    seg_role: np.ndarray | None = None
-    seg_mod: np.ndarray | None = None
-    labels: np.ndarray | None = None   # AR-Omni-Instruct layout: labels stored, no segments
 
 
 def _flat(col: pa.ChunkedArray):
@@ -140,7 +127,7 @@ class ShardSet:
         self.fingerprint = hashlib.sha256(json.dumps(
             [[f.rsplit("/", 1)[-1], int(self._file(i).metadata.num_rows)] for i, f in enumerate(self.files)]
         ).encode()).hexdigest()[:16]
-        self._cache: OrderedDict[int, RowGroup] = OrderedDict()
+        self._cache: OrderedDict[int, FlatRows] = OrderedDict()
         self._cache_size = cache_row_groups
         self._lock = threading.Lock()
 
@@ -158,7 +145,7 @@ class ShardSet:
             return pf.read(columns=["n_tokens"]).column(0).to_numpy()
         return pc.list_value_length(pf.read(columns=["input_ids"]).column(0)).to_numpy()
 
-    def row_group(self, rg: int) -> RowGroup:
+    def row_group(self, rg: int) -> FlatRows:
         with self._lock:
             if rg in self._cache:
                 self._cache.move_to_end(rg)
@@ -167,15 +154,17 @@ class ShardSet:
         ids, off = _flat(t.column("input_ids"))
         if self.kind == "labels":
             lab, _ = _flat(t.column("labels"))
-            out = RowGroup(ids, off, [None] * t.num_rows, labels=lab)
+            out = FlatRows(ids, off, [None] * t.num_rows, labels=lab)
         else:
             seg = t.column("segments").combine_chunks()
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
-            out = RowGroup(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
-                           seg_start=flat.field("start").to_numpy(), seg_end=flat.field("end").to_numpy(),
-                           seg_role=np.asarray(flat.field("role").to_pylist(), dtype=object),
-                           seg_mod=np.asarray(flat.field("modality").to_pylist(), dtype=object))
+            is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
+            out = FlatRows(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
+                           seg_start=flat.field("start").to_numpy().astype(np.int64),
+                           seg_end=flat.field("end").to_numpy().astype(np.int64),
+                           seg_assistant=is_("role", "assistant"), seg_image=is_("modality", "image"),
+                           seg_speech=is_("modality", "speech"))
         with self._lock:
             self._cache[rg] = out
             while len(self._cache) > self._cache_size:
@@ -191,8 +180,9 @@ class ShardSet:
         if g.labels is not None:
             return g.ids[lo:hi], None, None, g.labels[lo:hi]
         a, b = g.seg_offsets[k], g.seg_offsets[k + 1]
-        segs = [Segment(r, m, int(s), int(e)) for r, m, s, e in
-                zip(g.seg_role[a:b], g.seg_mod[a:b], g.seg_start[a:b], g.seg_end[a:b])]
+        segs = [Segment("assistant" if r else "user", "image" if im else "speech" if sp else "text", int(s), int(e))
+                for r, im, sp, s, e in zip(g.seg_assistant[a:b], g.seg_image[a:b], g.seg_speech[a:b],
+                                           g.seg_start[a:b], g.seg_end[a:b])]
         return g.ids[lo:hi], segs, g.tasks[k], None
 
     # ---- the endless stream -----------------------------------------------------------------------------
@@ -333,6 +323,7 @@ class Window:
     micro: list[dict[str, torch.Tensor]]
     weight_sum: float        # this rank's sum of loss weights (the loop all-reduces it)
     percept_count: int       # this rank's perceptual positions
+    filled: int              # this rank's micro-batches that hold rows (the others are empty placeholders)
     tokens: int              # real tokens (no padding) on this rank
     samples: list[int]       # stream indices on this rank, in row order
     dropped: Counter
@@ -345,14 +336,15 @@ class Loader:
                  max_len: int, pack: bool = True, policy: LossPolicy = LossPolicy(),
                  perceptual_tasks: tuple[str, ...] = ("text_to_image",), long_samples: str = "drop",
                  shuffle: bool = False, seed: int = 0, consumed: int = 0, vocab_size: int | None = None,
-                 prefetch: int = 0):
+                 prefetch: int = 0, weight_rule: str = "aromni"):
         if train_batch % (micro_batch * world):
             raise DataError(f"train batch {train_batch} is not a multiple of micro batch {micro_batch} x world {world}")
         self.shards, self.rank, self.world, self.mb = shards, rank, world, micro_batch
         self.train_batch, self.max_len, self.pack = train_batch, max_len, pack
         self.policy, self.perceptual_tasks = policy, tuple(perceptual_tasks)
         self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
-        self.vocab_size = vocab_size
+        self.vocab_size, self.weight_rule = vocab_size, weight_rule
+        self._derived: OrderedDict[int, tuple] = OrderedDict()
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -361,22 +353,31 @@ class Loader:
         self._stop = threading.Event()
 
     # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
+    def derived(self, rg: int):
+        """(flat rows, labels, weights, perceptual mask) of row group ``rg``, derived once for the whole group
+        (aromni.train.labels) and kept for the few row groups a window touches."""
+        hit = self._derived.get(rg)
+        if hit is not None:
+            self._derived.move_to_end(rg)
+            return hit
+        g = self.shards.row_group(rg)
+        if self.vocab_size is not None and len(g.ids) and int(g.ids.max()) >= self.vocab_size:
+            bad = int(np.searchsorted(g.offsets, int(np.argmax(g.ids >= self.vocab_size)), side="right") - 1)
+            raise DataError(f"row {int(self.shards.rg_start[rg]) + bad} of {self.shards.path} has id "
+                            f"{int(g.ids.max())}, outside the model's vocabulary of {self.vocab_size} (wrong model "
+                            f"for this data?)")
+        out = (g, *derive(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
+        self._derived[rg] = out
+        while len(self._derived) > 8:
+            self._derived.popitem(last=False)
+        return out
+
     def sample_arrays(self, row: int):
-        ids, segs, task, stored = self.shards.row(row)
-        if stored is not None:
-            labels = stored.astype(np.int64)
-            weights = (labels != IGNORE_INDEX).astype(np.float32)
-            percept = np.zeros(len(ids), dtype=bool)
-        else:
-            labels, weights = labels_and_weights(ids, segs, task, self.policy, self.layout)
-            percept = np.zeros(len(ids), dtype=bool)
-            if task in self.perceptual_tasks:
-                pos = image_code_positions(ids, segs, "assistant", self.layout)
-                percept[pos[labels[pos] != IGNORE_INDEX]] = True
-        if self.vocab_size is not None and len(ids) and int(ids.max()) >= self.vocab_size:
-            raise DataError(f"row {row} of {self.shards.path} has id {int(ids.max())}, outside the model's "
-                            f"vocabulary of {self.vocab_size} (wrong model for this data?)")
-        return ids, labels, weights, percept
+        rg = int(np.searchsorted(self.shards.rg_start, row, side="right") - 1)
+        g, labels, weights, percept = self.derived(rg)
+        k = row - int(self.shards.rg_start[rg])
+        lo, hi = int(g.offsets[k]), int(g.offsets[k + 1])
+        return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
 
     def _row_tensors(self, pieces: list[Piece]):
         ids, lab, w, per, pos = [], [], [], [], []
@@ -423,16 +424,17 @@ class Loader:
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
         per_micro = self.world * self.mb
-        micro, samples, tokens = [], [], 0
+        micro, samples, tokens, filled = [], [], 0, 0
         for k in range(self.train_batch // per_micro):
             lo = k * per_micro + self.rank * self.mb
             mine = plan.rows[lo:lo + self.mb]
             micro.append(self._collate(mine) if mine else self._empty_micro())
+            filled += bool(mine)
             samples += [p.g for r in mine for p in r]
             tokens += sum(p.hi - p.lo for r in mine for p in r)
         w = sum(float(m["weights"].sum()) for m in micro)
         pcount = sum(int(m["percept_mask"].sum()) for m in micro)
-        return Window(plan.start, plan.end, micro, w, pcount, tokens, samples, plan.dropped)
+        return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------
     def next_window(self) -> Window:
