@@ -126,7 +126,8 @@ class TrainRecipe(Strict):
     data: DataConfig
     loss: LossConfig = Field(default_factory=LossConfig)
     train: RunConfig = Field(default_factory=RunConfig)
-    deepspeed: str = Field(description="DeepSpeed JSON (real numbers, no \"auto\"); relative to the recipe file")
+    deepspeed: str = Field(description="DeepSpeed JSON (real numbers, no \"auto\"); like every path of a training "
+                                       "recipe, relative to the folder aromni runs in")
 
     @model_validator(mode="after")
     def _objective(self):
@@ -189,6 +190,28 @@ def total_steps(ds: dict) -> int | None:
     return params.get("total_num_steps")
 
 
+def resolve_path(p: str) -> Path:
+    """The one rule for a training recipe's paths: relative to the current folder (where aromni runs, as paths
+    typed on the command line), ``~`` expanded."""
+    return Path(p).expanduser().absolute()
+
+
+def check_inputs(recipe: TrainRecipe) -> None:
+    """Refuse a missing data.path (or a glob that matches nothing) before DeepSpeed or any process group starts.
+    URLs (hf://, s3://...) are checked when the loader opens them."""
+    path = recipe.data.path
+    if "://" in path:
+        return
+    if any(ch in path for ch in "*?["):
+        import glob
+        if not glob.glob(str(Path(path).expanduser())):
+            raise RecipeError(f"data.path {path}: no file matches (relative to {Path.cwd()})")
+        return
+    if not resolve_path(path).exists():
+        raise RecipeError(f"data.path {path}: not found (relative to {Path.cwd()}, where aromni runs); build the "
+                          f"data first or pass data.path=FOLDER")
+
+
 def load_train_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[TrainRecipe, dict]:
     """(recipe, DeepSpeed config) with ``key=value`` overrides applied; ``ds.`` keys go to the DeepSpeed JSON."""
     p = Path(path)
@@ -208,8 +231,7 @@ def load_train_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] =
         recipe = TrainRecipe(**data)
     except ValidationError as e:
         raise RecipeError(_flatten(e)) from None
-    ds_path = Path(recipe.deepspeed).expanduser()
-    ds = load_ds_config(ds_path if ds_path.is_absolute() else p.parent / ds_path, ds_over)
+    ds = load_ds_config(resolve_path(recipe.deepspeed), ds_over)
     steps = recipe.train.steps or total_steps(ds)
     if steps is None:
         raise RecipeError("train.steps: required when the DeepSpeed JSON has no scheduler.params.total_num_steps")

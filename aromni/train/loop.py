@@ -26,7 +26,7 @@ import torch
 from aromni.model.omni import build_omni
 from aromni.pipeline.unit import stable_hash
 from aromni.train.checkpoint import load_state, resume_point, run_identity, save_checkpoint
-from aromni.train.config import TrainRecipe, for_world_size
+from aromni.train.config import TrainRecipe, check_inputs, for_world_size
 from aromni.train.distributed import all_sum, barrier, free_port as _free_port, setup_distributed  # noqa: F401
 from aromni.train.loader import Loader, ShardSet
 from aromni.train.loss import STATS, micro_loss, micro_sums
@@ -99,6 +99,7 @@ def setup_data(recipe: TrainRecipe, ds: dict, shards: ShardSet, rank: int, world
 
 
 def setup(recipe: TrainRecipe, ds: dict, progress: bool, console) -> Run:
+    check_inputs(recipe)           # before DeepSpeed starts: a missing data.path is a recipe error (exit 2)
     rank, world, _ = setup_distributed()
     ds = for_world_size(ds, world)
     out = Path(recipe.output_dir)
