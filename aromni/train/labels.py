@@ -51,13 +51,14 @@ class FlatRows:
 
 
 def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty)."""
+    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty). Cost: one pass over n plus
+    one step per range (ranges are segments: a few per row)."""
     lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
     keep = hi > lo
-    if not keep.any():
-        return np.zeros(n, dtype=bool)
-    d = np.bincount(lo[keep], minlength=n + 1)[:n + 1] - np.bincount(hi[keep], minlength=n + 1)[:n + 1]
-    return np.cumsum(d[:n]) > 0
+    d = np.zeros(n + 1, dtype=np.int16)
+    np.add.at(d, lo[keep], 1)
+    np.add.at(d, hi[keep], -1)
+    return np.cumsum(d[:n], dtype=np.int16) > 0
 
 
 def _task_rows(tasks: list, wanted) -> np.ndarray:
@@ -67,30 +68,41 @@ def _task_rows(tasks: list, wanted) -> np.ndarray:
     return np.fromiter((t in wanted for t in names), dtype=bool, count=len(names))
 
 
-def _rank_from_end(flag: np.ndarray, row: np.ndarray, starts: np.ndarray, R: int) -> np.ndarray:
+def _count_after(flag: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """For each position: how many flagged positions of its row come after it (0 for the row's last flagged one)."""
-    c = np.cumsum(flag, dtype=np.int64)
-    before = np.concatenate([[0], c])[starts]          # flagged positions before each row
-    total = np.bincount(row, weights=flag.astype(np.float64), minlength=R).astype(np.int64)
-    return total[row] - (c - before[row])
+    c = np.cumsum(flag, dtype=np.int32)
+    last = np.zeros(len(ends), dtype=np.int32)
+    last[lens > 0] = c[ends[lens > 0] - 1]
+    return np.repeat(last, lens) - c
+
+
+def _last_target(mask, on, off, lens, seg_row, seg_end, seg_assistant) -> np.ndarray:
+    """Per row: the position of its last target, -1 when none; read from the row ends or the segments, not from
+    a pass over every token."""
+    R = len(lens)
+    if on == "all":                                # every token but a leading bos: the row's last token
+        last = off[1:] - 1
+        return np.where((lens > 0) & mask[np.maximum(last, 0)], last, -1)
+    last = np.full(R, -1, dtype=np.int64)          # assistant: the end of the row's last assistant segment
+    np.maximum.at(last, seg_row[seg_assistant], seg_end[seg_assistant] - 1)
+    return last
 
 
 def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
            rule: str = "aromni") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels int64, weights float32, perceptual mask bool), flat over the row group, HF convention (labels[t] is
+    """(labels int, weights float32, perceptual mask bool), flat over the row group, HF convention (labels[t] is
     the target of position t; the model shifts)."""
     if rule not in WEIGHT_RULES:
         raise ValueError(f"unknown weight rule {rule!r} (allowed: {', '.join(WEIGHT_RULES)})")
-    ids = np.asarray(g.ids, dtype=np.int64)
+    ids = np.asarray(g.ids)                       # int32 as stored: no widened copy
     off = np.asarray(g.offsets, dtype=np.int64)
     n, R = len(ids), len(off) - 1
     lens = np.diff(off)
     starts = off[:-1]
-    row = np.repeat(np.arange(R), lens)
     nonempty = lens > 0
 
     if g.labels is not None:                       # stored labels: used as they are
-        labels = np.asarray(g.labels, dtype=np.int64)
+        labels = np.asarray(g.labels)
         mask = labels != IGNORE_INDEX
         seg_row = None
     else:
@@ -118,13 +130,15 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
             last = np.full(R, -1, dtype=np.int64)
             last[nonempty] = ids[off[1:][nonempty] - 1]
             resp -= (resp > 0) & np.isin(last, layout.stop_ids)
+            resp[~tail_rows] = 0
             if rule == "aromni":                   # the row's last target leaves the tail if it is a stop id
-                final = mask & (_rank_from_end(mask, row, starts, R) == 0) & np.isin(ids, layout.stop_ids)
-                eligible = mask & ~final
+                eligible = mask.copy()
+                final = _last_target(mask, policy.on, off, lens, seg_row, ge, g.seg_assistant)
+                final = final[(final >= 0) & np.isin(ids[np.maximum(final, 0)], layout.stop_ids)]
+                eligible[final] = False
             else:                                  # upstream: every eos target leaves it
                 eligible = mask & (ids != layout.eos)
-            k = _rank_from_end(eligible, row, starts, R)
-            tail = eligible & tail_rows[row] & (resp[row] > 0) & (k < resp[row])
+            tail = eligible & (_count_after(eligible, off[1:], lens) < np.repeat(resp, lens))
             weights[tail] = policy.response_weight
 
     # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
@@ -137,7 +151,7 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
             if rule == "upstream":
                 while j < len(res) and used[j]:
                     j += 1
-            if j < len(res) and row[res[j]] == row[i]:
+            if j < len(res) and res[j] < off[np.searchsorted(off, i, side="right")]:   # in i's row
                 used[j] = True
                 lo.append(i + 1)
                 hi.append(res[j])
@@ -152,7 +166,8 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
         img = g.seg_image & percept_rows[seg_row]
         codes = _cover(n, gs[img] + 1, ge[img] - 1)
     else:
-        boi = np.flatnonzero((ids == layout.boi) & percept_rows[row] & (labels != IGNORE_INDEX))
-        boi = boi[boi + layout.image_tokens < off[1:][row[boi]]]     # the whole span lies inside the row
+        boi = np.flatnonzero((ids == layout.boi) & mask)
+        r = np.searchsorted(off, boi, side="right") - 1
+        boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
         codes = _cover(n, boi + 1, boi + 1 + layout.image_tokens)
-    return labels, weights, codes & (labels != IGNORE_INDEX)
+    return labels, weights, codes & mask            # mask: where labels are not IGNORE_INDEX

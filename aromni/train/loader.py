@@ -257,12 +257,13 @@ def split_sample(n: int, segments: list[Segment] | None, max_len: int) -> list[t
 def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: bool, long_samples: str = "drop",
                 shuffle: bool = False, seed: int = 0) -> Plan:
     """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
-    remaining = np.full(n_rows, max_len, dtype=np.int64)
+    remaining = [max_len] * n_rows            # Python ints: first-fit over a few dozen rows beats numpy calls
     used = 0                                   # rows used (pad mode)
     rows: list[list[Piece]] = [[] for _ in range(n_rows)]
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
-    idx = shards.order(g, g + chunk, shuffle, seed)
+    idx = shards.order(g, g + chunk, shuffle, seed).tolist()
+    lengths = shards.lengths
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -273,9 +274,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
 
     while True:
         if g - start >= len(idx):
-            idx = np.concatenate([idx, shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)])
-        r = int(idx[g - start])
-        n = int(shards.lengths[r])
+            idx += shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed).tolist()
+        r = idx[g - start]
+        n = int(lengths[r])
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -287,14 +288,15 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         else:
             pieces = [(0, n)]
         if pack:
-            trial = remaining.copy()
+            trial = remaining if len(pieces) == 1 else list(remaining)   # one piece: nothing to undo on failure
             where = []
             for lo, hi in pieces:
-                fit = np.flatnonzero(trial >= hi - lo)
-                if not len(fit):
+                need = hi - lo
+                j = next((j for j, room in enumerate(trial) if room >= need), None)
+                if j is None:
                     break
-                trial[fit[0]] -= hi - lo
-                where.append(fit[0])
+                trial[j] -= need
+                where.append(j)
             fits = len(where) == len(pieces)
         else:
             fits = used + len(pieces) <= n_rows
@@ -379,32 +381,28 @@ class Loader:
         lo, hi = int(g.offsets[k]), int(g.offsets[k + 1])
         return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
 
-    def _row_tensors(self, pieces: list[Piece]):
-        ids, lab, w, per, pos = [], [], [], [], []
-        for p in pieces:
-            a, l, wt, pc_ = self.sample_arrays(p.row)
-            a, l, wt, pc_ = a[p.lo:p.hi], l[p.lo:p.hi].copy(), wt[p.lo:p.hi].copy(), pc_[p.lo:p.hi]
-            l[0], wt[0] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
-            ids.append(a); lab.append(l); w.append(wt); per.append(pc_)
-            pos.append(np.arange(p.hi - p.lo))
-        return (np.concatenate(ids), np.concatenate(lab), np.concatenate(w), np.concatenate(per),
-                np.concatenate(pos))
-
     def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
-        built = [self._row_tensors(r) for r in rows]
-        T = max(len(b[0]) for b in built)
-        B = len(built)
+        B = len(rows)
+        T = max(sum(p.hi - p.lo for p in r) for r in rows)
         ids = np.full((B, T), self.layout.train_pad, dtype=np.int64)
         labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
         weights = np.zeros((B, T), dtype=np.float32)
         percept = np.zeros((B, T), dtype=bool)
         position = np.zeros((B, T), dtype=np.int64)
-        for b, (a, l, w, p, pos) in enumerate(built):
-            n = len(a)
-            ids[b, :n], labels[b, :n], weights[b, :n], percept[b, :n], position[b, :n] = a, l, w, p, pos
+        ramp = np.arange(T)
+        for b, pieces in enumerate(rows):
+            at = 0
+            for p in pieces:
+                a, lab, w, per = self.sample_arrays(p.row)
+                k = p.hi - p.lo
+                ids[b, at:at + k], labels[b, at:at + k] = a[p.lo:p.hi], lab[p.lo:p.hi]
+                weights[b, at:at + k], percept[b, at:at + k] = w[p.lo:p.hi], per[p.lo:p.hi]
+                position[b, at:at + k] = ramp[:k]
+                labels[b, at], weights[b, at] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
+                at += k
             # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it; causal
             # attention already does); continuing positions for a single padded sample
-            position[b, n:] = np.arange(T - n) if self.pack else np.arange(n, T)
+            position[b, at:] = ramp[:T - at] if self.pack else ramp[at:]
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                 "weights": torch.from_numpy(weights), "percept_mask": torch.from_numpy(percept),
                 "position_ids": torch.from_numpy(position)}
