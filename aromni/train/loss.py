@@ -8,7 +8,7 @@ the packing or the world size. ``normalise="micro_batch"`` is AR-Omni's objectiv
 ``compute_loss``): each micro-batch's ``sum(w*ce)/max(sum(w), 1) + lambda * its MSE``, averaged over the micro-batches
 of the step on every rank.
 
-Perceptual loss (text_to_image image spans): ``MSE(head(h), E[code])`` with E the frozen [8192, D] VQ codebook,
+Perceptual loss (the codes of the labelled image spans the loader marks, see ``aromni.train.labels``): ``MSE(head(h), E[code])`` with E the frozen [8192, D] VQ codebook,
 averaged over dimensions and over every perceptual position of the window. Alignment: with ``align="next"`` (the
 default) the hidden state at t-1 (the one whose logits predict image token t) is regressed to token t's code
 embedding, so the loss shapes exactly the representation the image logits are read from. AR-Omni's code uses
