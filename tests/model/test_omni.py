@@ -57,7 +57,7 @@ def test_save_hf_loads_in_transformers_and_keeps_the_head(tiny_dir, tmp_path):
 
 def test_forward_gives_logits_where_asked_and_the_last_hidden_state(tiny_dir):
     model, _ = build_omni(tiny_dir)
-    ids = torch.tensor([[0, 20000, 20001, 2]])
+    ids = torch.tensor([[0, 100, 101, 2]])
     mask = torch.tensor([[True, False, True, False]])
     out = model(ids, logits_mask=mask)
     assert out.logits.shape == (2, model.config.vocab_size) and out.hidden.shape == (1, 4, model.config.hidden_size)
