@@ -1,10 +1,12 @@
 """The module DeepSpeed optimises: the Chameleon LM *and* the perceptual head, with the frozen VQ codebook.
 
 AR-Omni's own trainer kept the perceptual projection outside the optimised module, so it was never trained nor saved.
-Here it is a submodule: its weights get gradients, sit in the optimizer, and travel in every checkpoint.
+Here it is a submodule: its weights get gradients, sit in the optimizer, and travel in every checkpoint. With
+``head="frozen"`` (the upstream objective) it is a fresh ``nn.Linear`` (PyTorch's default init, as upstream's) that is
+never updated.
 
-``forward`` returns loss *sums* for one micro-batch, not means: the loop normalises them by totals over the whole
-accumulation window and all ranks (see ``aromni.train.loss``).
+``forward`` returns the model's outputs (logits where there is a target, the last hidden state); the losses are the
+trainer's business (``aromni.train.loss``), which keeps this layer free of any training import.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import torch
 from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.sample import IGNORE_INDEX
-from aromni.model.chameleon import MODEL_NOTE, load_chameleon, model_note, omni_forward, write_tiny_chameleon
+from aromni.model.chameleon import (MODEL_NOTE, OmniOutput, load_chameleon, model_note, omni_forward,
+                                    write_tiny_chameleon)
 
 HEAD_FILE = "perceptual_head.safetensors"
 # Files of an HF model dir that are not weights and belong with a re-saved model (tokenizer, processor, templates).
@@ -53,19 +55,20 @@ def load_codebook(path: str | Path) -> torch.Tensor:
 
 
 class OmniModel(nn.Module):
-    def __init__(self, lm: nn.Module, codebook: torch.Tensor, layout: Layout = AR_OMNI_V0_1, align: str = "next",
-                 seed: int = 0):
+    def __init__(self, lm: nn.Module, codebook: torch.Tensor, layout: Layout = AR_OMNI_V0_1, seed: int = 0,
+                 head: str = "trained"):
         super().__init__()
         if codebook.shape[0] != layout.image_codebook:
             raise ValueError(f"codebook has {codebook.shape[0]} codes, layout {layout.name} has "
                              f"{layout.image_codebook}")
-        if align not in ("next", "same"):
-            raise ValueError(f"perceptual align must be next or same, got {align!r}")
+        if head not in ("trained", "frozen"):
+            raise ValueError(f"perceptual head must be trained or frozen, got {head!r}")
         self.lm = lm
-        self.layout, self.align = layout, align
+        self.layout, self.head_mode = layout, head
         with torch.random.fork_rng(devices=[]):  # the same head on every rank and in every run, whatever came before
             torch.manual_seed(seed)
             self.perceptual_head = nn.Linear(lm.config.hidden_size, codebook.shape[1])
+        self.perceptual_head.requires_grad_(head == "trained")   # frozen: gradients pass through to h, no update
         # Frozen target, rebuilt from the checkpoint's VQ on load: not in the state dict, never in the optimizer.
         self.register_buffer("codebook", codebook.detach().clone(), persistent=False)
         vq = getattr(getattr(lm, "model", None), "vqmodel", None)
@@ -76,13 +79,9 @@ class OmniModel(nn.Module):
     def config(self):
         return self.lm.config
 
-    def forward(self, input_ids, labels, weights, percept_mask, position_ids=None):
-        from aromni.train.loss import micro_sums, shift_left
-        targets = shift_left(labels, IGNORE_INDEX)       # targets[:, t] is what position t predicts
-        has_target = targets != IGNORE_INDEX
-        out = omni_forward(self.lm, input_ids, position_ids=position_ids, logits_mask=has_target)
-        return micro_sums(out.logits, targets[has_target], shift_left(weights, 0)[has_target], out.hidden,
-                          input_ids, percept_mask, self.perceptual_head, self.codebook, self.layout, self.align)
+    def forward(self, input_ids, position_ids=None, logits_mask=None) -> OmniOutput:
+        """Logits (flat [N, vocab] at ``logits_mask``, else [B, T, vocab]) and the last hidden state [B, T, H]."""
+        return omni_forward(self.lm, input_ids, position_ids=position_ids, logits_mask=logits_mask)
 
     # ---- saving --------------------------------------------------------------------------------------------
     def save_hf(self, out_dir: str | Path, source_dir: str | Path | None = None, note: dict | None = None) -> Path:
@@ -99,7 +98,7 @@ class OmniModel(nn.Module):
                 if (Path(source_dir) / name).is_file() and not (out / name).exists():
                     shutil.copy2(Path(source_dir) / name, out / name)
         (out / MODEL_NOTE).write_text(json.dumps({**(note or {}), "perceptual_head": HEAD_FILE,
-                                                  "perceptual_align": self.align}, indent=1, default=str))
+                                                  "perceptual_head_mode": self.head_mode}, indent=1, default=str))
         return out
 
     def load_head(self, model_dir: str | Path) -> bool:
@@ -113,9 +112,10 @@ class OmniModel(nn.Module):
 
 
 def build_omni(path: str | Path, *, random_init: str | None = None, codebook: str | Path | None = None,
-               layout: Layout = AR_OMNI_V0_1, align: str = "next", dtype: torch.dtype = torch.float32,
-               seed: int = 0, swin_norm: bool | None = None) -> tuple[OmniModel, dict]:
-    """Load (or, with random_init="tiny", first create) a Chameleon dir and wrap it. Returns (model, note)."""
+               layout: Layout = AR_OMNI_V0_1, dtype: torch.dtype = torch.float32, seed: int = 0,
+               swin_norm: bool | None = None, head: str = "trained") -> tuple[OmniModel, dict]:
+    """Load (or, with random_init="tiny", first create) a Chameleon dir and wrap it. Returns (model, note). A trained
+    head continues from the one saved beside the model, if any; a frozen head is always fresh (as upstream's)."""
     p = Path(path)
     if not (p / "config.json").is_file():
         if random_init != "tiny":
@@ -130,6 +130,7 @@ def build_omni(path: str | Path, *, random_init: str | None = None, codebook: st
         if vq is None:
             raise ValueError(f"{p} has no VQ model: give model.codebook")
         cb = vq.quantize.embedding.weight.detach().float()
-    model = OmniModel(lm, cb, layout, align, seed=seed).to(dtype)
-    model.load_head(p)
+    model = OmniModel(lm, cb, layout, seed=seed, head=head).to(dtype)
+    if head == "trained":
+        model.load_head(p)
     return model, model_note(p)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from aromni.recipe import RecipeError, Strict, _flatten, apply_override
 from aromni.sample import LossPolicy
@@ -48,13 +48,37 @@ class DataConfig(Strict):
 
 class PerceptualConfig(Strict):
     weight: float = Field(1.0, ge=0, description="lambda in total = NTP + lambda * perceptual (0 disables)")
-    tasks: list[str] = Field(default_factory=lambda: ["text_to_image"])
-    align: Literal["next", "same"] = Field(
-        "next", description="next: h[t-1] (the state that predicts image token t) regresses to E[code t]; "
-                            "same: h[t] (AR-Omni's code)")
+    tasks: list[str] | None = Field(
+        None, description="rows whose labelled image spans get the perceptual loss, by task name (chat, "
+                          "text_to_image, ...; `labels`: rows imported with stored labels; `*`: every row). "
+                          "null: [text_to_image] when loss.targets is all (pretraining, as AR-Omni's pretrain "
+                          "trainer), [*] when it is assistant (SFT: every labelled image span, as AR-Omni's SFT trainer)")
+    align: Literal["next", "same"] | None = Field(
+        None, description="next: h[t-1] (the state that predicts image token t) regresses to E[code t]; "
+                          "same: h[t] (AR-Omni's code). null: from loss.objective")
+    head: Literal["trained", "frozen"] | None = Field(
+        None, description="trained: the projection is optimised and saved with the model; frozen: a random "
+                          "projection initialised like AR-Omni's nn.Linear and never updated (AR-Omni's code). "
+                          "null: from loss.objective")
+
+
+# What `loss.objective` sets for every piece left null. aromni's default is documented in docs/training.md: each
+# upstream choice there is either a bug (the projection is never trained) or makes a token's weight depend on how
+# the batch happened to be packed (per-micro-batch normalisation).
+OBJECTIVES = {
+    "aromni": {"align": "next", "head": "trained", "normalise": "window", "weights": "aromni"},
+    "upstream": {"align": "same", "head": "frozen", "normalise": "micro_batch", "weights": "upstream"},
+}
 
 
 class LossConfig(Strict):
+    normalise: Literal["window", "micro_batch"] | None = Field(
+        None, description="window: NTP = sum(w*ce)/sum(w) over the whole optimizer step, all ranks; micro_batch: "
+                          "each micro-batch's sum(w*ce)/max(sum(w),1) + lambda*its own MSE, then averaged over the "
+                          "step's micro-batches (HF Trainer + AR-Omni). null: from objective")
+    weights: Literal["aromni", "upstream"] | None = Field(
+        None, description="aromni: aromni.sample.labels_and_weights; upstream: AR-Omni's rules (every eos target "
+                          "leaves the response tail; <-Ins-> pairs with the first unused <-Res->). null: from objective")
     # (not called `on`: YAML reads an unquoted `on` key as true)
     targets: Literal["all", "assistant"] = Field("all", description="which tokens are targets: all "
                                                                      "(pretraining) or assistant segments (SFT)")
@@ -62,6 +86,16 @@ class LossConfig(Strict):
     response_tasks: list[str] = Field(default_factory=lambda: ["image_caption", "speech_to_text"])
     transcript_weight: float = Field(1.0, gt=0, description="weight of tokens between <-Ins-> and <-Res-> (SFT)")
     perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig)
+
+    def resolve(self, objective: str) -> None:
+        """Fill every piece left null from the recipe's ``objective``."""
+        d = OBJECTIVES[objective]
+        self.normalise = self.normalise or d["normalise"]
+        self.weights = self.weights or d["weights"]
+        p = self.perceptual
+        p.align, p.head = p.align or d["align"], p.head or d["head"]
+        if p.tasks is None:
+            p.tasks = ["text_to_image"] if self.targets == "all" else ["*"]
 
     def policy(self) -> LossPolicy:
         return LossPolicy(on=self.targets, response_weight=self.response_weight,
@@ -84,11 +118,21 @@ class TrainRecipe(Strict):
     name: str
     description: str = ""
     output_dir: str = Field(description="checkpoints/, metrics.jsonl, run.json, final/")
+    objective: Literal["aromni", "upstream"] = Field(
+        "aromni", description="aromni (the documented default) or upstream: AR-Omni's trainer exactly (h_t "
+                              "alignment, frozen projection, per-micro-batch normalisation, its weight rules); "
+                              "each piece can also be set on its own under loss:")
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = Field(default_factory=LossConfig)
     train: RunConfig = Field(default_factory=RunConfig)
-    deepspeed: str = Field(description="DeepSpeed JSON (real numbers, no \"auto\"); relative to the recipe file")
+    deepspeed: str = Field(description="DeepSpeed JSON (real numbers, no \"auto\"); like every path of a training "
+                                       "recipe, relative to the folder aromni runs in")
+
+    @model_validator(mode="after")
+    def _objective(self):
+        self.loss.resolve(self.objective)
+        return self
 
     @field_validator("deepspeed")
     @classmethod
@@ -146,6 +190,28 @@ def total_steps(ds: dict) -> int | None:
     return params.get("total_num_steps")
 
 
+def resolve_path(p: str) -> Path:
+    """The one rule for a training recipe's paths: relative to the current folder (where aromni runs, as paths
+    typed on the command line), ``~`` expanded."""
+    return Path(p).expanduser().absolute()
+
+
+def check_inputs(recipe: TrainRecipe) -> None:
+    """Refuse a missing data.path (or a glob that matches nothing) before DeepSpeed or any process group starts.
+    URLs (hf://, s3://...) are checked when the loader opens them."""
+    path = recipe.data.path
+    if "://" in path:
+        return
+    if any(ch in path for ch in "*?["):
+        import glob
+        if not glob.glob(str(Path(path).expanduser())):
+            raise RecipeError(f"data.path {path}: no file matches (relative to {Path.cwd()})")
+        return
+    if not resolve_path(path).exists():
+        raise RecipeError(f"data.path {path}: not found (relative to {Path.cwd()}, where aromni runs); build the "
+                          f"data first or pass data.path=FOLDER")
+
+
 def load_train_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[TrainRecipe, dict]:
     """(recipe, DeepSpeed config) with ``key=value`` overrides applied; ``ds.`` keys go to the DeepSpeed JSON."""
     p = Path(path)
@@ -165,8 +231,7 @@ def load_train_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] =
         recipe = TrainRecipe(**data)
     except ValidationError as e:
         raise RecipeError(_flatten(e)) from None
-    ds_path = Path(recipe.deepspeed).expanduser()
-    ds = load_ds_config(ds_path if ds_path.is_absolute() else p.parent / ds_path, ds_over)
+    ds = load_ds_config(resolve_path(recipe.deepspeed), ds_over)
     steps = recipe.train.steps or total_steps(ds)
     if steps is None:
         raise RecipeError("train.steps: required when the DeepSpeed JSON has no scheduler.params.total_num_steps")

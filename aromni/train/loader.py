@@ -13,8 +13,8 @@ Packing is first-fit over the window's rows and takes a *prefix* of the stream: 
 ends the window (it opens the next one). Samples are never cut inside an image or speech span: a sample longer than
 ``max_len`` is dropped (AR-Omni's rule) or, with ``long_samples: split``, cut at points outside those spans. Each
 piece gets its own position ids from 0, so attention stays inside it (transformers builds a block-diagonal mask from
-restarting position ids), and its first token carries no label. Labels and weights come from the spine's
-``labels_and_weights``; perceptual targets from ``image_code_positions``.
+restarting position ids), and its first token carries no label. Labels, weights and perceptual positions are derived
+for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row).
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.sample import IGNORE_INDEX, LossPolicy, Segment, image_code_positions, labels_and_weights
+from aromni.sample import IGNORE_INDEX, LossPolicy, Segment
+from aromni.train.labels import FlatRows, derive
 
 MEDIA = ("image", "speech")
 
@@ -71,20 +72,6 @@ def discover(path: str):
     if not files:
         raise DataError(f"data.path {path}: no parquet shards")
     return fs, files, manifest
-
-
-@dataclass
-class RowGroup:
-    """One decoded row group: flat numpy arrays, rows sliced out on demand."""
-    ids: np.ndarray
-    offsets: np.ndarray
-    tasks: list
-    seg_offsets: np.ndarray | None = None
-    seg_start: np.ndarray | None = None
-    seg_end: np.ndarray | None = None
-    seg_role: np.ndarray | None = None
-    seg_mod: np.ndarray | None = None
-    labels: np.ndarray | None = None   # AR-Omni-Instruct layout: labels stored, no segments
 
 
 def _flat(col: pa.ChunkedArray):
@@ -140,7 +127,7 @@ class ShardSet:
         self.fingerprint = hashlib.sha256(json.dumps(
             [[f.rsplit("/", 1)[-1], int(self._file(i).metadata.num_rows)] for i, f in enumerate(self.files)]
         ).encode()).hexdigest()[:16]
-        self._cache: OrderedDict[int, RowGroup] = OrderedDict()
+        self._cache: OrderedDict[int, FlatRows] = OrderedDict()
         self._cache_size = cache_row_groups
         self._lock = threading.Lock()
 
@@ -158,7 +145,7 @@ class ShardSet:
             return pf.read(columns=["n_tokens"]).column(0).to_numpy()
         return pc.list_value_length(pf.read(columns=["input_ids"]).column(0)).to_numpy()
 
-    def row_group(self, rg: int) -> RowGroup:
+    def row_group(self, rg: int) -> FlatRows:
         with self._lock:
             if rg in self._cache:
                 self._cache.move_to_end(rg)
@@ -167,15 +154,17 @@ class ShardSet:
         ids, off = _flat(t.column("input_ids"))
         if self.kind == "labels":
             lab, _ = _flat(t.column("labels"))
-            out = RowGroup(ids, off, [None] * t.num_rows, labels=lab)
+            out = FlatRows(ids, off, [None] * t.num_rows, labels=lab)
         else:
             seg = t.column("segments").combine_chunks()
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
-            out = RowGroup(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
-                           seg_start=flat.field("start").to_numpy(), seg_end=flat.field("end").to_numpy(),
-                           seg_role=np.asarray(flat.field("role").to_pylist(), dtype=object),
-                           seg_mod=np.asarray(flat.field("modality").to_pylist(), dtype=object))
+            is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
+            out = FlatRows(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
+                           seg_start=flat.field("start").to_numpy().astype(np.int64),
+                           seg_end=flat.field("end").to_numpy().astype(np.int64),
+                           seg_assistant=is_("role", "assistant"), seg_image=is_("modality", "image"),
+                           seg_speech=is_("modality", "speech"))
         with self._lock:
             self._cache[rg] = out
             while len(self._cache) > self._cache_size:
@@ -191,8 +180,9 @@ class ShardSet:
         if g.labels is not None:
             return g.ids[lo:hi], None, None, g.labels[lo:hi]
         a, b = g.seg_offsets[k], g.seg_offsets[k + 1]
-        segs = [Segment(r, m, int(s), int(e)) for r, m, s, e in
-                zip(g.seg_role[a:b], g.seg_mod[a:b], g.seg_start[a:b], g.seg_end[a:b])]
+        segs = [Segment("assistant" if r else "user", "image" if im else "speech" if sp else "text", int(s), int(e))
+                for r, im, sp, s, e in zip(g.seg_assistant[a:b], g.seg_image[a:b], g.seg_speech[a:b],
+                                           g.seg_start[a:b], g.seg_end[a:b])]
         return g.ids[lo:hi], segs, g.tasks[k], None
 
     # ---- the endless stream -----------------------------------------------------------------------------
@@ -267,12 +257,13 @@ def split_sample(n: int, segments: list[Segment] | None, max_len: int) -> list[t
 def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: bool, long_samples: str = "drop",
                 shuffle: bool = False, seed: int = 0) -> Plan:
     """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
-    remaining = np.full(n_rows, max_len, dtype=np.int64)
+    remaining = [max_len] * n_rows            # Python ints: first-fit over a few dozen rows beats numpy calls
     used = 0                                   # rows used (pad mode)
     rows: list[list[Piece]] = [[] for _ in range(n_rows)]
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
-    idx = shards.order(g, g + chunk, shuffle, seed)
+    idx = shards.order(g, g + chunk, shuffle, seed).tolist()
+    lengths = shards.lengths
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -283,9 +274,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
 
     while True:
         if g - start >= len(idx):
-            idx = np.concatenate([idx, shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)])
-        r = int(idx[g - start])
-        n = int(shards.lengths[r])
+            idx += shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed).tolist()
+        r = idx[g - start]
+        n = int(lengths[r])
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -297,14 +288,15 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         else:
             pieces = [(0, n)]
         if pack:
-            trial = remaining.copy()
+            trial = remaining if len(pieces) == 1 else list(remaining)   # one piece: nothing to undo on failure
             where = []
             for lo, hi in pieces:
-                fit = np.flatnonzero(trial >= hi - lo)
-                if not len(fit):
+                need = hi - lo
+                j = next((j for j, room in enumerate(trial) if room >= need), None)
+                if j is None:
                     break
-                trial[fit[0]] -= hi - lo
-                where.append(fit[0])
+                trial[j] -= need
+                where.append(j)
             fits = len(where) == len(pieces)
         else:
             fits = used + len(pieces) <= n_rows
@@ -333,6 +325,7 @@ class Window:
     micro: list[dict[str, torch.Tensor]]
     weight_sum: float        # this rank's sum of loss weights (the loop all-reduces it)
     percept_count: int       # this rank's perceptual positions
+    filled: int              # this rank's micro-batches that hold rows (the others are empty placeholders)
     tokens: int              # real tokens (no padding) on this rank
     samples: list[int]       # stream indices on this rank, in row order
     dropped: Counter
@@ -345,14 +338,15 @@ class Loader:
                  max_len: int, pack: bool = True, policy: LossPolicy = LossPolicy(),
                  perceptual_tasks: tuple[str, ...] = ("text_to_image",), long_samples: str = "drop",
                  shuffle: bool = False, seed: int = 0, consumed: int = 0, vocab_size: int | None = None,
-                 prefetch: int = 0):
+                 prefetch: int = 0, weight_rule: str = "aromni"):
         if train_batch % (micro_batch * world):
             raise DataError(f"train batch {train_batch} is not a multiple of micro batch {micro_batch} x world {world}")
         self.shards, self.rank, self.world, self.mb = shards, rank, world, micro_batch
         self.train_batch, self.max_len, self.pack = train_batch, max_len, pack
         self.policy, self.perceptual_tasks = policy, tuple(perceptual_tasks)
         self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
-        self.vocab_size = vocab_size
+        self.vocab_size, self.weight_rule = vocab_size, weight_rule
+        self._derived: OrderedDict[int, tuple] = OrderedDict()
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -361,49 +355,54 @@ class Loader:
         self._stop = threading.Event()
 
     # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
-    def sample_arrays(self, row: int):
-        ids, segs, task, stored = self.shards.row(row)
-        if stored is not None:
-            labels = stored.astype(np.int64)
-            weights = (labels != IGNORE_INDEX).astype(np.float32)
-            percept = np.zeros(len(ids), dtype=bool)
-        else:
-            labels, weights = labels_and_weights(ids, segs, task, self.policy, self.layout)
-            percept = np.zeros(len(ids), dtype=bool)
-            if task in self.perceptual_tasks:
-                pos = image_code_positions(ids, segs, "assistant", self.layout)
-                percept[pos[labels[pos] != IGNORE_INDEX]] = True
-        if self.vocab_size is not None and len(ids) and int(ids.max()) >= self.vocab_size:
-            raise DataError(f"row {row} of {self.shards.path} has id {int(ids.max())}, outside the model's "
-                            f"vocabulary of {self.vocab_size} (wrong model for this data?)")
-        return ids, labels, weights, percept
+    def derived(self, rg: int):
+        """(flat rows, labels, weights, perceptual mask) of row group ``rg``, derived once for the whole group
+        (aromni.train.labels) and kept for the few row groups a window touches."""
+        hit = self._derived.get(rg)
+        if hit is not None:
+            self._derived.move_to_end(rg)
+            return hit
+        g = self.shards.row_group(rg)
+        if self.vocab_size is not None and len(g.ids) and int(g.ids.max()) >= self.vocab_size:
+            bad = int(np.searchsorted(g.offsets, int(np.argmax(g.ids >= self.vocab_size)), side="right") - 1)
+            raise DataError(f"row {int(self.shards.rg_start[rg]) + bad} of {self.shards.path} has id "
+                            f"{int(g.ids.max())}, outside the model's vocabulary of {self.vocab_size} (wrong model "
+                            f"for this data?)")
+        out = (g, *derive(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
+        self._derived[rg] = out
+        while len(self._derived) > 8:
+            self._derived.popitem(last=False)
+        return out
 
-    def _row_tensors(self, pieces: list[Piece]):
-        ids, lab, w, per, pos = [], [], [], [], []
-        for p in pieces:
-            a, l, wt, pc_ = self.sample_arrays(p.row)
-            a, l, wt, pc_ = a[p.lo:p.hi], l[p.lo:p.hi].copy(), wt[p.lo:p.hi].copy(), pc_[p.lo:p.hi]
-            l[0], wt[0] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
-            ids.append(a); lab.append(l); w.append(wt); per.append(pc_)
-            pos.append(np.arange(p.hi - p.lo))
-        return (np.concatenate(ids), np.concatenate(lab), np.concatenate(w), np.concatenate(per),
-                np.concatenate(pos))
+    def sample_arrays(self, row: int):
+        rg = int(np.searchsorted(self.shards.rg_start, row, side="right") - 1)
+        g, labels, weights, percept = self.derived(rg)
+        k = row - int(self.shards.rg_start[rg])
+        lo, hi = int(g.offsets[k]), int(g.offsets[k + 1])
+        return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
 
     def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
-        built = [self._row_tensors(r) for r in rows]
-        T = max(len(b[0]) for b in built)
-        B = len(built)
+        B = len(rows)
+        T = max(sum(p.hi - p.lo for p in r) for r in rows)
         ids = np.full((B, T), self.layout.train_pad, dtype=np.int64)
         labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
         weights = np.zeros((B, T), dtype=np.float32)
         percept = np.zeros((B, T), dtype=bool)
         position = np.zeros((B, T), dtype=np.int64)
-        for b, (a, l, w, p, pos) in enumerate(built):
-            n = len(a)
-            ids[b, :n], labels[b, :n], weights[b, :n], percept[b, :n], position[b, :n] = a, l, w, p, pos
+        ramp = np.arange(T)
+        for b, pieces in enumerate(rows):
+            at = 0
+            for p in pieces:
+                a, lab, w, per = self.sample_arrays(p.row)
+                k = p.hi - p.lo
+                ids[b, at:at + k], labels[b, at:at + k] = a[p.lo:p.hi], lab[p.lo:p.hi]
+                weights[b, at:at + k], percept[b, at:at + k] = w[p.lo:p.hi], per[p.lo:p.hi]
+                position[b, at:at + k] = ramp[:k]
+                labels[b, at], weights[b, at] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
+                at += k
             # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it; causal
             # attention already does); continuing positions for a single padded sample
-            position[b, n:] = np.arange(T - n) if self.pack else np.arange(n, T)
+            position[b, at:] = ramp[:T - at] if self.pack else ramp[at:]
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                 "weights": torch.from_numpy(weights), "percept_mask": torch.from_numpy(percept),
                 "position_ids": torch.from_numpy(position)}
@@ -423,16 +422,17 @@ class Loader:
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
         per_micro = self.world * self.mb
-        micro, samples, tokens = [], [], 0
+        micro, samples, tokens, filled = [], [], 0, 0
         for k in range(self.train_batch // per_micro):
             lo = k * per_micro + self.rank * self.mb
             mine = plan.rows[lo:lo + self.mb]
             micro.append(self._collate(mine) if mine else self._empty_micro())
+            filled += bool(mine)
             samples += [p.g for r in mine for p in r]
             tokens += sum(p.hi - p.lo for r in mine for p in r)
         w = sum(float(m["weights"].sum()) for m in micro)
         pcount = sum(int(m["percept_mask"].sum()) for m in micro)
-        return Window(plan.start, plan.end, micro, w, pcount, tokens, samples, plan.dropped)
+        return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------
     def next_window(self) -> Window:

@@ -50,6 +50,18 @@ def test_save_hf_loads_in_transformers_and_keeps_the_head(tiny_dir, tmp_path):
     assert torch.equal(head["weight"], model.perceptual_head.weight)
     again, note2 = build_omni(out)                     # continuing from a saved run keeps the trained head
     assert torch.equal(again.perceptual_head.weight, model.perceptual_head.weight) and note2["stand_in"] is True
+    frozen, _ = build_omni(out, seed=3, head="frozen")  # upstream's projection: fresh every run, never optimised
+    assert torch.allclose(frozen.perceptual_head.weight, model.perceptual_head.weight - 1.0, atol=1e-6)
+    assert not any(p.requires_grad for p in frozen.perceptual_head.parameters())
+
+
+def test_forward_gives_logits_where_asked_and_the_last_hidden_state(tiny_dir):
+    model, _ = build_omni(tiny_dir)
+    ids = torch.tensor([[0, 100, 101, 2]])
+    mask = torch.tensor([[True, False, True, False]])
+    out = model(ids, logits_mask=mask)
+    assert out.logits.shape == (2, model.config.vocab_size) and out.hidden.shape == (1, 4, model.config.hidden_size)
+    assert torch.allclose(out.logits, model.lm.lm_head(out.hidden[mask]))
 
 
 def test_missing_model_dir_says_how_to_get_a_stand_in(tmp_path):

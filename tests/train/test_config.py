@@ -40,7 +40,7 @@ def test_deepspeed_json_without_real_numbers_is_refused(tmp_path):
     ds = json.loads((ROOT / "recipes" / "ds_tiny.json").read_text())
     ds["gradient_clipping"] = "auto"
     (tmp_path / "ds.json").write_text(json.dumps(ds))
-    text = (ROOT / "recipes" / "train_tiny.yaml").read_text().replace("deepspeed: ds_tiny.json",
+    text = (ROOT / "recipes" / "train_tiny.yaml").read_text().replace("deepspeed: recipes/ds_tiny.json",
                                                                         f"deepspeed: {tmp_path / 'ds.json'}")
     (tmp_path / "r.yaml").write_text(text)
     with pytest.raises(RecipeError, match="gradient_clipping"):
@@ -64,3 +64,29 @@ def test_cli_reports_a_bad_recipe_with_exit_code_2(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
     res = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "train_tiny.yaml"), "ds.train_batch_size=auto"])
     assert res.exit_code == 2 and "auto" in res.output
+
+
+def test_data_path_and_deepspeed_resolve_against_the_current_folder_and_are_checked_first(tmp_path, monkeypatch):
+    """Both paths follow one rule (relative to where aromni runs, as the recipe headers say); a missing one exits 2
+    naming the key before any DeepSpeed or process-group start."""
+    from typer.testing import CliRunner
+
+    from aromni.cli import app
+    (tmp_path / "conf").mkdir()
+    text = (ROOT / "recipes" / "train_tiny.yaml").read_text()
+    (tmp_path / "conf" / "r.yaml").write_text(text.replace("deepspeed: recipes/ds_tiny.json", "deepspeed: ds.json"))
+    (tmp_path / "ds.json").write_text((ROOT / "recipes" / "ds_tiny.json").read_text())   # beside the cwd, not the recipe
+    monkeypatch.chdir(tmp_path)
+    r, ds = load_train_recipe("conf/r.yaml")
+    assert ds["train_batch_size"] == json.loads((ROOT / "recipes" / "ds_tiny.json").read_text())["train_batch_size"]
+    (tmp_path / "ds.json").unlink()
+    with pytest.raises(RecipeError, match="deepspeed: .*ds.json not found"):
+        load_train_recipe("conf/r.yaml")
+    (tmp_path / "ds.json").write_text((ROOT / "recipes" / "ds_tiny.json").read_text())
+    import aromni.train.loop as loop
+
+    def started():
+        raise AssertionError("the process group started before the inputs were checked")
+    monkeypatch.setattr(loop, "setup_distributed", started)
+    res = CliRunner().invoke(app, ["train", "conf/r.yaml", "data.path=nowhere/demo", "--no-progress"])
+    assert res.exit_code == 2 and "data.path nowhere/demo: not found" in " ".join(res.output.split())

@@ -8,12 +8,16 @@ import torch
 from aromni.layout import AR_OMNI_V0_1 as L
 from aromni.model.omni import build_omni
 from aromni.sample import IGNORE_INDEX
-from aromni.train.loss import perceptual_sse, token_ce, window_loss
+from aromni.train.loss import micro_sums, perceptual_sse, token_ce, window_loss
 
 
 @pytest.fixture(scope="module")
 def omni(tiny_lm):
     return build_omni(tiny_lm)[0]
+
+
+def sums_of(model, ids, labels, weights, percept):
+    return micro_sums(model, {"input_ids": ids, "labels": labels, "weights": weights, "percept_mask": percept})
 
 
 def _row(n_text=6):
@@ -28,7 +32,7 @@ def _row(n_text=6):
 
 def test_image_token_loss_is_finite_where_the_stock_forward_makes_it_infinite(omni):
     ids, labels, weights, percept = _row()
-    sums = omni(ids, labels, weights, percept)
+    sums = sums_of(omni, ids, labels, weights, percept)
     n_img = sums.stats[3].item()
     assert n_img == 1024 and 0 < sums.stats[2].item() / n_img < 20      # mean CE over image targets ~ log(vocab)
     with torch.no_grad():
@@ -48,7 +52,7 @@ def test_ntp_is_normalised_by_the_weights_of_the_whole_window(omni):
         w = torch.rand(1, n) + 0.5
         micro.append((ids, labels, w, torch.zeros_like(ids, dtype=torch.bool)))
     W = sum(float(w[:, 1:].sum()) for _, _, w, _ in micro)
-    step_loss = sum(window_loss(omni(*m), W, 0, 1.0, world=1) for m in micro)
+    step_loss = sum(window_loss(sums_of(omni, *m), W, 0, 1.0, world=1) for m in micro)
     direct_num, direct_den = 0.0, 0.0
     for ids, labels, w, _ in micro:
         out = omni.lm.model(input_ids=ids)[0]
@@ -57,7 +61,7 @@ def test_ntp_is_normalised_by_the_weights_of_the_whole_window(omni):
         direct_den += float(w[0, 1:].sum())
     assert torch.allclose(step_loss, direct_num / direct_den, rtol=1e-5)
     # a per-micro-batch mean would weigh the 5-token batch like the 40-token one: a different number
-    per_micro = sum(window_loss(omni(*m), float(m[2][:, 1:].sum()), 0, 1.0, 1) for m in micro) / 3
+    per_micro = sum(window_loss(sums_of(omni, *m), float(m[2][:, 1:].sum()), 0, 1.0, 1) for m in micro) / 3
     assert not torch.allclose(per_micro, step_loss, rtol=1e-3)
 
 
@@ -96,7 +100,7 @@ def test_the_perceptual_head_is_part_of_the_optimised_module(omni):
     vq = omni.lm.model.vqmodel.quantize.embedding.weight
     assert torch.equal(omni.codebook, vq) and omni.perceptual_head.out_features == vq.shape[1]
     ids, labels, weights, percept = _row()
-    sums = omni(ids, labels, weights, percept)
+    sums = sums_of(omni, ids, labels, weights, percept)
     (sums.ntp + sums.perceptual).backward()
     assert omni.perceptual_head.weight.grad.abs().sum() > 0
     omni.zero_grad()

@@ -1,0 +1,173 @@
+"""Labels, loss weights and perceptual positions for a whole row group at once, over flat numpy arrays.
+
+``aromni.sample.labels_and_weights`` is the reference definition of labels and weights, one row at a time; this module
+computes the same arrays for every row of a decoded row group with a handful of vectorised passes (a test asserts
+equality row by row on the demo shards and on random rows). The loader slices samples out of the result, so the
+per-row Python cost of the hot path is a few array slices.
+
+Two rules for the weights (``rule``):
+
+* ``aromni`` (the reference above): the response tail excludes the final stop id (eos or eom) only; a transcript span
+  runs from each ``<-Ins->`` to the first ``<-Res->`` after it.
+* ``upstream`` (AR-Omni's trainers, ModalityDance/AR-Omni ``training/pretrain/pretrain_trainer.py`` and
+  ``training/instruction-tuning/trainer.py``): every target equal to eos (2) is left out of the tail; each
+  ``<-Ins->`` pairs with the first *unused* ``<-Res->`` after it; and, as upstream has one trainer per stage, the
+  tail is weighted only in pretraining (targets ``all``) and the transcript only in SFT (targets ``assistant``).
+  On well-formed rows with AR-Omni's stage settings both rules give the same weights.
+
+Perceptual positions: the image codes (boi and eoi excluded) of every image span whose codes are targets, in rows
+whose task is among ``perceptual_tasks`` (``"*"``: every row). Rows imported with stored labels (AR-Omni-Instruct:
+no segments, no task) count as task ``labels``; their spans are found as upstream does: the 1024 ids after each
+labelled boi, when they lie inside the row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aromni.layout import Layout
+from aromni.sample import IGNORE_INDEX, LossPolicy
+
+LABELS_TASK = "labels"      # the task name of rows that carry stored labels instead of segments
+EVERY_TASK = "*"
+WEIGHT_RULES = ("aromni", "upstream")
+
+
+@dataclass
+class FlatRows:
+    """A decoded row group: ``ids[offsets[r]:offsets[r+1]]`` is row r. Segment fields are flat over the rows
+    (``seg_offsets`` per row; ``seg_start``/``seg_end`` relative to the row). ``labels``: stored labels instead."""
+    ids: np.ndarray
+    offsets: np.ndarray
+    tasks: list
+    seg_offsets: np.ndarray | None = None
+    seg_start: np.ndarray | None = None
+    seg_end: np.ndarray | None = None
+    seg_assistant: np.ndarray | None = None   # bool per segment
+    seg_image: np.ndarray | None = None       # bool per segment
+    seg_speech: np.ndarray | None = None      # bool per segment
+    labels: np.ndarray | None = None
+
+
+def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty). Cost: one pass over n plus
+    one step per range (ranges are segments: a few per row)."""
+    lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+    keep = hi > lo
+    d = np.zeros(n + 1, dtype=np.int16)
+    np.add.at(d, lo[keep], 1)
+    np.add.at(d, hi[keep], -1)
+    return np.cumsum(d[:n], dtype=np.int16) > 0
+
+
+def _task_rows(tasks: list, wanted) -> np.ndarray:
+    names = [LABELS_TASK if t is None else t for t in tasks]
+    if EVERY_TASK in wanted:
+        return np.ones(len(names), dtype=bool)
+    return np.fromiter((t in wanted for t in names), dtype=bool, count=len(names))
+
+
+def _count_after(flag: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """For each position: how many flagged positions of its row come after it (0 for the row's last flagged one)."""
+    c = np.cumsum(flag, dtype=np.int32)
+    last = np.zeros(len(ends), dtype=np.int32)
+    last[lens > 0] = c[ends[lens > 0] - 1]
+    return np.repeat(last, lens) - c
+
+
+def _last_target(mask, on, off, lens, seg_row, seg_end, seg_assistant) -> np.ndarray:
+    """Per row: the position of its last target, -1 when none; read from the row ends or the segments, not from
+    a pass over every token."""
+    R = len(lens)
+    if on == "all":                                # every token but a leading bos: the row's last token
+        last = off[1:] - 1
+        return np.where((lens > 0) & mask[np.maximum(last, 0)], last, -1)
+    last = np.full(R, -1, dtype=np.int64)          # assistant: the end of the row's last assistant segment
+    np.maximum.at(last, seg_row[seg_assistant], seg_end[seg_assistant] - 1)
+    return last
+
+
+def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
+           rule: str = "aromni") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int, weights float32, perceptual mask bool), flat over the row group, HF convention (labels[t] is
+    the target of position t; the model shifts)."""
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"unknown weight rule {rule!r} (allowed: {', '.join(WEIGHT_RULES)})")
+    ids = np.asarray(g.ids)                       # int32 as stored: no widened copy
+    off = np.asarray(g.offsets, dtype=np.int64)
+    n, R = len(ids), len(off) - 1
+    lens = np.diff(off)
+    starts = off[:-1]
+    nonempty = lens > 0
+
+    if g.labels is not None:                       # stored labels: used as they are
+        labels = np.asarray(g.labels)
+        mask = labels != IGNORE_INDEX
+        seg_row = None
+    else:
+        seg_row = np.repeat(np.arange(R), np.diff(g.seg_offsets))
+        gs = starts[seg_row] + g.seg_start
+        ge = starts[seg_row] + g.seg_end
+        if policy.on == "all":
+            mask = np.ones(n, dtype=bool)
+            mask[starts[nonempty]] = ids[starts[nonempty]] != layout.bos   # bos is never a target
+        elif policy.on == "assistant":
+            mask = _cover(n, gs[g.seg_assistant], ge[g.seg_assistant])
+        else:
+            raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
+        labels = np.where(mask, ids, IGNORE_INDEX)
+    weights = mask.astype(np.float32)
+
+    # ---- the response tail of response_tasks (segments rows: the response length comes from the segments) ----
+    # (upstream: only its pretraining trainer weights the tail, only its SFT trainer the transcript)
+    upstream_sft = rule == "upstream" and policy.on == "assistant"
+    if seg_row is not None and policy.response_weight != 1.0 and policy.response_tasks and not upstream_sft:
+        tail_rows = _task_rows(g.tasks, set(policy.response_tasks))
+        if tail_rows.any():
+            asst = g.seg_assistant
+            resp = np.bincount(seg_row[asst], weights=(ge - gs)[asst], minlength=R).astype(np.int64)
+            last = np.full(R, -1, dtype=np.int64)
+            last[nonempty] = ids[off[1:][nonempty] - 1]
+            resp -= (resp > 0) & np.isin(last, layout.stop_ids)
+            resp[~tail_rows] = 0
+            if rule == "aromni":                   # the row's last target leaves the tail if it is a stop id
+                eligible = mask.copy()
+                final = _last_target(mask, policy.on, off, lens, seg_row, ge, g.seg_assistant)
+                final = final[(final >= 0) & np.isin(ids[np.maximum(final, 0)], layout.stop_ids)]
+                eligible[final] = False
+            else:                                  # upstream: every eos target leaves it
+                eligible = mask & (ids != layout.eos)
+            tail = eligible & (_count_after(eligible, off[1:], lens) < np.repeat(resp, lens))
+            weights[tail] = policy.response_weight
+
+    # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
+    if policy.transcript_weight != 1.0 and not (rule == "upstream" and policy.on == "all"):
+        ins, res = np.flatnonzero(ids == layout.ins), np.flatnonzero(ids == layout.res)
+        lo, hi = [], []
+        used = np.zeros(len(res), dtype=bool)
+        for i in ins:                              # the markers are rare: a loop over them, not over tokens
+            j = int(np.searchsorted(res, i, side="right"))
+            if rule == "upstream":
+                while j < len(res) and used[j]:
+                    j += 1
+            if j < len(res) and res[j] < off[np.searchsorted(off, i, side="right")]:   # in i's row
+                used[j] = True
+                lo.append(i + 1)
+                hi.append(res[j])
+        inside = _cover(n, np.asarray(lo, np.int64), np.asarray(hi, np.int64)) & mask
+        weights[inside] = policy.transcript_weight
+
+    # ---- perceptual positions: the codes of every labelled image span in the chosen tasks ---------------------
+    percept_rows = _task_rows(g.tasks, set(perceptual_tasks))
+    if not percept_rows.any():
+        return labels, weights, np.zeros(n, dtype=bool)
+    if seg_row is not None:
+        img = g.seg_image & percept_rows[seg_row]
+        codes = _cover(n, gs[img] + 1, ge[img] - 1)
+    else:
+        boi = np.flatnonzero((ids == layout.boi) & mask)
+        r = np.searchsorted(off, boi, side="right") - 1
+        boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
+        codes = _cover(n, boi + 1, boi + 1 + layout.image_tokens)
+    return labels, weights, codes & mask            # mask: where labels are not IGNORE_INDEX
