@@ -1,7 +1,8 @@
 """``aromni publish``: validate, write the card, upload the build to a Hugging Face dataset repo.
 
-What goes up: README.md (the card), manifest.json, data/*.parquet, rejects/*.parquet, plots/*.png — never parts/
-(per-unit intermediates) or anything else in the folder. The upload is ``HfApi.upload_folder``, which with hf_xet (a
+What goes up: README.md (the card), manifest.json, the shards and rejects files the manifest lists (never a glob of
+``data/``: a stray file there is a validate finding, not a shard), plots/*.png — never parts/ (per-unit
+intermediates) or anything else in the folder. The upload is ``HfApi.upload_folder``, which with hf_xet (a
 dependency of huggingface_hub) streams files in several commits and resumes: rerunning the same command after an
 interruption skips what is already committed and re-sends no chunk the Hub already has.
 
@@ -15,10 +16,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aromni.dataset.card import write_card
+from aromni.dataset.card import CARD, write_card
 from aromni.dataset.folder import BuildFolder, DatasetError
+from aromni.dataset.stats import PLOT_FILES, PLOTS_DIR
+from aromni.pipeline.manifest import MANIFEST
 
-UPLOAD_PATTERNS = ("README.md", "manifest.json", "data/*.parquet", "rejects/*.parquet", "plots/*.png")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -43,12 +45,11 @@ class PublishResult:
 
 
 def upload_files(folder: BuildFolder) -> list[tuple[str, int]]:
-    """What ``publish`` uploads, as (path relative to the folder, size), in a stable order."""
-    out = []
-    for pat in UPLOAD_PATTERNS:
-        out += sorted((p.relative_to(folder.path).as_posix(), p.stat().st_size)
-                      for p in folder.path.glob(pat) if p.is_file())
-    return out
+    """What ``publish`` uploads, as (path relative to the folder, size), in a stable order: the card, the manifest,
+    the shards and rejects the manifest lists (validate has checked those paths), the plots the card links."""
+    names = [CARD, MANIFEST, *sorted(s["path"] for s in folder.shards), *sorted(folder.manifest.get("rejects", [])),
+             *(f"{PLOTS_DIR}/{n}" for n in sorted(PLOT_FILES))]
+    return [(n, (folder.path / n).stat().st_size) for n in names if (folder.path / n).is_file()]
 
 
 def _endpoint(endpoint: str | None) -> str | None:
@@ -104,7 +105,7 @@ def publish(path: str | Path, repo_id: str, *, private: bool = False, revision: 
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id, repo_type="dataset", folder_path=folder.path, revision=revision,
-            allow_patterns=list(UPLOAD_PATTERNS),
+            allow_patterns=[p for p, _ in files],  # exact names: nothing the manifest does not list
             commit_message=commit_message or f"aromni: {folder.name} ({folder.rows} rows, recipe "
                                              f"{(folder.manifest.get('recipe_sha256') or '?')[:12]})")
     except (HfHubHTTPError, ValueError) as e:  # ValueError: the Hub rejected the card's metadata

@@ -63,6 +63,21 @@ def test_refuses_an_invalid_build_before_touching_the_network(fresh_build, onlin
     assert hub.calls == []
 
 
+def test_a_stray_shard_is_never_shipped(fresh_build):
+    """data/*.parquet globbing would ship a file the manifest does not list: validate refuses it, and the upload list
+    and the card's data_files are the manifest's shards only."""
+    import shutil
+
+    from aromni.dataset.folder import BuildFolder
+    from aromni.dataset.publish import upload_files
+
+    first = json.loads((fresh_build / "manifest.json").read_text())["shards"][0]["path"]
+    shutil.copy(fresh_build / first, fresh_build / "data" / "stray.parquet")
+    with pytest.raises(PublishError, match="stray.parquet"):
+        publish(fresh_build, "org/demo", dry_run=True)
+    assert "data/stray.parquet" not in [p for p, _ in upload_files(BuildFolder(fresh_build))]
+
+
 def test_refuses_without_token_offline_stand_in_or_bad_repo(build_dir, online, monkeypatch):
     with pytest.raises(PublishError, match="no Hugging Face token"):
         publish(build_dir, "org/demo", allow_stand_in=True, endpoint="http://127.0.0.1:9")
