@@ -188,6 +188,11 @@ def validate(out: str | Path) -> Findings:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         f.add(f"{MANIFEST}: unreadable or without a valid layout: {type(e).__name__}: {str(e)[:300]}")
         return f
+    try:  # a lone surrogate ("\ud800" in JSON) reads fine, then crashes card/publish when written as UTF-8
+        json.dumps(m, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        f.add(f"{MANIFEST}: holds a string that cannot be written as UTF-8 ({e.object[e.start:e.end]!r}); the card "
+              f"and publish would fail on it")
     fmt = m.get("format_version")
     if fmt not in KNOWN_FORMATS:
         f.add(f"{MANIFEST}: format_version {fmt!r} is not one this aromni reads ({list(KNOWN_FORMATS)}); "

@@ -95,6 +95,8 @@ def test_stats_show_dropped_turns_and_voice_counts_of_a_real_build(tmp_path):
         f"steps[1].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
     out = tmp_path / "out"
     build(recipe, out, workers=1, progress=False)
+    from aromni.pipeline.validate import validate
+    assert validate(out).ok, validate(out).problems[:5]  # every recomputed field holds on a dialog + voice build
     m = json.loads((out / "manifest.json").read_text())
     st = stats(out, plots=False)
     lo = st["losses"]

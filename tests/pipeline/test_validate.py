@@ -155,6 +155,12 @@ def test_an_unreadable_manifest_is_one_finding(build, text):
     assert has(findings(build), "manifest.json")
 
 
+def test_an_unencodable_string_in_the_manifest_is_a_finding(build):
+    text = (build / "manifest.json").read_text()
+    (build / "manifest.json").write_text(text.replace('"name": "', '"name": "\\ud800', 1))
+    assert has(findings(build), "cannot be written as UTF-8")
+
+
 def test_a_build_with_no_rows_fails(build):
     for s in manifest(build)["shards"]:
         (build / s["path"]).unlink()
