@@ -1,4 +1,5 @@
-"""The build recipe: YAML, safe-loaded, validated by pydantic, with ``key=value`` overrides.
+"""The build recipe: YAML, safe-loaded within limits (aromni.config), validated by pydantic, with ``key=value``
+overrides.
 
 Errors come out as ``RecipeError`` with one message naming the key path (``sources[1].reader``) and what is allowed;
 the CLI prints it and exits 2. Relative paths in ``sources[].path`` and ``tokenizers.*.path`` are resolved against
@@ -8,19 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aromni import config
 from aromni.io import paths
 from aromni.layout import TASK_GROUPS
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the key and what is allowed."""
+RecipeError = config.ConfigError  # a recipe that cannot be used; the message names the key and what is allowed
 
 
 class Strict(BaseModel):
@@ -245,124 +244,44 @@ class Recipe(Strict):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# Loading, overrides, error messages
+# Loading, overrides, error messages: the YAML side lives in aromni.config (limits, overrides, flatten)
 # -------------------------------------------------------------------------------------------------------------
-def _loc(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-NESTED = "\x1e"  # marks a message that carries its own sub-path (errors of a reader's / step's options)
-
-
-def _nested(e: ValidationError, prefix: str) -> str:
-    """Errors of a nested model raised from a validator keep their full key path (sources[2].options.min_score)."""
-    return "\x1f".join(f"{NESTED}{m}" for m in _flatten(e, prefix=prefix).split("; "))
-
-
-def _flatten(e: ValidationError, prefix: str = "") -> str:
-    msgs = []
-    for err in e.errors():
-        loc = _loc(err["loc"])
-        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith(NESTED):
-            msgs += [f"{key}.{m.removeprefix(NESTED)}" if key else m.removeprefix(NESTED) for m in msg.split("\x1f")]
-            continue
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (misspelled?)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        msgs.append(f"{key}: {msg}" if key else msg)
-    return "; ".join(msgs)
-
-
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply ``a.b[1].c=value`` (or ``a.b.1.c=value``); the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in assignment:
-        raise RecipeError(f"override {assignment!r}: expected key=value, e.g. mixing.seed=7")
-    key, raw = assignment.split("=", 1)
-    parts = [m.group(1) if m.group(1) is not None else int(m.group(2)) for m in _PATH_PART.finditer(key.strip())]
-    parts = [int(p) if isinstance(p, str) and p.isdigit() else p for p in parts]
-    if not parts:
-        raise RecipeError(f"override {assignment!r}: empty key")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"override {key}: value is not valid YAML ({e})") from None
-    node: Any = data
-    for i, p in enumerate(parts[:-1]):
-        where = _loc(parts[: i + 1])
-        if isinstance(p, int):
-            if not isinstance(node, list) or p >= len(node):
-                raise RecipeError(f"override {key}: {where} does not exist")
-            node = node[p]
-        else:
-            if not isinstance(node, dict):
-                raise RecipeError(f"override {key}: {where} is not a mapping")
-            node = node.setdefault(p, {})
-    last = parts[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise RecipeError(f"override {key}: index {last} does not exist")
-    elif not isinstance(node, dict):
-        raise RecipeError(f"override {key}: parent is not a mapping")
-    node[last] = value
+_loc = config.loc
+_flatten = config.flatten     # kept for callers of the old private names
+_nested = config.nested
+NESTED = config.NESTED
+apply_override = config.apply_override
+UniqueKeyLoader = config.UniqueKeyLoader
 
 
 def parse_recipe(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"recipe must be a YAML mapping at the top level, got {type(data).__name__}")
-    for o in overrides:
-        apply_override(data, o)
+    config.apply_overrides(data, overrides)
     try:
-        return Recipe(**data)
+        recipe = Recipe(**data)
     except ValidationError as e:
-        raise RecipeError(_flatten(e)) from None
+        raise RecipeError(config.flatten(e)) from None
     except TypeError as e:  # e.g. a key that is not a string
         raise RecipeError(f"recipe has a malformed key: {e}") from None
+    except RecursionError:  # check_tree bounds the depth first; never a traceback
+        raise RecipeError("recipe nested too deeply") from None
+    _refuse_system_paths(recipe)
+    return recipe
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error instead of the last one
-    silently winning (``seed: 0`` ... ``seed: 1`` is a typo to report, not a choice to guess)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                dup = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if dup:
-                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
-                                                        f"key {key!r} is given twice", key_node.start_mark)
-        return super().construct_mapping(node, deep)
+def _refuse_system_paths(recipe: Recipe) -> None:
+    """``data_root: /`` with ``path: .`` would plan every file of the machine: refuse / and system folders."""
+    named = [("data_root", recipe.data_root)] + [(f"sources[{i}].path", recipe.resolve(s.path))
+                                                  for i, s in enumerate(recipe.sources)]
+    problems = [f"{k}: {v} {why}; point it at the corpus folder" for k, v in named
+                if (why := config.system_path_problem(v))]
+    if problems:
+        raise RecipeError("; ".join(problems))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe file not found: {p}")
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML: {e}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{p}: not UTF-8 text") from None
-    return parse_recipe(data, overrides)
+    return parse_recipe(config.load_yaml(path), overrides)
 
 
 def check_paths(recipe: Recipe) -> None:

@@ -1,7 +1,8 @@
 """``aromni card``: the build folder's README.md, a Hugging Face dataset card generated from the manifest.
 
-Front matter (``huggingface_hub.DatasetCardData``): ``configs`` pointing at ``data/*.parquet`` (so
-``datasets.load_dataset(DIR)`` reads the shards and not the rejects), ``dataset_info.features`` derived from the row
+Front matter (``huggingface_hub.DatasetCardData``): ``configs`` listing the manifest's shards by name (so
+``datasets.load_dataset(DIR)`` reads exactly the shards the manifest vouches for: not the rejects, and not a stray
+parquet file someone left in ``data/``), ``dataset_info.features`` derived from the row
 schema by ``datasets`` itself, license, task categories, size category, tags. Body: stand-in warning, how to load and
 train on it, sources with their licenses and counts, tasks, tokenizers, layout, accounting, mixing, lengths, plots,
 and the recipe that built it.
@@ -99,7 +100,8 @@ def make_card(folder: BuildFolder, st: dict, *, license: str | None = None,
     data = DatasetCardData(
         license=license, pretty_name=folder.name, task_categories=categories,
         size_categories=[size_category(st["rows"])], tags=tags,
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train",
+                                                            "path": [s["path"] for s in folder.shards]}]}],
         dataset_info={"features": features_yaml(),
                       "splits": [{"name": "train", "num_bytes": _uncompressed_bytes(folder), "num_examples": st["rows"]}],
                       "download_size": sum(int(s.get("bytes", 0)) for s in folder.shards),

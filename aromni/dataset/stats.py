@@ -4,6 +4,12 @@ Counts: rows and tokens by task / group / source, tokens by modality and role, r
 reason (from ``rejects/*.parquet``), mixing (available vs used per group). Where the shards and the manifest disagree,
 ``checks`` says so. Plots (PNG, beside the manifest in ``plots/``): length histograms per task, tokens per modality,
 mixing, rejects by reason.
+
+``losses``: what the build dropped without a reject row: whole dialog exchanges cut to fit ``max_chat_tokens``
+(``dropped_turns``, from the manifest's accounting) and the per-example steps' counts (the voice step: synthesised,
+cache hits, unspeakable/skipped turns, seconds where recorded), summed per source from the units' ``parts/*.done.json``
+(the manifest does not copy them; a folder without ``parts/`` says so instead of showing zeros).
+``loss_lines(stats)`` formats them for the terminal.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aromni.dataset.folder import BuildFolder
+from aromni.pipeline.parts import read_done
 
 PLOTS_DIR = "plots"
 PLOT_FILES = ("lengths_by_task.png", "tokens_by_modality.png", "mixing.png", "rejects_by_reason.png")
@@ -94,8 +101,48 @@ def compute(folder: BuildFolder) -> tuple[dict, dict[str, np.ndarray]]:
                        for s, a in m.get("accounting", {}).items()},
         "mixing": m.get("mixing", {}),
     }
+    stats["losses"] = losses(folder)
     stats["checks"] = _checks(m, stats)
     return stats, lens
+
+
+def losses(folder: BuildFolder) -> dict:
+    """Dialog turns dropped to fit max_chat_tokens, and step counts (voice, noise, ...) per source."""
+    acc = folder.manifest.get("accounting") or {}
+    dropped = {src: int(a.get("dropped_turns") or 0) for src, a in sorted(acc.items()) if isinstance(a, dict)}
+    steps: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    missing = 0
+    units = [u for u in folder.manifest.get("units") or [] if isinstance(u, dict)]
+    for u in units:
+        done = read_done(folder.path, f"{u.get('source')}/{u.get('unit_id')}")
+        if done is None:
+            missing += 1
+            continue
+        for step, counts in (done.get("steps") or {}).items():
+            for k, v in (counts or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    steps[u["source"]][step][k] += v
+    return {"dropped_turns": dropped, "dropped_turns_total": sum(dropped.values()),
+            "steps": {src: {st: dict(sorted(c.items())) for st, c in sorted(d.items())}
+                      for src, d in sorted(steps.items())},
+            "units": len(units), "units_without_record": missing}
+
+
+def loss_lines(st: dict) -> list[str]:
+    """The losses as terminal lines (what ``aromni stats`` and the build summary print)."""
+    lo = st.get("losses") or {}
+    out = []
+    dropped = {s: n for s, n in (lo.get("dropped_turns") or {}).items() if n}
+    out.append("dialog turns dropped to fit max_chat_tokens: " +
+               (", ".join(f"{s} {n:,}" for s, n in dropped.items()) if dropped else "none"))
+    for src, steps in (lo.get("steps") or {}).items():
+        for step, counts in steps.items():
+            out.append(f"step {step} ({src}): " + ", ".join(f"{k} {round(v, 1) if isinstance(v, float) else v:,}"
+                                                           for k, v in counts.items()))
+    if lo.get("units_without_record"):
+        out.append(f"step counts: {lo['units_without_record']} of {lo['units']} unit(s) have no parts/*.done.json "
+                   f"here (parts/ removed or not copied): their step counts are not shown")
+    return out
 
 
 def _checks(m: dict, st: dict) -> list[str]:

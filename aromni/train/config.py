@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from aromni.recipe import RecipeError, Strict, _flatten, apply_override
+from aromni.config import flatten as _flatten
+from aromni.recipe import RecipeError, Strict, apply_override
 from aromni.sample import LossPolicy
 
 

@@ -1,6 +1,7 @@
 """aromni card: README.md that huggingface_hub parses and datasets.load_dataset(DIR) loads (shards only)."""
 from __future__ import annotations
 
+import json
 import re
 
 import pyarrow.parquet as pq
@@ -21,7 +22,8 @@ def test_card_parses_with_the_front_matter_the_hub_reads(build_dir, card):
     path, st = card
     c = DatasetCard.load(path)
     d = c.data.to_dict()
-    assert d["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
+    shards = [s["path"] for s in json.loads((build_dir / "manifest.json").read_text())["shards"]]
+    assert d["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": shards}]}]
     assert d["license"] == "other"  # only one of three sources declared
     assert {"image-to-text", "text-to-image", "automatic-speech-recognition", "text-to-speech",
             "text-generation", "any-to-any"} == set(d["task_categories"])

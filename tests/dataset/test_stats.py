@@ -74,3 +74,50 @@ def test_disagreement_with_manifest_is_reported(fresh_build):
     st, _ = compute(BuildFolder(fresh_build))
     assert any("manifest says" in c for c in st["checks"])
     assert any("rejects/*.parquet hold" in c for c in st["checks"])
+
+
+# ---- losses nobody saw (issue 15 item 8): dropped dialog turns and the voice step's counts -----------------------
+@pytest.mark.slow
+def test_stats_show_dropped_turns_and_voice_counts_of_a_real_build(tmp_path):
+    """The instruct recipe (dialogs, espeak voice) with a chat budget small enough to drop exchanges: stats must show
+    the manifest's dropped_turns and the voice step's counts summed from every unit's done.json."""
+    from aromni.dataset.stats import loss_lines
+    from aromni.pipeline.build import build
+    from aromni.recipe import load_recipe
+    from aromni.voice.demand import write_demo_noise
+    from tests.pipeline.readers.published import STANDIN_TOKENIZERS, fixture_tree
+    from tests.pipeline.test_recipes import ROOT
+
+    root, _ = fixture_tree()
+    noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE",), seconds=2.0)
+    recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
+        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[0].options.path={noise}",
+        f"steps[1].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
+    out = tmp_path / "out"
+    build(recipe, out, workers=1, progress=False)
+    from aromni.pipeline.validate import validate
+    assert validate(out).ok, validate(out).problems[:5]  # every recomputed field holds on a dialog + voice build
+    m = json.loads((out / "manifest.json").read_text())
+    st = stats(out, plots=False)
+    lo = st["losses"]
+    assert lo["dropped_turns"] == {s: a["dropped_turns"] for s, a in m["accounting"].items()}
+    assert lo["dropped_turns_total"] > 0  # the small budget did drop exchanges
+    want = Counter()
+    for p in (out / "parts").rglob("*.done.json"):
+        want.update(json.loads(p.read_text())["steps"].get("voice", {}))
+    got = Counter()
+    for steps in lo["steps"].values():
+        got.update(steps.get("voice", {}))
+    assert got == want and got["synthesised"] + got["cache_hits"] > 0
+    lines = "\n".join(loss_lines(st))
+    assert "dialog turns dropped to fit max_chat_tokens" in lines and "synthesised" in lines
+
+
+def test_a_folder_without_parts_says_its_step_counts_are_not_shown(build_dir):
+    from aromni.dataset.stats import loss_lines
+
+    st = stats(build_dir, plots=False)  # the dataset fixtures copy builds without parts/
+    assert st["losses"]["units_without_record"] == st["losses"]["units"] > 0
+    assert any("not shown" in line for line in loss_lines(st))
+    assert st["losses"]["dropped_turns"] == {s: 0 for s in json.loads((build_dir / "manifest.json").read_text())
+                                             ["accounting"]}

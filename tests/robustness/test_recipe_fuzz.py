@@ -197,3 +197,112 @@ def test_mutated_recipe_in_a_real_process(case_id, tmp_path, demo_src):
     assert r.returncode == 2, r.stderr
     _check_message(case_id, r.stderr, case[3])
     assert r.stdout.strip() == ""
+
+
+# ---- limits (issue 14 item 5): refused before the expensive part, exit 2, no traceback ------------------------
+def _demo_data(demo_src) -> dict:
+    data = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    data["data_root"] = str(demo_src)
+    return data
+
+
+def _invoke(recipe: Path, tmp_path: Path, overrides=()):
+    from aromni.cli import app
+    return CliRunner().invoke(app, ["build", str(recipe), *overrides, "--out", str(tmp_path / "out"), "--no-progress"])
+
+
+def _refused(result, expect: str, case: str = "") -> None:
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, f"{case}: {result.exception!r}\n" \
+                                                                                f"{result.output}"
+    _check_message(case, result.output, expect)
+
+
+def test_a_huge_recipe_is_refused_before_it_is_read(tmp_path, no_build, monkeypatch):
+    import time
+
+    from aromni import config
+
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "huge.yaml"
+    with open(p, "wb") as f:  # sparse: 50 MB claimed, nothing written; reading it would take seconds
+        f.truncate(50 * 2**20)
+    t0 = time.perf_counter()
+    with pytest.raises(config.ConfigError, match="over the limit"):
+        config.load_yaml(p)
+    assert time.perf_counter() - t0 < 0.5  # not a timing test: reading/parsing 50 MB takes minutes, this stat()s
+    _refused(_invoke(p, tmp_path), "bytes, over the limit", "huge")
+
+
+@pytest.mark.parametrize("shape", ["flow", "block", "alias"])
+def test_deep_nesting_in_the_file_exits_2(tmp_path, demo_src, no_build, monkeypatch, shape):
+    monkeypatch.chdir(tmp_path)
+    text = yaml.safe_dump(_demo_data(demo_src), sort_keys=False)
+    if shape == "flow":
+        text += "description: " + "[" * 500 + "]" * 500 + "\n"
+    elif shape == "block":
+        text += "".join("  " * i + f"k{i}:\n" for i in range(500)) + "  " * 500 + "x: 1\n"
+    else:  # an alias bomb: each level refers to the one before nine times
+        text += "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9) if i else '1'}]\n" for i in range(14))
+    p = tmp_path / "deep.yaml"
+    p.write_text(text)
+    _refused(_invoke(p, tmp_path), "aliases" if shape == "alias" else "nested more than", shape)
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("description=" + "[" * 500 + "]" * 500, "nested more than"),
+    ("options." + ".".join(["a"] * 500) + "=1", "nested more than"),
+    ("description=" + "x" * 100_000, "over the limit"),
+    ("description=\udcff", "cannot be written as UTF-8"),  # what a shell passes for the invalid UTF-8 byte 0xff
+])
+def test_overrides_have_the_same_limits(tmp_path, demo_src, no_build, monkeypatch, override, expect):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "ok.yaml"
+    p.write_text(yaml.safe_dump(_demo_data(demo_src), sort_keys=False))
+    _refused(_invoke(p, tmp_path, [override]), expect, override[:30])
+
+
+@pytest.mark.parametrize("value,expect", [
+    ("x" * 100_000, "description: a string of 100,000 characters"),   # copied into the manifest and the card
+    ("\ud800", "description: holds a character that cannot be written as UTF-8"),
+])
+def test_long_or_unencodable_strings_are_refused_at_load_time(tmp_path, demo_src, no_build, monkeypatch, value,
+                                                             expect):
+    from aromni import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 64 * 2**20)  # let the string through the file limit
+    data = _demo_data(demo_src)
+    data["description"] = value
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=False, width=10**9))
+    _refused(_invoke(p, tmp_path), expect, expect)
+
+
+@pytest.mark.parametrize("root,path,expect", [
+    ("/", ".", "data_root: / resolves to /"), ("/", "sources", "resolves to /"),
+    (None, "/etc", "resolves to the system folder /etc"), (None, "/proc/self", "inside the system folder /proc"),
+    (None, "/usr/**/*.parquet", "system folder /usr"), ("/etc/..", ".", "resolves to /"),
+])
+def test_data_paths_at_system_folders_are_refused(tmp_path, demo_src, no_build, monkeypatch, root, path, expect):
+    monkeypatch.chdir(tmp_path)
+    data = _demo_data(demo_src)
+    if root is not None:
+        data["data_root"] = root
+    data["sources"][2]["path"] = path
+    p = tmp_path / "sys.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    _refused(_invoke(p, tmp_path), expect, expect)
+
+
+def test_a_bounded_description_reaches_the_manifest_whole():
+    """The string limit is what bounds the manifest: a description at the limit loads; one past it does not."""
+    import copy
+
+    from aromni import config
+    from aromni.recipe import RecipeError, parse_recipe
+
+    base = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    ok = copy.deepcopy(base) | {"description": "d" * config.MAX_STRING_CHARS}
+    assert len(parse_recipe(ok).to_dict()["description"]) == config.MAX_STRING_CHARS
+    with pytest.raises(RecipeError, match="description"):
+        parse_recipe(copy.deepcopy(base) | {"description": "d" * (config.MAX_STRING_CHARS + 1)})
