@@ -36,7 +36,8 @@ def main() -> None:
     from aromni.pipeline.build import _init_ray, build, tokenizers_for
     from aromni.pipeline.plan import plan
     from aromni.pipeline.readers import READERS, Rejected
-    from aromni.pipeline.unit import TASK_NEEDS, prepare, process_unit, stable_hash
+    from aromni.hashing import stable_hash
+    from aromni.pipeline.unit import prepare, process_unit
     from aromni.pipeline.steps.media import MediaError
     from aromni.pipeline.steps.text import TextError
     from aromni.recipe import load_recipe

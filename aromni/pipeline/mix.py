@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aromni.hashing import file_sha256, stable_hash
 from aromni.pipeline.parts import part_paths, write_parquet_atomic
-from aromni.pipeline.unit import stable_hash
 from aromni.recipe import Recipe
 from aromni.sample import ROW_SCHEMA
 
@@ -218,5 +218,4 @@ def gather(out: Path, stems: list[str], refs: list[RowRef]) -> pa.Table:
 
 
 def _sha256(path: Path) -> str:
-    from aromni.model.text import file_sha256
     return file_sha256(path)

@@ -20,26 +20,13 @@ from aromni.pipeline.steps.media import MediaError, decode_audio, decode_image
 from aromni.pipeline.steps.text import TextError, clean_text
 from aromni.recipe import Recipe, SourceConfig
 from aromni.sample import Sample, check_row
-from aromni.templates import TemplateError, render_task, task_templates
-from aromni.templates.dialog import DialogTooLong, DialogTurn, render_dialog
+from aromni.hashing import stable_hash
+from aromni.tasks import DialogTooLong, DialogTurn, TemplateError, get_task, render_dialog, render_task
 
 # Rejects that mean "the input is broken" (count towards the circuit breaker); filters do not.
 FAILURE_REASONS = {"unreadable_file", "truncated_tar", "bad_image", "bad_audio", "bad_text", "bad_metadata",
                    "missing_file", "missing_audio", "missing_columns", "tokenize_error", "bad_tar_member",
                    "bad_dialog", "bad_labels"}
-# Which example field a task needs: (text role, media)
-TASK_NEEDS = {
-    "image_caption": ("response", "image"), "text_to_image": ("input", "image"),
-    "speech_to_text": ("response", "speech"), "text_to_speech": ("input", "speech"),
-    "text_to_text": ("response", None),
-    "chat": ("dialog", None),  # media per turn: media["turns"][i] = {"speech": (wave, sr), "image": PIL}
-}
-
-
-def stable_hash(*parts) -> int:
-    """A 64-bit hash of the parts that is the same on every machine and Python run (unlike hash())."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(h[:8], "big")
 
 
 def unit_id(recipe: Recipe, source: SourceConfig, unit: Unit, tokenizer_ids: dict) -> str:
@@ -100,8 +87,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         nonlocal consecutive
         if ex.task == "chat":
             return emit_chat(ex, media)
-        tmpl = task_templates()[ex.task]
-        text_role, _ = TASK_NEEDS[ex.task]
+        task = get_task(ex.task)
+        text_role = task.text
         try:
             ids, segs = render_task(ex.task, tok.text.encode, instruction=source.instruction,
                                     layout=layout, **{("response" if text_role == "response" else "input_text"): ex.text},
@@ -116,7 +103,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         if problems:  # a bug, not bad input: still never silent
             return reject(ex.key, "grammar_error", "; ".join(problems), ex.id)
         meta = dict(ex.meta)
-        meta["instruction"] = source.instruction if source.instruction is not None else tmpl["instruction"]
+        meta["instruction"] = source.instruction if source.instruction is not None else task.instruction
         keep(ex, Sample(ex.id, source.name, ex.task, ids, segs, meta))
 
     def emit_chat(ex: Example, media: dict):
@@ -126,7 +113,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
                                                     ("image", "speech"))) for i, t in enumerate(ex.turns)]
         try:
             r = render_dialog(turns, tok.text.encode, max_tokens=f.max_chat_tokens, instruction=source.instruction,
-                              layout=layout)
+                              by_reply=source.chat_instruction == "by_reply", layout=layout)
         except DialogTooLong as e:
             return reject(ex.key, "too_long", str(e), ex.id)
         except (TemplateError, ValueError) as e:
@@ -134,9 +121,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         dropped_turns += r.dropped_turns
         meta = dict(ex.meta)
         meta.update(kept_turns=r.kept_turns, dropped_turns=r.dropped_turns)
-        if any(t.speech_codes is not None for t in turns if t.role == "user"):  # the append text was used
-            meta["instruction"] = (source.instruction if source.instruction is not None
-                                   else task_templates()["chat"]["instruction"])
+        if r.instructions:  # the append text was used
+            meta["instruction"] = r.instructions[0] if len(set(r.instructions)) == 1 else r.instructions
         if r.dropped:
             meta["dropped_reasons"] = dict(sorted(Counter(r.dropped).items()))
         if any(t.meta for t in ex.turns):
@@ -224,7 +210,7 @@ def prepare(ex: Example, recipe: Recipe, seen: set) -> dict:
         out, digest = prepare_dialog(ex, f)
         mark_content(ex, digest, f, seen)
         return out
-    _, media_kind = TASK_NEEDS[ex.task]
+    media_kind = next(iter(get_task(ex.task).needs), None)
     ex.text, info = clean_text(ex.text, f.min_text_chars, f.max_text_chars)
     if info:
         ex.meta["text_cleanup"] = info

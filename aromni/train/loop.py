@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from aromni.hashing import stable_hash
 from aromni.recipe import RecipeError
 from aromni.train.config import TrainRecipe, for_world_size
 from aromni.train.loss import STATS, window_loss
@@ -251,7 +252,6 @@ def train_window(engine, window, lam: float, world: int) -> tuple[torch.Tensor, 
 def train(recipe: TrainRecipe, ds: dict, progress: bool = True, console=None) -> TrainResult:
     from rich.console import Console
 
-    from aromni.pipeline.unit import stable_hash
     from aromni.train.loader import Loader, ShardSet
 
     console = console or Console(stderr=True)

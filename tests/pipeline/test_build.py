@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aromni.layout import TASK_GROUPS
+from aromni.tasks import task_groups
 from aromni.pipeline.build import BuildError, build
 from aromni.pipeline.validate import validate
 
@@ -36,7 +36,7 @@ def test_demo_build_is_valid_mixed_and_accounted(demo_build):
     for s in m["shards"]:
         t = pq.read_table(out / s["path"])
         assert t.num_rows == s["rows"]
-        groups = Counter(TASK_GROUPS[task] for task in t.column("task").to_pylist())
+        groups = Counter(task_groups()[task] for task in t.column("task").to_pylist())
         assert groups["text"] == groups["image_text"] == groups["speech_text"], groups
     for src, a in m["accounting"].items():
         assert a["read"] == a["written"] + sum(a["rejected"].values()) and a["read"] > 0, src

@@ -317,7 +317,7 @@ def write_ultrachat(root: Path) -> dict:
 def write_aromni_instruct(root: Path, encode) -> dict:
     """Rows made the way upstream's parquet holds them: input_ids + labels (-100 = no loss)."""
     from aromni.sample import LossPolicy, labels_and_weights
-    from aromni.templates.dialog import DialogTurn, render_dialog
+    from aromni.tasks import DialogTurn, render_dialog
     d = root / "AR-Omni-Instruct-v0.1"
     d.mkdir(parents=True, exist_ok=True)
     rows = []
