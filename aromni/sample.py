@@ -33,6 +33,7 @@ ROW_SCHEMA = pa.schema([
     ("segments", pa.list_(SEGMENT_TYPE)),
     ("n_tokens", pa.int32()),
     ("meta", pa.string()),
+    ("content_hash", pa.string()),  # format 2: what the build's dedup compares (text + media bytes, or imported ids)
 ])
 REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
                            ("reason", pa.string()), ("message", pa.string())])
@@ -57,6 +58,7 @@ class Sample:
     input_ids: list[int]
     segments: list[Segment]
     meta: dict = field(default_factory=dict)
+    content_hash: str = ""
 
     @property
     def n_tokens(self) -> int:
@@ -65,14 +67,15 @@ class Sample:
     def to_row(self) -> dict:
         return {"id": self.id, "source": self.source, "task": self.task, "input_ids": self.input_ids,
                 "segments": [s.as_dict() for s in self.segments], "n_tokens": len(self.input_ids),
-                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False)}
+                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False), "content_hash": self.content_hash}
 
     @classmethod
     def from_row(cls, row: dict) -> "Sample":
         meta = row.get("meta") or "{}"
         return cls(id=row["id"], source=row["source"], task=row["task"], input_ids=list(row["input_ids"]),
                    segments=[Segment(**s) for s in row["segments"]],
-                   meta=json.loads(meta) if isinstance(meta, str) else meta)
+                   meta=json.loads(meta) if isinstance(meta, str) else meta,
+                   content_hash=row.get("content_hash") or "")
 
 
 def rows_to_table(samples: Iterable[Sample]) -> pa.Table:

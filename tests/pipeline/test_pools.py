@@ -72,7 +72,7 @@ def test_same_shards_for_any_worker_and_actor_count(pooled_build, demo_corpus, c
 @pytest.mark.slow
 def test_pooled_codes_equal_in_process_codes(pooled_build, demo_corpus, ckpts):
     """The laion unit tokenized in this process (no Ray, no pool) gives the rows the pooled build wrote."""
-    from aromni.pipeline.build import _tokenizers_cfg
+    from aromni.pipeline.executor.unit_task import tokenizers_cfg as _tokenizers_cfg
     from aromni.pipeline.parts import PARTS
     from aromni.pipeline.plan import plan
     from aromni.pipeline.unit import process_unit

@@ -393,8 +393,8 @@ def run_source(reader: str, path: str, tasks: list[str], options: dict | None = 
         r = process_unit(recipe, s, u, tok)
         out["units"] += 1
         for k in ("read", "written", "dropped_turns"):
-            out[k] += r.stats[k]
-        for k, v in r.stats["rejected"].items():
+            out[k] += getattr(r.stats, k)
+        for k, v in r.stats.rejected.items():
             out["rejected"][k] = out["rejected"].get(k, 0) + v
         out["rows"] += r.rows
         out["rejects"] += r.rejects
