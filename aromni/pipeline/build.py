@@ -62,7 +62,10 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
 
     done = {u.part_stem: st for u in units if (st := read_done(out, u.part_stem)) is not None}
     todo = [u for u in units if u.part_stem not in done]
-    voices = check_voices(run_recipe) if todo else []      # a voice model that cannot load fails here, not in a unit
+    try:  # a voice model that cannot load fails here, before any unit, not inside one
+        voices = check_voices(run_recipe)
+    except PoolError as e:
+        raise BuildError(str(e)) from None
     if executor == "local":
         with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
             result = local.run_units(run_recipe.to_dict(), todo, out, bar)

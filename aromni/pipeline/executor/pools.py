@@ -39,11 +39,13 @@ def check_voices(recipe: Recipe) -> list[dict]:
     """Every voice step's model, checked in the driver before any unit runs (its config must load with the installed
     package); returns their identities for the manifest. Raises PoolError with the backend's message."""
     out = []
-    for step in voice_steps(recipe):
+    for i, s in enumerate(recipe.steps):
+        if s.name != "voice":
+            continue
         try:
-            out.append(step.model_identity())
+            out.append(VoiceStep(s.options, recipe).model_identity())
         except VoiceError as e:
-            raise PoolError(f"voice step ({step.opts.backend}): {e}") from None
+            raise PoolError(f"steps[{i}] (voice, backend {s.options.get('backend', 'espeak')}): {e}") from None
     return out
 
 

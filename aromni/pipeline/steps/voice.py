@@ -73,7 +73,7 @@ class VoiceStep(Step):
     def model_identity(self) -> dict:
         """The voice model's identity for the manifest, after checking that it loads (``backend.check``). A model
         directory is ``stand_in: true`` with its marker, else ``"unverified"``: nothing proves it is the release."""
-        backend = self.synth.backend
+        backend = BACKENDS[self.opts.backend](self.opts.backend_options, self.root)  # fresh: files as they are now
         check = getattr(backend, "check", None)
         if check is not None:
             check()
