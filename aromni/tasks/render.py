@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.sample import Segment
-from aromni.tasks import Task, TemplateError, get_task
+from aromni.tasks.table import Task, TemplateError, get_task
 
 
 class DialogTooLong(TemplateError):

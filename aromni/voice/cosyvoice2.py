@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from aromni.voice import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
+from aromni.voice.backend import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
 
 LAYOUT = ("cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx",
           "CosyVoice-BlankEN")

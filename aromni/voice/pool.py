@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aromni.voice import BACKENDS, Synthesizer, VoiceCache, VoiceError
+from aromni.voice.backend import BACKENDS, Synthesizer, VoiceCache, VoiceError
 
 READY_TIMEOUT_S = 600
 

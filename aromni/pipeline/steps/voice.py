@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from aromni.pipeline.steps import Step, StepOptions, register_step
+from aromni.pipeline.steps.base import Step, StepOptions, register_step
 from aromni.pipeline.steps.text import TextError
 from aromni.voice import BACKENDS, VoiceError, get_synthesizer
 from aromni.voice.pool import PooledSynthesizer, voice_tag
