@@ -8,6 +8,7 @@ completion order).
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     check_not_empty(recipe, stats)
 
     mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
-                                          u.unit.label) for u in units], ray=None)
+                                          u.unit.label) for u in units], ray=_ray_if_running())
     stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
     tok_ids = dict(tok.identities)
     if voices:
@@ -106,6 +107,12 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
     limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
     with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
         return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit)
+
+
+def _ray_if_running():
+    """The Ray this build already runs (units ran, or a cluster was named) for the mix; none is started for it."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
 
 
 def check_not_empty(recipe: Recipe, stats: list[UnitStats]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.pipeline.steps.base import StepReject, Step, StepStats, Work
 from aromni.sample import Sample
-from aromni.tasks import DialogTooLong, DialogTurn, TemplateError, get_task, render, render_dialog
+from aromni.tasks import DialogTooLong, DialogTurn, TemplateError, get_task, pair_turns, render, render_dialog
 from aromni.tasks.render import single_turns
 
 
@@ -73,6 +73,13 @@ class Render(Step):
             meta["instruction"] = r.instructions[0] if len(set(r.instructions)) == 1 else r.instructions
         if r.dropped:
             meta["dropped_reasons"] = dict(sorted(Counter(r.dropped).items()))
-        if any(t.meta for t in ex.turns):
-            meta["turns"] = [{"role": t.role, **t.meta} for t in ex.turns]
+        kept = kept_turn_indices([t.role for t in ex.turns], r.kept_turns)
+        if any(ex.turns[i].meta for i in kept):  # only the turns in the row: a dropped turn's voice/noise is not
+            meta["turns"] = [{"role": ex.turns[i].role, **ex.turns[i].meta} for i in kept]
         return Sample(ex.id, self.source.name, ex.task, r.ids, r.segments, meta)
+
+
+def kept_turn_indices(roles: list[str], kept_turns: int) -> list[int]:
+    """The indices of the turns a rendered dialog kept: its first ``kept_turns // 2`` exchanges."""
+    pairs, _ = pair_turns(roles)
+    return [i for pair in pairs[: kept_turns // 2] for i in pair]

@@ -33,3 +33,25 @@ def test_pretrain_recipe_uses_upstream_rule():
     from aromni.recipe import load_recipe
     r = load_recipe(Path(__file__).resolve().parents[3] / "recipes" / "pretrain.yaml")
     assert r.filters.length_rule == "upstream" and r.filters.max_tokens == 1300
+
+
+def test_meta_turns_hold_only_the_turns_in_the_row():
+    """issue 15 item 8: a greeting before the user spoke and exchanges cut to fit are not in the row, so their
+    voice/noise records are not in its meta either."""
+    from types import SimpleNamespace
+
+    from aromni.pipeline.readers import Example, Turn
+    from aromni.pipeline.steps.base import Work
+    from aromni.pipeline.steps.render import Render
+    from aromni.recipe import FiltersConfig
+    enc = lambda s: [13000 + ord(c) % 50 for c in s]  # noqa: E731
+    turns = [Turn("assistant", "Hi!", meta={"voice": {"n": 0}}), Turn("user", "a"), Turn("assistant", "b" * 5,
+             meta={"voice": {"n": 2}}), Turn("user", "c"), Turn("assistant", "d" * 40, meta={"voice": {"n": 4}})]
+    ex = Example("k", turns=turns, task="chat", id="s/k")
+    recipe = SimpleNamespace(seed=0, filters=FiltersConfig(max_chat_tokens=30))
+    source = SimpleNamespace(name="s", instruction=None, chat_instruction="fixed")
+    step = Render(source, SimpleNamespace(text=SimpleNamespace(encode=enc)), recipe)
+    w = Work(ex, 0)
+    step.process(w, None)
+    assert w.row.meta["kept_turns"] == 2 and w.row.meta["dropped_turns"] == 3
+    assert w.row.meta["turns"] == [{"role": "user"}, {"role": "assistant", "voice": {"n": 2}}]
