@@ -28,7 +28,23 @@ class Render(Step):
 
     def __init__(self, source, tok, recipe, layout: Layout = AR_OMNI_V0_1):
         super().__init__(None, recipe)
-        self.source, self.encode, self.layout = source, tok.text.encode, layout
+        self.source, self._encode, self.layout = source, tok.text.encode, layout
+        self._literals: dict[str, list[int]] = {}   # template pieces and instructions: the same few strings
+
+    def encoder(self, work: Work):
+        """Text -> ids: the batch's pre-encoded example texts (Tokenize), else the cached literals, else encode."""
+        pre = work.codes.get("text") or {}
+
+        def encode(s: str) -> list[int]:
+            got = pre.get(s)
+            if got is not None:
+                return got
+            if s not in self._literals:
+                if len(self._literals) > 4096:   # not a literal after all (e.g. no batch encoder): do not grow
+                    return self._encode(s)
+                self._literals[s] = self._encode(s)
+            return self._literals[s]
+        return encode
 
     def process(self, work: Work, rng) -> None:
         ex = work.example
@@ -47,7 +63,7 @@ class Render(Step):
         ex, task = work.example, get_task(work.example.task)
         try:
             r = render(task, single_turns(task, ex.text, work.codes.get("image"), work.codes.get("speech")),
-                       self.encode, instruction=self.source.instruction, layout=self.layout)
+                       self.encoder(work), instruction=self.source.instruction, layout=self.layout)
         except (TemplateError, ValueError) as e:
             raise StepReject("template_error", str(e)) from None
         meta = dict(ex.meta)
@@ -60,7 +76,7 @@ class Render(Step):
         turns = [DialogTurn(t.role, t.text or "", *((codes[i] if i < len(codes) else {}).get(k) for k in
                                                     ("image", "speech"))) for i, t in enumerate(ex.turns)]
         try:
-            r = render_dialog(turns, self.encode, max_tokens=f.max_chat_tokens, instruction=self.source.instruction,
+            r = render_dialog(turns, self.encoder(work), max_tokens=f.max_chat_tokens, instruction=self.source.instruction,
                               by_reply=self.source.chat_instruction == "by_reply", layout=self.layout)
         except DialogTooLong as e:
             raise StepReject("too_long", str(e)) from None
