@@ -59,10 +59,6 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """The same ids as ``encode`` for each text, in one call (the library encodes them in parallel)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 

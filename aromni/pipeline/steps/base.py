@@ -110,6 +110,7 @@ class Step:
     Options: ClassVar[type[StepOptions]] = StepOptions
     Stats: ClassVar[type | None] = None
     stage: ClassVar[str] = "decoded"
+    uses_rng: ClassVar[bool] = True   # False: process gets rng=None (no generator is made per example)
 
     def __init__(self, options: dict | None = None, recipe=None):
         self.opts = self.Options(**(options or {}))
@@ -122,7 +123,8 @@ class Step:
             if not isinstance(item, Work):
                 yield item
                 continue
-            rng = np.random.default_rng(stable_hash(self.seed, self.name, item.example.id))
+            rng = (np.random.default_rng(stable_hash(self.seed, self.name, item.example.id)) if self.uses_rng
+                   else None)
             try:
                 self.process(item, rng)
             except (MediaError, TextError, StepReject) as e:

@@ -39,6 +39,7 @@ def length_problem(n: int, task: str, f) -> tuple[str, str] | None:
 class Check(Step):
     """Length rule, then the grammar (segments cover the row, spans well formed: a failure is a bug, never silent)."""
     name = "check"
+    uses_rng = False
     Stats = CheckStats
 
     def __init__(self, recipe, layout: Layout = AR_OMNI_V0_1):
@@ -65,6 +66,7 @@ class UniqueStats(StepStats):
 class UniqueIds(Step):
     """One id is one row: a later item of the unit with an earlier row's id is rejected (the first is kept)."""
     name = "unique_ids"
+    uses_rng = False
     Stats = UniqueStats
 
     def __init__(self, recipe, unit_label: str):

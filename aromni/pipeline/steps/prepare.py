@@ -25,6 +25,7 @@ class TaskStats(StepStats):
 class ChooseTask(Step):
     """Each example becomes a row of one of the source's tasks, chosen by hash(seed, id): reruns agree."""
     name = "task"
+    uses_rng = False
     Stats = TaskStats
 
     def __init__(self, source, recipe):
@@ -45,6 +46,7 @@ class CleanStats(StepStats):
 class Clean(Step):
     """Normalise the text (single-turn) or every turn's text (dialog); too short / unreadable texts are rejected."""
     name = "clean"
+    uses_rng = False
     Stats = CleanStats
 
     def process(self, work: Work, rng) -> None:
@@ -82,6 +84,7 @@ class DecodeStats(StepStats):
 class Decode(Step):
     """Decode the media the task needs (single-turn) or every turn's media (dialog) into ``work.media``."""
     name = "decode"
+    uses_rng = False
     Stats = DecodeStats
 
     def process(self, work: Work, rng) -> None:
@@ -155,6 +158,7 @@ class Dedup(Step):
     """Record the content hash and drop duplicates within the unit right away, before any tokenizing (the mix drops
     the ones across units). With ``filters.dedup: false`` only the hash is recorded."""
     name = "dedup"
+    uses_rng = False
     Stats = DedupStats
 
     def __init__(self, options=None, recipe=None):

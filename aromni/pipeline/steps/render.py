@@ -24,6 +24,7 @@ class RenderStats(StepStats):
 
 class Render(Step):
     name = "render"
+    uses_rng = False
     Stats = RenderStats
 
     def __init__(self, source, tok, recipe, layout: Layout = AR_OMNI_V0_1):
@@ -32,18 +33,17 @@ class Render(Step):
         self._literals: dict[str, list[int]] = {}   # template pieces and instructions: the same few strings
 
     def encoder(self, work: Work):
-        """Text -> ids: the batch's pre-encoded example texts (Tokenize), else the cached literals, else encode."""
-        pre = work.codes.get("text") or {}
-
+        """Text -> ids, with the template pieces and instructions (the same few strings in every row) encoded once.
+        (Encoding a batch's texts with the library's encode_batch was measured slower here: 2 ms per call of 8 texts
+        against 0.11 ms per text on this 2-core machine, its thread pool costs more than it saves.)"""
         def encode(s: str) -> list[int]:
-            got = pre.get(s)
+            got = self._literals.get(s)
             if got is not None:
                 return got
-            if s not in self._literals:
-                if len(self._literals) > 4096:   # not a literal after all (e.g. no batch encoder): do not grow
-                    return self._encode(s)
-                self._literals[s] = self._encode(s)
-            return self._literals[s]
+            ids = self._encode(s)
+            if len(self._literals) < 4096 and len(s) < 200:   # literals are short; documents are not kept
+                self._literals[s] = ids
+            return ids
         return encode
 
     def process(self, work: Work, rng) -> None:

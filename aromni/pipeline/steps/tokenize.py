@@ -17,7 +17,6 @@ class TokenizeStats(StepStats):
     images: int = 0
     clips: int = 0
     retried_batches: int = 0
-    texts: int = 0
 
 
 class Tokenize(Step):
@@ -46,7 +45,6 @@ class Tokenize(Step):
         if not batch:
             return
         self.stats.batches += 1
-        self._encode_texts(batch)
         failed: dict[int, str] = {}
         for w in batch:
             w.codes = {"turns": [dict() for _ in w.media["turns"]]} if "turns" in w.media else {}
@@ -86,23 +84,6 @@ class Tokenize(Step):
         for i, w in enumerate(batch):
             if i not in failed:
                 yield w
-
-
-    def _encode_texts(self, batch: list[Work]) -> None:
-        """Every example text of the batch (a document, caption, prompt or dialog turn) encoded in one call;
-        ``work.codes["text"]`` maps each text to its ids, which the renderer uses instead of encoding it again."""
-        batch_encode = getattr(self.tok.text, "encode_batch", None)
-        if batch_encode is None:
-            return
-        texts = [[t for t in ([w.example.text] if w.example.turns is None else [x.text for x in w.example.turns])
-                  if isinstance(t, str) and t] for w in batch]
-        flat = sorted({t for ts in texts for t in ts})
-        if not flat:
-            return
-        ids = dict(zip(flat, batch_encode(flat)))
-        self.stats.texts += len(flat)
-        for w, ts in zip(batch, texts):
-            w.codes["text"] = {t: ids[t] for t in ts}
 
 
 def _media_items(media: dict, kind: str):
