@@ -79,7 +79,7 @@ def test_pooled_codes_equal_in_process_codes(pooled_build, demo_corpus, ckpts):
     from aromni.model import load_tokenizers
 
     out, _ = pooled_build
-    recipe = _recipe(demo_corpus, ckpts)
+    recipe = _recipe(demo_corpus.resolve(), ckpts)   # the build plans with data_root resolved (symlinks too)
     tok = load_tokenizers(_tokenizers_cfg(recipe))
     pu = next(u for u in plan(recipe, tok.identities) if u.unit.source == "laion")
     res = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
