@@ -20,6 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aromni.model.text import write_chameleon_style_bpe
+from aromni.voice.demand import write_demo_noise
+from aromni.voice.espeak import espeak_speak
+from aromni.voice.harvard import HARVARD
+
 # (file in skimage/data, caption): captions describe the photographs as a LAION alt-text would.
 PHOTOS = [
     ("astronaut.png", "Portrait of astronaut Eileen Collins in an orange flight suit in front of an American flag"),
@@ -48,19 +53,6 @@ PHOTOS = [
     ("phantom.png", "The Shepp-Logan phantom, a test image of ellipses used in tomography"),
 ]
 
-# Harvard sentences (IEEE 1969, public domain), spoken by espeak-ng.
-HARVARD = [
-    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
-    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
-    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
-    "Smoky fires lack flame and heat.", "The soft cushion broke the man's fall.",
-    "The salt breeze came across from the sea.", "The girl at the booth sold fifty bonds.",
-]
 # ALSA's speaker-test voice: real recordings of these words.
 ALSA_CLIPS = [("Front_Center.wav", "FRONT CENTER <PERIOD>"), ("Front_Left.wav", "FRONT LEFT <PERIOD>"),
               ("Front_Right.wav", "FRONT RIGHT <PERIOD>"), ("Rear_Center.wav", "REAR CENTER <PERIOD>"),
@@ -78,7 +70,6 @@ TEXT_MODULES = ["json", "csv", "argparse", "logging", "pathlib", "collections", 
 
 def espeak(text: str, voice: str = "en-us", speed: int = 160) -> tuple[np.ndarray, int]:
     """Speak ``text`` with espeak-ng; returns (float32 mono, rate)."""
-    from aromni.voice.espeak import espeak_speak
     return espeak_speak(text, voice=voice, rate=speed)
 
 
@@ -190,7 +181,6 @@ def write_ultrafineweb(root: Path) -> Path:
 
 def write_text_tokenizer(root: Path) -> Path:
     """A STAND-IN BPE in Chameleon's tokenizer.json format, trained on the demo text (not Chameleon's vocabulary)."""
-    from aromni.model.text import write_chameleon_style_bpe
     texts = stdlib_paragraphs(1000) + HARVARD + [c for _, c in PHOTOS] + [
         "USER:", "GPT:", " GPT:", "This is input: ", " This is input: ", "Describe this image.",
         "Create a picture that matches the essence of this text.",
@@ -207,7 +197,6 @@ def make_demo_corpus(out: str | Path) -> dict[str, Path]:
     from aromni.model.random_checkpoints import write_demo_checkpoints
     paths.update(write_demo_checkpoints(root / "tokenizer"))
     # DEMAND-format noise for the noise step: espeak-ng babble, NOT DEMAND (its STAND_IN.txt says so)
-    from aromni.voice.demand import write_demo_noise
     paths["noise (DEMAND format, STAND-IN babble)"] = write_demo_noise(root / "demand")
     (root / "README.txt").write_text(__doc__)
     return paths

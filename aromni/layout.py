@@ -116,15 +116,3 @@ class Layout:
 
 
 AR_OMNI_V0_1 = Layout()
-
-# Upstream task names (reference §2) and the mixing group each one belongs to by default.
-TASK_GROUPS: dict[str, str] = {
-    "text_to_text": "text",
-    "image_caption": "image_text",
-    "text_to_image": "image_text",
-    "image_to_text": "image_text",
-    "speech_to_text": "speech_text",
-    "text_to_speech": "speech_text",
-    "speech_to_image": "speech_text",
-    "chat": "dialog",
-}

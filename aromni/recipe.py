@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aromni import config
 from aromni.io import paths
-from aromni.layout import TASK_GROUPS
+from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
+from aromni.pipeline.readers import READERS
+from aromni.pipeline.steps import STEPS
+from aromni.tasks import get_task, task_names, tasks_needing
 
 
 RecipeError = config.ConfigError  # a recipe that cannot be used; the message names the key and what is allowed
@@ -50,7 +53,6 @@ class TokenizersConfig(Strict):
     @field_validator("image")
     @classmethod
     def _image_kind(cls, v):
-        from aromni.model import IMAGE_LOADERS
         if v is not None and v.kind not in IMAGE_LOADERS:
             raise ValueError(f"unknown image tokenizer kind {v.kind!r}; allowed: {sorted(IMAGE_LOADERS)}")
         return v
@@ -58,7 +60,6 @@ class TokenizersConfig(Strict):
     @field_validator("speech")
     @classmethod
     def _speech_kind(cls, v):
-        from aromni.model import SPEECH_LOADERS
         if v is not None and v.kind not in SPEECH_LOADERS:
             raise ValueError(f"unknown speech tokenizer kind {v.kind!r}; allowed: {sorted(SPEECH_LOADERS)}")
         return v
@@ -72,21 +73,24 @@ class SourceConfig(Strict):
     group: str | None = Field(None, description="mixing group; default: the tasks' group")
     max_units: int | None = Field(None, ge=1, description="use only the first N units (files / row groups): trial runs")
     instruction: str | None = Field(None, description="override the task's default instruction")
+    chat_instruction: Literal["fixed", "by_reply"] = Field(
+        "fixed", description="chat: the instruction after the user's speech; fixed: the task's one (upstream's "
+                             "default); by_reply: the one for the reply's modality (text / speech / image), as in "
+                             "upstream's examples (the task table's `instructions`)")
+    allow_empty: bool = Field(False, description="a source that yields no rows is an error unless this is true")
     options: dict[str, Any] = Field(default_factory=dict, description="reader options (see `aromni readers`)")
 
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v):
-        from aromni.templates import task_names
-        bad = [t for t in v if t not in task_names() and t != "chat"]
+        bad = [t for t in v if t not in task_names()]
         if bad:
-            raise ValueError(f"unknown task(s) {bad}; allowed: {task_names() + ['chat']}")
+            raise ValueError(f"unknown task(s) {bad}; allowed: {task_names()}")
         return v
 
     @field_validator("reader")
     @classmethod
     def _reader(cls, v):
-        from aromni.pipeline.readers import READERS
         if v not in READERS:
             raise ValueError(f"unknown reader {v!r}; allowed: {sorted(READERS)}")
         return v
@@ -94,15 +98,21 @@ class SourceConfig(Strict):
     @model_validator(mode="after")
     def _group_and_options(self):
         if self.group is None:
-            groups = {TASK_GROUPS[t] for t in self.tasks}
+            groups = {get_task(t).group for t in self.tasks}
             if len(groups) != 1:
                 raise ValueError(f"tasks {self.tasks} span groups {sorted(groups)}: set `group`")
             self.group = groups.pop()
-        from aromni.pipeline.readers import READERS
         try:
             READERS[self.reader].Options(**self.options)
         except ValidationError as e:
             raise ValueError(_nested(e, "options")) from None
+        carries = getattr(READERS[self.reader], "carries", None)  # what the reader's examples hold
+        if carries is not None:
+            cannot = [t for t in self.tasks if not get_task(t).carries <= set(carries)]
+            if cannot:
+                need = sorted(set().union(*(get_task(t).carries for t in cannot)) - set(carries))
+                raise ValueError(f"{NESTED}tasks: reader {self.reader} cannot serve task(s) {cannot}: they need "
+                                 f"{need}, its examples carry {sorted(carries)}")
         return self
 
 
@@ -112,7 +122,6 @@ class StepConfig(Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        from aromni.pipeline.steps import STEPS
         if self.name not in STEPS:
             raise ValueError(f"unknown step {self.name!r}; allowed: {sorted(STEPS)}")
         try:
@@ -136,6 +145,9 @@ class FiltersConfig(Strict):
     dedup: bool = Field(True, description="drop exact duplicate content (text + media bytes) across the whole build: "
                                           "the first in hash(seed, id) order is kept, the others are rejects "
                                           "(duplicate)")
+    length_rule: Literal["aromni", "upstream"] = Field(
+        "aromni", description="aromni: keep min_tokens <= length <= max_tokens; upstream: keep 0 < length < max_tokens "
+                              "(AR-Omni's pretrain.py keeps 0 < len(discrete_code) < 1300, the whole row)")
     max_consecutive_failures: int = Field(100, ge=1, description="circuit breaker: stop a unit after this many")
 
 
@@ -172,11 +184,6 @@ class OutputConfig(Strict):
     compression_level: int = Field(3, ge=1, le=22)
 
 
-# Tasks whose rows hold image / speech codes: a recipe with such a task needs that tokenizer.
-MEDIA_TASKS = {"image": {"image_caption", "text_to_image", "image_to_text", "speech_to_image"},
-               "speech": {"speech_to_text", "text_to_speech", "speech_to_image"}}
-
-
 class Recipe(Strict):
     name: str
     description: str = ""
@@ -207,7 +214,8 @@ class Recipe(Strict):
             if n in names[:i]:
                 raise ValueError(f"sources[{i}].name: {n!r} is already the name of sources[{names.index(n)}]; "
                                  f"source names must be unique (they prefix every row id)")
-        for kind, needs in MEDIA_TASKS.items():  # else every example would be rejected at tokenize time
+        for kind in ("image", "speech"):  # else every example would be rejected at tokenize time
+            needs = tasks_needing(kind)
             users = [(i, s) for i, s in enumerate(self.sources) if set(s.tasks) & needs]
             if users and getattr(self.tokenizers, kind) is None:
                 i, s = users[0]

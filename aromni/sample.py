@@ -33,6 +33,7 @@ ROW_SCHEMA = pa.schema([
     ("segments", pa.list_(SEGMENT_TYPE)),
     ("n_tokens", pa.int32()),
     ("meta", pa.string()),
+    ("content_hash", pa.string()),  # format 2: what the build's dedup compares (text + media bytes, or imported ids)
 ])
 REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
                            ("reason", pa.string()), ("message", pa.string())])
@@ -57,6 +58,7 @@ class Sample:
     input_ids: list[int]
     segments: list[Segment]
     meta: dict = field(default_factory=dict)
+    content_hash: str = ""
 
     @property
     def n_tokens(self) -> int:
@@ -65,14 +67,15 @@ class Sample:
     def to_row(self) -> dict:
         return {"id": self.id, "source": self.source, "task": self.task, "input_ids": self.input_ids,
                 "segments": [s.as_dict() for s in self.segments], "n_tokens": len(self.input_ids),
-                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False)}
+                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False), "content_hash": self.content_hash}
 
     @classmethod
     def from_row(cls, row: dict) -> "Sample":
         meta = row.get("meta") or "{}"
         return cls(id=row["id"], source=row["source"], task=row["task"], input_ids=list(row["input_ids"]),
                    segments=[Segment(**s) for s in row["segments"]],
-                   meta=json.loads(meta) if isinstance(meta, str) else meta)
+                   meta=json.loads(meta) if isinstance(meta, str) else meta,
+                   content_hash=row.get("content_hash") or "")
 
 
 def rows_to_table(samples: Iterable[Sample]) -> pa.Table:
@@ -162,15 +165,20 @@ def image_code_positions(input_ids: Sequence[int], segments: Sequence, role: str
 # Grammar check
 # ---------------------------------------------------------------------------------------------------------------
 def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_OMNI_V0_1) -> list[str]:
-    """Every way this row breaks the sample grammar, as short messages; [] when it is well formed."""
-    ids = [int(i) for i in input_ids]
+    """Every way this row breaks the sample grammar, as short messages; [] when it is well formed. The id classes
+    (image code, speech code, text id) are computed once over the whole row as numpy masks."""
+    a = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+    ids = a.tolist()
     n = len(ids)
     problems: list[str] = []
     if n == 0:
         return ["row is empty"]
-    out_of_vocab = [i for i in ids if not 0 <= i < layout.vocab_size]
-    if out_of_vocab:
-        problems.append(f"ids outside 0..{layout.vocab_size - 1}: {out_of_vocab[:3]}")
+    in_vocab = (a >= 0) & (a < layout.vocab_size)
+    if not in_vocab.all():
+        problems.append(f"ids outside 0..{layout.vocab_size - 1}: {a[~in_vocab][:3].tolist()}")
+    image = (a >= layout.image_code_start) & (a <= layout.image_code_end)
+    speech = (a >= layout.speech_code_start) & (a <= layout.speech_code_end)
+    text = in_vocab & ~image & ~speech & (a != layout.boi) & (a != layout.eoi) & (a != layout.boa) & (a != layout.eoa)
     if ids[0] != layout.bos:
         problems.append(f"row starts with {ids[0]}, not bos {layout.bos}")
     if ids[-1] not in layout.stop_ids:
@@ -197,17 +205,18 @@ def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_
             codes = body[1:-1]
             if len(codes) != layout.image_tokens:
                 problems.append(f"{where}: {len(codes)} image codes, expected {layout.image_tokens}")
-            if any(not layout.is_image_code(i) for i in codes):
+            if not image[s.start + 1:s.end - 1].all():
                 problems.append(f"{where}: non-image id inside the image span")
         elif s.modality == "speech":
             if body[0] != layout.boa or body[-1] != layout.eoa:
                 problems.append(f"{where}: speech segment must be [{layout.boa}] codes [{layout.eoa}]")
-            if any(not layout.is_speech_code(i) for i in body[1:-1]):
+            if not speech[s.start + 1:s.end - 1].all():
                 problems.append(f"{where}: non-speech id inside the speech span")
         else:
-            stray = [i for i in body if not layout.is_text_id(i)]
-            if stray:
-                problems.append(f"{where}: image/speech codes or span markers in a text segment: {stray[:3]}")
+            ok = text[s.start:s.end]
+            if not ok.all():
+                stray = a[s.start:s.end][~ok][:3].tolist()
+                problems.append(f"{where}: image/speech codes or span markers in a text segment: {stray}")
     if pos != n:
         problems.append(f"segments cover {pos} of {n} tokens")
     return problems

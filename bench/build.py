@@ -36,9 +36,9 @@ def main() -> None:
     from aromni.pipeline.build import _init_ray, build, tokenizers_for
     from aromni.pipeline.plan import plan
     from aromni.pipeline.readers import READERS, Rejected
-    from aromni.pipeline.unit import TASK_NEEDS, prepare, process_unit, stable_hash
-    from aromni.pipeline.steps.media import MediaError
-    from aromni.pipeline.steps.text import TextError
+    from aromni.pipeline.steps.base import Work
+    from aromni.pipeline.steps.prepare import ChooseTask, Clean, Decode
+    from aromni.pipeline.unit import process_unit
     from aromni.recipe import load_recipe
     from tests.robustness.robust_corpus import demo_corpus, scaled_copy
 
@@ -48,19 +48,18 @@ def main() -> None:
     tok = tokenizers_for(recipe)
     units = plan(recipe, tok.identities)
 
-    # 1. bare tokenizer compute on the same decoded inputs
+    # 1. bare tokenizer compute on the same decoded inputs (the unit's own first steps decode them)
     decoded = []
     for pu in units:
         src = recipe.sources[pu.source_index]
-        for item in READERS[src.reader](src.name, recipe.resolve(src.path), src.options).read(pu.unit):
-            if isinstance(item, Rejected):
-                continue
-            item.id = f"{src.name}/{item.key}"
-            item.task = src.tasks[stable_hash(recipe.seed, item.id) % len(src.tasks)]
-            try:
-                decoded.append((item, prepare(item, recipe, set())))
-            except (MediaError, TextError):
-                continue
+        examples = [ex for ex in READERS[src.reader](src.name, recipe.resolve(src.path), src.options).read(pu.unit)
+                    if not isinstance(ex, Rejected)]
+        for ex in examples:
+            ex.id = f"{src.name}/{ex.key}"
+        items = (Work(ex, i) for i, ex in enumerate(examples))
+        for step in (ChooseTask(src, recipe), Clean(None, recipe), Decode(None, recipe)):
+            items = step.run(items)
+        decoded += [(w.example, w.media) for w in items if isinstance(w, Work)]
     t0 = time.perf_counter()
     for ex, media in decoded:
         tok.text.encode(ex.text)

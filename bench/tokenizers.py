@@ -109,7 +109,8 @@ def bench_overhead(ckpts: dict[str, Path], corpus: Path, out_dir: Path, workers:
     import yaml
 
     from aromni.model import load_tokenizers
-    from aromni.pipeline.build import _tokenizers_cfg, build
+    from aromni.pipeline.build import build
+    from aromni.pipeline.executor.unit_task import tokenizers_cfg as _tokenizers_cfg
     from aromni.pipeline.plan import plan
     from aromni.pipeline.unit import process_unit
     from aromni.recipe import parse_recipe

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def replies(n: int) -> list[str]:
-    from aromni.demo import HARVARD
+    from aromni.voice.harvard import HARVARD
     unique = HARVARD[: max(1, (3 * n) // 4)]
     return [unique[i % len(unique)] for i in range(n)]  # about a quarter are repeats
 

@@ -21,6 +21,7 @@ from aromni.dataset.folder import BuildFolder
 from aromni.dataset.stats import PLOT_FILES, PLOTS_DIR, compute, write_plots
 from aromni.pipeline.manifest import MANIFEST
 from aromni.sample import ROW_SCHEMA
+from aromni.tasks import task_table
 
 CARD = "README.md"
 
@@ -31,15 +32,8 @@ PUBLISHED_LICENSES = {
     "ultrafineweb": ("apache-2.0", "https://huggingface.co/datasets/openbmb/Ultra-FineWeb"),
 }
 
-# aromni task -> Hugging Face task category
-TASK_CATEGORIES = {
-    "text_to_text": "text-generation",
-    "image_caption": "image-to-text",
-    "image_to_text": "image-to-text",
-    "text_to_image": "text-to-image",
-    "speech_to_text": "automatic-speech-recognition",
-    "text_to_speech": "text-to-speech",
-}
+# aromni task -> Hugging Face task category (the task table's `hf_category:`)
+TASK_CATEGORIES = {name: t.hf_category for name, t in task_table().items() if t.hf_category}
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),

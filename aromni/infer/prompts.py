@@ -1,10 +1,10 @@
 """Prompts built with the SAME templates as the training data, so the model sees at inference what it saw in training.
 
-Single-turn tasks render ``aromni.templates`` task templates (tasks.yaml) and keep the user part: the ids up to the
+Single-turn tasks render ``aromni.tasks`` task templates (tasks.yaml) and keep the user part: the ids up to the
 first assistant segment. The assistant part needs content to render, so a placeholder is passed and cut away;
 the template stays the one definition of the layout.
 
-Chat turns render the dialog template (``aromni.templates.dialog``, ``chat`` in tasks.yaml) the same way:
+Chat turns render the dialog template (``aromni.tasks``, ``chat`` in tasks.yaml) the same way:
 ``[0] "USER:" [image] [12821] speech [12820] {instruction} [12830] "GPT:"`` for a user who spoke (the instruction
 defaults to "Please acknowledge the user's vocal input, create a textual response."), ``"USER:" [image] {text}
 [12830] "GPT:"`` for a user who typed; a given assistant turn is ``{text} [image] [speech] [12831]``. A trained
@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.templates import TemplateError, render_task
-from aromni.templates.dialog import DialogTurn, render_dialog
+from aromni.tasks import DialogTurn, TemplateError, render_dialog, render_task, task_table
 
-# aromni task name -> template name in tasks.yaml
-TASK_TEMPLATES = {"tts": "text_to_speech", "asr": "speech_to_text", "caption": "image_caption",
-                  "t2i": "text_to_image"}
+# `aromni infer --task` name -> task in tasks.yaml (the table's `infer:` keys)
+TASK_TEMPLATES = {t.infer: name for name, t in task_table().items() if t.infer}
 
 
 def task_prompt(task: str, encode_text: Callable[[str], list[int]], *, text: str | None = None,

@@ -5,21 +5,13 @@ Real checkpoints: Meta's release has ``tokenizer/text_tokenizer.json``; HF conve
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from aromni.hashing import file_sha256
 from aromni.layout import AR_OMNI_V0_1, Layout
 
 CANDIDATE_FILES = ("tokenizer.json", "text_tokenizer.json", "tokenizer/text_tokenizer.json")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def image_token_name(code: int) -> str:

@@ -1,25 +1,35 @@
-"""``aromni build``: plan -> tokenize units on Ray -> mix -> manifest.
+"""``aromni build``: plan -> run units -> mix -> manifest, each one call.
 
-The driver plans and mixes; Ray runs one task per unit. A unit's output is a part file plus a done marker, so a
-rerun on the same ``--out`` redoes only units without a marker, and the final shards depend only on the parts
-(never on worker count or completion order).
+The driver plans, starts the actor pools and mixes; an executor (``executor.local`` in-process, ``executor.ray`` one
+Ray task per unit) runs the units. A unit's output is a part file plus a done marker, so a rerun on the same
+``--out`` redoes only units without a marker, and the final shards depend only on the parts (never on worker count or
+completion order).
 """
 from __future__ import annotations
 
-import math
-import os
 import shutil
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aromni.layout import AR_OMNI_V0_1
 from aromni.pipeline import mix as mixing
-from aromni.pipeline.manifest import (MANIFEST, build_manifest, read_manifest, totals, write_manifest,
-                                      write_rejects)
-from aromni.pipeline.parts import PARTS, existing_stems, part_paths, read_done, write_part
+from aromni.pipeline.executor import UnitsResult, local
+from aromni.pipeline.executor import ray as ray_executor
+from aromni.pipeline.executor.pools import PoolError, check_voices, cpu_demand, pools_stopped, start_pools
+from aromni.pipeline.executor.ray import RayStartError
+from aromni.pipeline.executor.ray import init_ray as _init_ray
+from aromni.pipeline.executor.unit_task import tokenizers_cfg, tokenizers_for
+from aromni.pipeline.manifest import MANIFEST, build_manifest, read_manifest, write_manifest
+from aromni.pipeline.mix import PartRef, run_mix
+from aromni.pipeline.parts import PARTS, existing_stems, part_paths, read_done
 from aromni.pipeline.plan import PlannedUnit, plan
-from aromni.recipe import Recipe, RecipeError, check_paths, parse_recipe
+from aromni.pipeline.stats import UnitStats
+from aromni.recipe import Recipe, RecipeError, check_paths
+
+__all__ = ["build", "BuildError", "BuildReport", "RecipeError", "tokenizers_for"]
 
 
 class BuildError(RuntimeError):
@@ -28,156 +38,114 @@ class BuildError(RuntimeError):
 
 @dataclass
 class BuildReport:
-    out: Path
+    out: str
     manifest: dict
     units_total: int
     units_skipped: int
     seconds: float
-    failed_units: list[str] = field(default_factory=list)
-
-
-_TOKENIZER_CACHE: dict[str, object] = {}
-
-
-def _tokenizers_cfg(recipe: Recipe):
-    """The recipe's tokenizers section with absolute checkpoint paths."""
-    cfg = recipe.tokenizers.model_copy(deep=True)
-    for kind in ("text", "image", "speech"):
-        c = getattr(cfg, kind)
-        if c is not None and c.path is not None:
-            c.path = str(recipe.resolve(c.path))
-    return cfg
-
-
-def tokenizers_for(recipe: Recipe, pools=None):
-    """Load the recipe's tokenizers once per process (Ray reuses worker processes across units). Model tokenizers
-    load lazily (config only); with ``pools`` their encode goes to the build's actor pools instead."""
-    import json
-
-    from aromni.model import load_tokenizers
-    from aromni.pipeline.pools import attach
-    cfg = _tokenizers_cfg(recipe)
-    key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    if key not in _TOKENIZER_CACHE:
-        _TOKENIZER_CACHE[key] = load_tokenizers(cfg, AR_OMNI_V0_1)
-    return attach(_TOKENIZER_CACHE[key], pools)
-
-
-def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str, pools=None) -> dict:
-    """Process one unit and write its part; returns the unit's stats. Runs inside a Ray worker."""
-    from aromni.pipeline.unit import process_unit
-    recipe = parse_recipe(recipe_dict)
-    tok = tokenizers_for(recipe, pools)
-    result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
-    write_part(Path(out), pu.part_stem, result, recipe)
-    return result.stats
-
-
-def _init_ray(workers: int | None, ray_address: str | None, extra_cpus: float = 0.0):
-    """``extra_cpus``: logical CPUs the tokenizer actor pools reserve, added on top of the unit workers' locally."""
-    import ray
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return ray
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError
-            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise BuildError(f"cannot join the Ray cluster at {address}: {last}. Check the address (ray status on the "
-                             f"head node); if the cluster uses token authentication (Ray's default for `ray start`), "
-                             f"run with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or "
-                             f"RAY_AUTH_TOKEN.") from None
-    else:
-        # address="local": always a fresh local instance, never a cluster some other process left running
-        ray.init(address="local", num_cpus=(workers or os.cpu_count() or 1) + math.ceil(extra_cpus),
-                 include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    return ray
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not minutes, when nothing listens at a cluster address (Ray itself retries for long)."""
-    import socket
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit() or address == "auto":
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise BuildError(f"cannot join the Ray cluster at {address}: nothing answers there ({e}). Start one with "
-                         f"`ray start --head`, or leave out --ray-address / RAY_ADDRESS to run locally.") from None
+    dropped_turns: int = 0                          # chat: turns cut to fit max_chat_tokens or unpaired, all sources
+    voice: dict = field(default_factory=dict)       # the voice steps' counts: synthesised, cache_hits, seconds, ...
 
 
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
-          force: bool = False, progress: bool = True, console=None) -> BuildReport:
+          force: bool = False, progress: bool = True, console=None, executor: str = "ray") -> BuildReport:
+    """``executor``: ray (one task per unit, with the actor pools) or local (in this process, one unit after
+    another, models loaded here: tests and debugging)."""
     t0 = time.perf_counter()
-    out = Path(out)
+    out = str(out)
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
     run_recipe = recipe.model_copy(update={"data_root": str(Path(recipe.data_root).expanduser().resolve())})
     check_paths(run_recipe)
     tok = tokenizers_for(run_recipe)
-    tok_ids = tok.identities
-    units = plan(run_recipe, tok_ids)
-    _check_existing(out, recipe, units, force)
-    out.mkdir(parents=True, exist_ok=True)
+    units = plan(run_recipe, tok.identities)
+    _check_existing(Path(out), recipe, units, force)
+    Path(out).mkdir(parents=True, exist_ok=True)
 
-    todo = [u for u in units if read_done(out, u.part_stem) is None]
-    stats_by_stem: dict[str, dict] = {u.part_stem: read_done(out, u.part_stem) for u in units if u not in todo}
-    failed: list[str] = []
-    if todo:
-        from aromni.pipeline.pools import PoolError, cpu_demand, start_pools
-        tok_cfg = _tokenizers_cfg(run_recipe)
-        pool_cpus = cpu_demand(tok_cfg, tok)
-        ray = _init_ray(workers, ray_address, pool_cpus)
-        try:  # model tokenizers (VQGAN, WavTokenizer) run in actor pools shared by all units
-            pools = start_pools(tok_cfg, tok, ray)
-        except PoolError as e:
-            raise BuildError(str(e)) from None
-        task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
-        recipe_dict = run_recipe.to_dict()
-        limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
-        pending: dict = {}
-        queue = list(todo)
-        with pools_stopped(pools), _progress(progress, console, len(units), len(units) - len(todo)) as bar:
-            while queue or pending:
-                while queue and len(pending) < max(1, limit):
-                    pu = queue.pop(0)
-                    pending[task.remote(recipe_dict, pu, str(out), pools or None)] = pu
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    pu = pending.pop(ref)
-                    try:
-                        st = ray.get(ref)
-                        stats_by_stem[pu.part_stem] = st
-                        bar.advance(st)
-                    except Exception as e:  # noqa: BLE001 - a unit's bug must not lose the other units
-                        failed.append(f"{pu.unit.label}: {type(e).__name__}: {str(e).splitlines()[-1][:300]}")
-                        bar.advance(None)
-    if failed:
-        raise BuildError(f"{len(failed)} unit(s) failed (their inputs are not accounted for yet); finished units are "
-                         f"kept, rerun the same command to retry them:\n  " + "\n  ".join(failed[:10]))
+    done = {u.part_stem: st for u in units if (st := read_done(out, u.part_stem)) is not None}
+    todo = [u for u in units if u.part_stem not in done]
+    try:  # a voice model that cannot load fails here, before any unit, not inside one
+        voices = check_voices(run_recipe)
+    except PoolError as e:
+        raise BuildError(str(e)) from None
+    if executor == "local":
+        with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
+            result = local.run_units(run_recipe.to_dict(), todo, out, bar)
+    else:
+        result = run_units(run_recipe, todo, out, tok, workers, ray_address, progress, console, len(units))
+    if result.failed:
+        raise BuildError(f"{len(result.failed)} unit(s) failed (their inputs are not accounted for yet); finished "
+                         f"units are kept, rerun the same command to retry them:\n  " + "\n  ".join(result.failed[:10]))
+    stats = [result.stats[u.part_stem] if u.part_stem in result.stats else UnitStats.from_dict(done[u.part_stem])
+             for u in units]
+    check_not_empty(recipe, stats)
 
-    stems = [u.part_stem for u in units]
-    stats = [stats_by_stem[s] for s in stems]
-    stem_group = {u.part_stem: recipe.sources[u.source_index].group for u in units}
-    dups = mixing.find_duplicates(recipe, out, stems, content=recipe.filters.dedup)
-    stats, dup_rejects = mixing.account_duplicates(stats, stems, dups)
-    groups = mixing.order_groups(recipe, out, stems, stem_group, skip=dups)
-    blocks, mix_report = mixing.select(recipe, groups)
-    # manifest.json means "finished, and it describes data/": none while the shards are being rewritten
-    (out / MANIFEST).unlink(missing_ok=True)
-    shards = mixing.write_shards(recipe, out, stems, mixing.shard_blocks(recipe, blocks))
-    import pyarrow.parquet as pq
-    totals_ = totals((pq.read_table(out / s["path"], columns=["task", "source", "n_tokens"]) for s in shards), recipe)
-    by_source: dict[str, list[str]] = {}
-    for u in units:
-        by_source.setdefault(u.unit.source, []).append(u.part_stem)
-    rejects = write_rejects(out, recipe, by_source, dup_rejects)
-    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, shards, stats, mix_report, totals_, rejects)
+    mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
+                                          u.unit.label) for u in units], ray=_ray_if_running())
+    stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
+    tok_ids = dict(tok.identities)
+    if voices:
+        tok_ids["voice"] = voices
+    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, mixed.shards, stats, mixed.report, mixed.totals,
+                              [r["path"] for r in mixed.rejects.values()])
     write_manifest(out, manifest)
-    return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0)
+    return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0,
+                       dropped_turns=sum(st.dropped_turns for st in stats), voice=_voice_counts(stats))
+
+
+def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, ray_address, progress, console,
+              total: int) -> UnitsResult:
+    """The units still to do, on Ray (with the actor pools every unit shares); nothing to do starts nothing."""
+    if not todo:
+        return UnitsResult()
+    tok_cfg = tokenizers_cfg(recipe)
+    pool_cpus = cpu_demand(recipe, tok_cfg, tok)
+    try:
+        ray = _init_ray(workers, ray_address, pool_cpus)
+        pools = start_pools(recipe, tok_cfg, tok, ray)
+    except (RayStartError, PoolError) as e:
+        raise BuildError(str(e)) from None
+    limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
+    with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
+        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit)
+
+
+def _ray_if_running():
+    """The Ray this build already runs (units ran, or a cluster was named) for the mix; none is started for it."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
+def check_not_empty(recipe: Recipe, stats: list[UnitStats]) -> None:
+    """A source that yields no rows is an error (a wrong reader or path looks like a green build otherwise), unless
+    it says ``allow_empty: true``."""
+    empty = []
+    for i, s in enumerate(recipe.sources):
+        mine = [st for st in stats if st.source == s.name]
+        if s.allow_empty or sum(st.written for st in mine):
+            continue
+        reasons: Counter = Counter()
+        for st in mine:
+            reasons.update(st.rejected)
+        top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(3)) or "nothing rejected"
+        empty.append(f"sources[{i}] {s.name} (reader {s.reader}): read {sum(st.read for st in mine)}, wrote 0; "
+                     f"top reject reasons: {top}")
+    if empty:
+        raise BuildError("source(s) that yield no rows (a wrong reader or path?); set allow_empty: true on a source "
+                         "to accept it:\n  " + "\n  ".join(empty))
+
+
+def _move_dropped(st: UnitStats, dropped: dict) -> UnitStats:
+    """Rows the mix dropped (duplicates across units) move from written to rejected: read = written + rejected."""
+    for reason, d in sorted(dropped.items()):
+        st = st.moved_to_rejected(reason, d["rows"], d["tokens"])
+    return st
+
+
+def _voice_counts(stats: list[UnitStats]) -> dict:
+    total: Counter = Counter()
+    for st in stats:
+        total.update(st.steps.get("voice", {}))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in sorted(total.items())}
 
 
 def _check_existing(out: Path, recipe: Recipe, units: list[PlannedUnit], force: bool) -> None:
@@ -216,21 +184,6 @@ def _clean_temp(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-class pools_stopped:
-    """Stop the tokenizer and voice actors when the units are done (or the build fails)."""
-
-    def __init__(self, pools):
-        self.pools = pools
-
-    def __enter__(self):
-        return self.pools
-
-    def __exit__(self, *exc):
-        self.pools.stop()
-        from aromni.voice.pool import shutdown_pools
-        shutdown_pools()  # voice actors (started by units, named) would otherwise hold their CPUs until Ray exits
-
-
 class _progress:
     """A rich progress bar over units with samples written/rejected and ETA; silent when disabled."""
 
@@ -249,10 +202,10 @@ class _progress:
             self.t = self.p.add_task("units", total=self.total, completed=self.done, samples="")
         return self
 
-    def advance(self, st: dict | None):
+    def advance(self, st: UnitStats | None):
         if st:
-            self.written += st["written"]
-            self.rejected += sum(st["rejected"].values())
+            self.written += st.written
+            self.rejected += st.n_rejected
         if self.enabled:
             self.p.update(self.t, advance=1, samples=f"{self.written} samples, {self.rejected} rejected")
 
@@ -266,5 +219,3 @@ def remove_build(out: Path) -> None:
         shutil.rmtree(Path(out) / sub, ignore_errors=True)
     (Path(out) / MANIFEST).unlink(missing_ok=True)
 
-
-__all__ = ["build", "BuildError", "BuildReport", "RecipeError"]

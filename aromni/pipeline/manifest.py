@@ -11,29 +11,30 @@ import pyarrow.parquet as pq
 
 from aromni import __version__
 from aromni.layout import Layout
+from aromni.pipeline.stats import UnitStats
 from aromni.pipeline.parts import part_paths, write_json_atomic, write_parquet_stream_atomic
 from aromni.recipe import Recipe
 from aromni.sample import REJECT_SCHEMA
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: rows have a content_hash column (1: it was meta.content_hash)
 MANIFEST = "manifest.json"
 REJECTS = "rejects"
 
 
-def accounting(recipe: Recipe, stats: list[dict]) -> dict:
+def accounting(recipe: Recipe, stats: list[UnitStats]) -> dict:
     acc: dict = {}
     for s in recipe.sources:
         acc[s.name] = {"reader": s.reader, "group": s.group, "units": 0, "read": 0, "written": 0,
                        "rejected": Counter(), "dropped_turns": 0, "circuit_breakers": []}
     for st in stats:
-        a = acc[st["source"]]
+        a = acc[st.source]
         a["units"] += 1
-        a["read"] += st["read"]
-        a["written"] += st["written"]
-        a["rejected"].update(st["rejected"])
-        a["dropped_turns"] += st.get("dropped_turns", 0)  # chat rows: turns cut to fit max_chat_tokens, unpaired
-        if st.get("circuit_breaker"):
-            a["circuit_breakers"].append(st["circuit_breaker"])
+        a["read"] += st.read
+        a["written"] += st.written
+        a["rejected"].update(st.rejected)
+        a["dropped_turns"] += st.dropped_turns  # chat rows: turns cut to fit max_chat_tokens, unpaired
+        if st.circuit_breaker:
+            a["circuit_breakers"].append(st.circuit_breaker)
     for a in acc.values():
         a["rejected"] = dict(sorted(a["rejected"].items()))
         a["reconciles"] = a["read"] == a["written"] + sum(a["rejected"].values())
@@ -73,7 +74,7 @@ def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str
     return written
 
 
-def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[dict],
+def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[UnitStats],
                    mixing: dict, totals_: dict, rejects: list[str]) -> dict:
     stand_in = any(t and t.get("stand_in") for t in tokenizer_ids.values())
     return {
@@ -94,7 +95,8 @@ def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: 
         "accounting": accounting(recipe, stats),
         "mixing": mixing,
         "rejects": rejects,
-        "units": [{k: st[k] for k in ("source", "unit", "unit_id", "read", "written", "tokens")} for st in stats],
+        "units": [{"source": st.source, "unit": st.unit, "unit_id": st.unit_id, "read": st.read, "written": st.written,
+                   "tokens": st.tokens} for st in stats],
     }
 
 

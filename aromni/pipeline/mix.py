@@ -5,20 +5,25 @@ to ratio-proportional counts (``first_exhausted``: stop at the first exhausted g
 ``all_exhausted``: repeat smaller groups, repeated rows get an ``@repK`` id suffix and are counted), then laid out in
 *blocks* of ``ratio[g]`` rows per group, interleaved. A shard is a run of whole blocks, so every shard holds the ratio
 exactly, as MosaicML's MDS does per batch.
+
+``run_mix`` is the stage as build() calls it (one call); it is a temporary wrapper of the sequence below, which the
+distributed mix package replaces behind the same signature.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aromni.hashing import file_sha256, stable_hash
+from aromni.pipeline.manifest import MANIFEST, totals, write_rejects
 from aromni.pipeline.parts import part_paths, write_parquet_atomic
-from aromni.pipeline.unit import stable_hash
 from aromni.recipe import Recipe
 from aromni.sample import ROW_SCHEMA
 
@@ -72,21 +77,67 @@ class Duplicate:
     reason: str = "duplicate"   # or duplicate_id: two rows of the build share an id (e.g. one key in two files)
 
 
-_CONTENT = r'"content_hash": "(?P<h>[0-9a-f]+)"'
+@dataclass(frozen=True)
+class PartRef:
+    """One planned unit's part, in plan order."""
+    stem: str       # "<source>/<unit id>" (parts/<stem>.parquet ...)
+    source: str
+    group: str
+    unit: str       # the unit's label, for rejects
+
+
+@dataclass
+class MixResult:
+    shards: list[dict]                     # manifest "shards": {path, rows, tokens, bytes, sha256}
+    report: dict                           # manifest "mixing"
+    totals: dict                           # manifest "totals"
+    dropped: dict = field(default_factory=dict)   # part stem -> reason -> {"rows": n, "tokens": t}
+    rejects: dict = field(default_factory=dict)   # source -> {"path": "rejects/<source>.parquet", "rows": n}
+
+
+def run_mix(recipe: Recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
+    """Parts -> shards, the rows dropped as duplicates (per part, for the accounting) and the rejects files. ``ray``
+    is unused here (this mix runs in the driver)."""
+    root = Path(out)
+    stems = [p.stem for p in parts]
+    dups = find_duplicates(recipe, root, stems, content=recipe.filters.dedup)
+    dropped: dict = defaultdict(lambda: defaultdict(lambda: {"rows": 0, "tokens": 0}))
+    reject_rows: dict[str, list[dict]] = {}
+    for d in sorted(dups.values(), key=lambda d: (d.part, d.row)):
+        p = parts[d.part]
+        dropped[p.stem][d.reason]["rows"] += 1
+        dropped[p.stem][d.reason]["tokens"] += d.tokens
+        what = "the same id as a row of an earlier unit" if d.reason == "duplicate_id" else f"same content as {d.kept}"
+        reject_rows.setdefault(p.source, []).append(
+            {"id": d.id, "source": p.source, "unit": p.unit, "reason": d.reason,
+             "message": f"{what}, which is kept (first in mixing order)"})
+    groups = order_groups(recipe, root, stems, {p.stem: p.group for p in parts}, skip=dups)
+    blocks, report = select(recipe, groups)
+    # manifest.json means "finished, and it describes data/": none while the shards are being rewritten
+    (root / MANIFEST).unlink(missing_ok=True)
+    shards = write_shards(recipe, root, stems, shard_blocks(recipe, blocks))
+    totals_ = totals((pq.read_table(root / s["path"], columns=["task", "source", "n_tokens"]) for s in shards), recipe)
+    by_source: dict[str, list[str]] = {}
+    for p in parts:
+        by_source.setdefault(p.source, []).append(p.stem)
+    paths = write_rejects(root, recipe, by_source, reject_rows)
+    rejects = {path.removeprefix("rejects/").removesuffix(".parquet"):
+               {"path": path, "rows": pq.read_metadata(root / path).num_rows} for path in paths}
+    return MixResult(shards, report, totals_, {k: dict(v) for k, v in dropped.items()}, rejects)
 
 
 def find_duplicates(recipe: Recipe, out: Path, stems: list[str], content: bool = True
                     ) -> dict[tuple[int, int], Duplicate]:
-    """Rows whose id, or (with ``content``) whose content (meta.content_hash: text + media bytes, or the ids of an
+    """Rows whose id, or (with ``content``) whose content (the content_hash column: text + media bytes, or the ids of an
     imported row), an earlier row of the build already has. "Earlier" is the mixing order, (hash(seed, id), id), then
     the unit order, over the whole build, so which copy stays depends only on the recipe and the data, never on the
     number of workers or the units' order. Ids must be unique in a dataset, so they are checked even without dedup."""
     seen: list[tuple[int, str, str, int, int, int]] = []
     for k, stem in enumerate(stems):
-        t = pq.read_table(part_paths(out, stem)["rows"], columns=["id", "n_tokens", "meta"])
+        t = pq.read_table(part_paths(out, stem)["rows"], columns=["id", "n_tokens", "content_hash"])
         if t.num_rows == 0:
             continue
-        h = pc.struct_field(pc.extract_regex(t.column("meta"), _CONTENT), "h").to_pylist()
+        h = t.column("content_hash").to_pylist()
         for r, (i, n, c) in enumerate(zip(t.column("id").to_pylist(), t.column("n_tokens").to_pylist(), h)):
             seen.append((stable_hash(recipe.mixing.seed, i), i, k, r, n, c if content else None))
     seen.sort(key=lambda x: x[:4])
@@ -103,24 +154,6 @@ def find_duplicates(recipe: Recipe, out: Path, stems: list[str], content: bool =
             if c is not None:
                 first[c] = i
     return dups
-
-
-def account_duplicates(stats: list[dict], stems: list[str], dups: dict) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Move dropped duplicates from written to rejected (reason duplicate / duplicate_id) in copies of the units' stats, and make their
-    reject rows (per source), so read = written + rejected still holds for every source."""
-    stats = [dict(st, rejected=dict(st["rejected"])) for st in stats]
-    rows: dict[str, list[dict]] = {}
-    for d in sorted(dups.values(), key=lambda d: (d.part, d.row)):
-        st = stats[d.part]
-        st["written"] -= 1
-        st["tokens"] -= d.tokens
-        st["rejected"][d.reason] = st["rejected"].get(d.reason, 0) + 1
-        st["rejected"] = dict(sorted(st["rejected"].items()))
-        what = "the same id as a row of an earlier unit" if d.reason == "duplicate_id" else f"same content as {d.kept}"
-        rows.setdefault(st["source"], []).append(
-            {"id": d.id, "source": st["source"], "unit": st["unit"], "reason": d.reason,
-             "message": f"{what}, which is kept (first in mixing order)"})
-    return stats, rows
 
 
 def select(recipe: Recipe, groups: dict[str, list[RowRef]]) -> tuple[list[list[RowRef]], dict]:
@@ -218,5 +251,4 @@ def gather(out: Path, stems: list[str], refs: list[RowRef]) -> pa.Table:
 
 
 def _sha256(path: Path) -> str:
-    from aromni.model.text import file_sha256
     return file_sha256(path)

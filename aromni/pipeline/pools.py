@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aromni.layout import AR_OMNI_V0_1
+from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
+
 MODALITIES = ("image", "speech")
 READY_TIMEOUT_S = 600
 
@@ -57,8 +60,6 @@ class TokenizerActor:
         self.worker: asyncio.Task | None = None
         self.stats = {"items": 0, "batches": 0, "seconds": 0.0}
         try:
-            from aromni.layout import AR_OMNI_V0_1
-            from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
             loaders = IMAGE_LOADERS if modality == "image" else SPEECH_LOADERS
             self.tok = loaders[kind](path, AR_OMNI_V0_1, stand_in)
             self.tok.batch_size = batch_size

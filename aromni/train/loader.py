@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from aromni.hashing import stable_hash
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy, Segment
 from aromni.train.labels import FlatRows, derive
@@ -201,7 +202,6 @@ class ShardSet:
         return out
 
     def _epoch_rows(self, epoch: int, seed: int) -> np.ndarray:
-        from aromni.pipeline.unit import stable_hash   # (heavy module: imported only when shuffling)
         key = (epoch, seed)
         if getattr(self, "_epoch_key", None) != key:
             rng = np.random.default_rng(stable_hash("epoch", seed, epoch))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from aromni.model.omni import build_omni
-from aromni.pipeline.unit import stable_hash
+from aromni.hashing import stable_hash
 from aromni.train.checkpoint import load_state, resume_point, run_identity, save_checkpoint
 from aromni.train.config import TrainRecipe, check_inputs, for_world_size
 from aromni.train.distributed import all_sum, barrier, free_port as _free_port, setup_distributed  # noqa: F401

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from aromni.voice import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
+from aromni.voice.backend import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
 
 LAYOUT = ("cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx",
           "CosyVoice-BlankEN")
@@ -124,6 +124,39 @@ class CosyVoice2Backend(VoiceBackend):
         ref = hashlib.sha256(self._reference_16k().tobytes()).hexdigest()[:16]
         o = self.opts
         return f"cosyvoice2:zero-shot:ref={ref}:prompt={o.prompt_text}:speed={o.speed}:seed={o.seed}"
+
+    def check(self) -> None:
+        """Everything cosyvoice2.yaml names (``!new:`` / ``!name:`` / ``!apply:``) must exist in the installed
+        cosyvoice package, else loading would fail later inside a unit with a bare ImportError. Raises VoiceError
+        naming the file, the package version and what to do."""
+        import importlib
+        import importlib.metadata
+        import re
+        yaml_path = self.model_dir / "cosyvoice2.yaml"
+        try:
+            version = importlib.metadata.version("cosyvoice")
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed as a distribution"
+        for ref in sorted(set(re.findall(r"!(?:new|name|apply):([A-Za-z_][\w.]*)", yaml_path.read_text()))):
+            parts = ref.split(".")
+            obj, err = None, None
+            for i in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError as e:
+                    err = e
+                    continue
+                try:
+                    for attr in parts[i:]:
+                        obj = getattr(obj, attr)
+                except AttributeError as e:
+                    err, obj = e, None
+                break
+            if obj is None:
+                raise VoiceError(f"{yaml_path} names {ref}, which the installed cosyvoice package ({version}) cannot "
+                                 f"load ({type(err).__name__}: {err}). Use the cosyvoice2.yaml published with this "
+                                 f"package version, or install the CosyVoice version the model directory was "
+                                 f"published for (see docs/speech.md)")
 
     def _load(self):
         if self._model is not None:

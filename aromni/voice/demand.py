@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aromni.voice.espeak import espeak_speak
+from aromni.voice.harvard import HARVARD
+
 ENVIRONMENTS = ("DKITCHEN", "DLIVING", "DWASHING", "NFIELD", "NPARK", "NRIVER", "OHALLWAY", "OMEETING", "OOFFICE",
                 "PCAFETER", "PRESTO", "PSTATION", "SCAFE", "SPSQUARE", "STRAFFIC", "TBUS", "TCAR", "TMETRO")
 INDOOR = tuple(e for e in ENVIRONMENTS if e[0] in "DO")  # the paper mixes user speech with indoor DEMAND noises
@@ -86,8 +89,6 @@ def write_demo_noise(out: str | Path, environments=("DLIVING", "OMEETING", "OOFF
     import soundfile as sf
     import soxr
 
-    from aromni.demo import HARVARD
-    from aromni.voice.espeak import espeak_speak
 
     out = Path(out)
     voices = ["en-us", "en-gb", "en-us+f3", "en-gb-x-rp", "en-us+m3", "en-029", "en-gb-scotland", "en-us+f2"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from aromni.voice import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
+from aromni.voice.backend import SAMPLE_RATE, BackendOptions, VoiceBackend, VoiceError, register_backend
 
 
 class EspeakOptions(BackendOptions):

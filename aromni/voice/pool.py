@@ -1,85 +1,87 @@
 """Synthesis on a pool of Ray actors: each actor loads the backend once (on a GPU when ``num_gpus`` > 0) and every
 unit task of the build shares the pool.
 
-Kept simple and deterministic: the actors are named by (backend config, index) and found or created by whichever unit
-asks first (``get_if_exists``); a reply goes to the actor chosen by its cache key, so the same text always goes to the
-same actor; the audio depends only on (backend, model, voice, text) — backends seed per text — never on which actor
-or in which order. The cache is read and written by the calling unit, so hits never reach the pool. Without a running
-Ray (a unit processed in-process, e.g. in tests) it falls back to synthesising locally.
+The build's driver starts the pool before any unit runs and stops it when the units are done
+(``aromni.pipeline.executor.pools``); units get its handles. A reply goes to the actor chosen by its cache key, so
+the same text always goes to the same actor; the audio depends only on (backend, model, voice, text) — backends seed
+per text — never on which actor or in which order. The cache is read and written by the calling unit, so hits never
+reach the pool.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
-from aromni.voice import BACKENDS, Synthesizer, VoiceCache, default_cache_dir
+from aromni.voice.backend import BACKENDS, Synthesizer, VoiceCache, VoiceError
+
+READY_TIMEOUT_S = 600
+
+
+def voice_tag(backend: str, options: dict, root) -> str:
+    """Which pool serves a voice step: the same (backend, options, root) share one."""
+    return hashlib.sha256(json.dumps([backend, options, str(root)], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:12]
 
 
 class VoiceActor:
     def __init__(self, backend: str, options: dict, root: str | None):
-        self.backend = BACKENDS[backend](options, root)
+        self.error = None
+        try:
+            self.backend = BACKENDS[backend](options, root)
+            check = getattr(self.backend, "check", None)
+            if check is not None:
+                check()
+        except Exception as e:  # noqa: BLE001 - reported by ready(), so the driver fails the build with it
+            self.error = f"{type(e).__name__}: {e}"
+
+    def ready(self) -> dict:
+        return {"error": self.error} if self.error else {}
 
     def synthesise(self, text: str) -> np.ndarray:
         return self.backend.synthesise(text)
 
 
+@dataclass
+class VoicePool:
+    tag: str
+    handles: list
+
+    @classmethod
+    def start(cls, ray, tag: str, backend: str, options: dict, root, actors: int, num_cpus: float,
+              num_gpus: float, timeout_s: float = READY_TIMEOUT_S) -> "VoicePool":
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(VoiceActor)
+        pool = cls(tag, [actor_cls.options(name=f"aromni-voice-{tag}-{i}").remote(
+            backend, options, str(root) if root is not None else None) for i in range(actors)])
+        try:
+            for info in ray.get([h.ready.remote() for h in pool.handles], timeout=timeout_s):
+                if info.get("error"):
+                    raise VoiceError(info["error"])
+        except ray.exceptions.GetTimeoutError:
+            pool.stop()
+            raise VoiceError(f"voice actors did not start within {timeout_s:g} s (is the cluster short of the "
+                             f"CPUs/GPUs they ask for? see `ray status`)") from None
+        except VoiceError:
+            pool.stop()
+            raise
+        return pool
+
+    def stop(self) -> None:
+        import ray
+        for h in self.handles:
+            ray.kill(h)
+        self.handles = []
+
+
 class PooledSynthesizer(Synthesizer):
-    def __init__(self, backend, cache, connect):
+    """A Synthesizer whose misses go to the pool's actors."""
+
+    def __init__(self, backend, cache: VoiceCache, handles: list):
         super().__init__(backend, cache)
-        self.connect = connect          # () -> actor handles (found or created by name)
-        self.actors = connect()
+        self.handles = list(handles)
 
     def _synthesise(self, text: str, key: str) -> np.ndarray:
         import ray
-        from ray.exceptions import RayActorError
-        for attempt in (0, 1):
-            actor = self.actors[int(key, 16) % len(self.actors)]
-            try:
-                return ray.get(actor.synthesise.remote(text))
-            except RayActorError:  # its owner (another unit's worker) went away: find or start it again, once
-                if attempt:
-                    raise
-                _HANDLES.clear()
-                self.actors = self.connect()
-
-
-# Handles kept for the life of this worker process: a named actor lives as long as its creator holds a reference.
-_HANDLES: dict[str, list] = {}
-
-
-def pooled_synthesizer(backend: str, options: dict, cache_dir, root, actors: int, num_cpus: float,
-                       num_gpus: float) -> Synthesizer:
-    from aromni.voice import get_synthesizer
-    import ray
-    if not ray.is_initialized():
-        return get_synthesizer(backend, options, cache_dir, root)
-    tag = hashlib.sha256(json.dumps([backend, options, str(root)], sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-    def connect() -> list:
-        if tag not in _HANDLES:
-            cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(VoiceActor)
-            _HANDLES[tag] = [cls.options(name=f"aromni-voice-{tag}-{i}", get_if_exists=True).remote(
-                backend, options, str(root) if root is not None else None) for i in range(actors)]
-        return _HANDLES[tag]
-    return PooledSynthesizer(BACKENDS[backend](options, root),
-                             VoiceCache(cache_dir if cache_dir is not None else default_cache_dir()), connect)
-
-
-def shutdown_pools() -> int:
-    """Kill this Ray job's voice actors (they hold their CPUs/GPUs until killed or Ray shuts down); returns how many.
-    Call it after a build in a process that goes on using Ray (tests, notebooks); ``aromni build`` exits anyway."""
-    import ray
-    if not ray.is_initialized():
-        return 0
-    killed = 0
-    for name in ray.util.list_named_actors():
-        if name.startswith("aromni-voice-"):
-            try:
-                ray.kill(ray.get_actor(name))
-                killed += 1
-            except ValueError:  # already gone
-                pass
-    _HANDLES.clear()
-    return killed
+        return ray.get(self.handles[int(key, 16) % len(self.handles)].synthesise.remote(text))

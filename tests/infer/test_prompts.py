@@ -6,7 +6,7 @@ import pytest
 from aromni.infer.outputs import split_reply
 from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
 from aromni.layout import AR_OMNI_V0_1 as L
-from aromni.templates import TemplateError
+from aromni.tasks import TemplateError
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_task_prompts_are_reference_section_2(enc):
 
 
 def test_chat_turns_follow_the_dialog_template(enc):
-    from aromni.templates import default_instruction
+    from aromni.tasks import default_instruction
     spoken = chat_turn(Message(speech_codes=[1, 2], image_codes=[0] * 1024), enc, first=True)
     assert spoken == ([0] + enc("USER:") + [8197] + [4] * 1024 + [8196] + [12821, 8725, 8726, 12820]
                       + enc(default_instruction("chat")) + [12830] + enc("GPT:"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aromni.layout import TASK_GROUPS
+from aromni.tasks import task_groups
 from aromni.pipeline.build import BuildError, build
 from aromni.pipeline.validate import validate
 
@@ -36,7 +36,7 @@ def test_demo_build_is_valid_mixed_and_accounted(demo_build):
     for s in m["shards"]:
         t = pq.read_table(out / s["path"])
         assert t.num_rows == s["rows"]
-        groups = Counter(TASK_GROUPS[task] for task in t.column("task").to_pylist())
+        groups = Counter(task_groups()[task] for task in t.column("task").to_pylist())
         assert groups["text"] == groups["image_text"] == groups["speech_text"], groups
     for src, a in m["accounting"].items():
         assert a["read"] == a["written"] + sum(a["rejected"].values()) and a["read"] > 0, src
@@ -178,3 +178,35 @@ def test_same_id_in_two_units_is_rejected_once(demo_corpus, tmp_path):
     rej = [x for x in pq.read_table(tmp_path / "out" / "rejects" / "laion.parquet").to_pylist()
            if x["reason"] == "duplicate_id"]
     assert len(rej) == 24 and all(x["unit"].endswith("00001.tar") for x in rej)
+
+
+def test_a_source_that_yields_no_rows_fails_the_build_naming_it(demo_corpus, tmp_path):
+    """Every row too long for max_tokens=5: each source is named with its top reject reason and the build fails
+    (exit 1); allow_empty: true on a source leaves it out of the error. In-process executor: no Ray start."""
+    from aromni.recipe import load_recipe
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={demo_corpus}", "filters.max_tokens=5",
+                                                          "sources[0].allow_empty=true"])
+    with pytest.raises(BuildError) as e:
+        build(recipe, tmp_path / "out", progress=False, executor="local")
+    msg = str(e.value)
+    assert "sources[1] gigaspeech" in msg and "sources[2] ultrafineweb" in msg and "laion" not in msg
+    assert "wrote 0" in msg and "too_long 28" in msg and "allow_empty: true" in msg
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_local_executor_gives_the_ray_build_s_shards(demo_build, demo_recipe, tmp_path):
+    """The in-process executor and the Ray executor run the same units: identical shards and accounting."""
+    out, rep = demo_build
+    local = build(demo_recipe, tmp_path / "local", progress=False, executor="local")
+    assert shard_hashes(tmp_path / "local") == shard_hashes(out)
+    assert local.manifest["accounting"] == rep.manifest["accounting"]
+    assert local.dropped_turns == rep.dropped_turns == 0 and local.voice == rep.voice == {}
+
+
+def test_rows_have_a_content_hash_column_and_format_2(demo_build):
+    out, rep = demo_build
+    t = pq.read_table(out / "data")
+    assert t.schema.names[-1] == "content_hash" and rep.manifest["format_version"] == 2
+    hashes = t.column("content_hash").to_pylist()
+    assert all(len(h) == 32 for h in hashes) and len(set(hashes)) == len(hashes)   # dedup: no two rows share one
+    assert not any("content_hash" in m for m in t.column("meta").to_pylist())

@@ -72,14 +72,14 @@ def test_same_shards_for_any_worker_and_actor_count(pooled_build, demo_corpus, c
 @pytest.mark.slow
 def test_pooled_codes_equal_in_process_codes(pooled_build, demo_corpus, ckpts):
     """The laion unit tokenized in this process (no Ray, no pool) gives the rows the pooled build wrote."""
-    from aromni.pipeline.build import _tokenizers_cfg
+    from aromni.pipeline.executor.unit_task import tokenizers_cfg as _tokenizers_cfg
     from aromni.pipeline.parts import PARTS
     from aromni.pipeline.plan import plan
     from aromni.pipeline.unit import process_unit
     from aromni.model import load_tokenizers
 
     out, _ = pooled_build
-    recipe = _recipe(demo_corpus, ckpts)
+    recipe = _recipe(demo_corpus.resolve(), ckpts)   # the build plans with data_root resolved (symlinks too)
     tok = load_tokenizers(_tokenizers_cfg(recipe))
     pu = next(u for u in plan(recipe, tok.identities) if u.unit.source == "laion")
     res = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
@@ -95,3 +95,55 @@ def test_broken_checkpoint_fails_the_build_before_any_unit(demo_corpus, ckpts, t
     with pytest.raises(BuildError, match="speech tokenizer.*missing key.*head.out.bias"):
         build(recipe, tmp_path / "out", workers=2, progress=False)
     assert not list((tmp_path / "out").glob("parts/*.parquet"))
+
+
+@pytest.mark.slow
+def test_voice_model_the_installed_package_cannot_load_fails_before_any_unit(tmp_path):
+    """A newer cosyvoice2.yaml naming a function the installed package lacks: a message naming the file, the package
+    version and what to do, exit 1 (BuildError) before any unit runs — not an ImportError inside a unit."""
+    pytest.importorskip("cosyvoice")
+    import soundfile as sf
+
+    from aromni.voice.espeak import espeak_speak
+    from aromni.voice.tiny_cosyvoice2 import write_tiny_cosyvoice2
+    from tests.pipeline.readers.published import STANDIN_TOKENIZERS, fixture_tree
+    root, _ = fixture_tree()
+    model = write_tiny_cosyvoice2(tmp_path / "CosyVoice2-new")
+    with open(model / "cosyvoice2.yaml", "a") as f:
+        f.write("\nwhisper_fbank: !name:cosyvoice.dataset.processor.compute_whisper_fbank\n")
+    x, sr = espeak_speak("Ask her to bring these things.", rate=260)
+    sf.write(tmp_path / "ref.wav", x, sr)
+    recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
+        f"data_root={root}", *STANDIN_TOKENIZERS,
+        f"steps=[{{name: voice, options: {{backend: cosyvoice2, cache_dir: {tmp_path / 'cache'}, backend_options: "
+        f"{{model_dir: {model}, reference_audio: {tmp_path / 'ref.wav'}}}}}}}]"])
+    with pytest.raises(BuildError) as e:
+        build(recipe, tmp_path / "out", workers=1, progress=False)
+    msg = str(e.value)
+    assert "steps[0]" in msg and "cosyvoice2.yaml" in msg and "compute_whisper_fbank" in msg
+    assert "installed cosyvoice package (" in msg and "Use the cosyvoice2.yaml" in msg
+    assert not list((tmp_path / "out").glob("parts/*/*.parquet"))
+
+
+def test_voice_identity_of_a_model_dir_without_marker_is_not_stand_in_false(tmp_path):
+    """Nothing proves an unmarked directory is the released model: the manifest says "unverified", never false; a
+    marked one (STAND_IN.txt) is stand_in: true."""
+    from aromni.pipeline.executor.pools import check_voices
+    from aromni.voice.espeak import espeak_speak
+    pytest.importorskip("cosyvoice")
+    import soundfile as sf
+
+    from aromni.voice.tiny_cosyvoice2 import write_tiny_cosyvoice2
+    from tests.pipeline.readers.published import STANDIN_TOKENIZERS, fixture_tree
+    root, _ = fixture_tree()
+    model = write_tiny_cosyvoice2(tmp_path / "m")
+    x, sr = espeak_speak("Ask her.", rate=260)
+    sf.write(tmp_path / "ref.wav", x, sr)
+    over = [f"data_root={root}", *STANDIN_TOKENIZERS,
+            f"steps=[{{name: voice, options: {{backend: cosyvoice2, cache_dir: {tmp_path / 'c'}, backend_options: "
+            f"{{model_dir: {model}, reference_audio: {tmp_path / 'ref.wav'}}}}}}}]"]
+    marked, = check_voices(load_recipe(ROOT / "recipes" / "instruct.yaml", over))
+    assert marked["stand_in"] is True and len(marked["model_sha256"]) == 64 and marked["model_dir"] == str(model)
+    (model / "STAND_IN.txt").unlink()
+    unmarked, = check_voices(load_recipe(ROOT / "recipes" / "instruct.yaml", over))
+    assert unmarked["stand_in"] == "unverified" and unmarked["model_sha256"] == marked["model_sha256"]  # same weights

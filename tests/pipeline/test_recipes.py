@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from aromni.cli import app
-from aromni.pipeline.unit import stable_hash
+from aromni.hashing import stable_hash
 from aromni.recipe import load_recipe
 from tests.pipeline.readers.published import STANDIN_TOKENIZERS, fixture_tree
 

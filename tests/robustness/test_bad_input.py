@@ -54,7 +54,7 @@ def processed(hostile_root):
     rows, rejects, stats = {}, {}, []
     for pu in plan(recipe, tok.identities):
         res = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
-        stats.append(res.stats)
+        stats.append(res.stats.to_dict())
         for s in res.rows:
             rows.setdefault(s.id, []).append(s)
         for r in res.rejects:
@@ -147,10 +147,10 @@ def test_circuit_breaker_stops_the_unit_not_the_build(tmp_path, hostile_root):
     tok = tokenizers_for(recipe)
     units = plan(recipe, tok.identities)
     first, second = (process_unit(recipe, recipe.sources[0], pu.unit, tok, pu.uid) for pu in units)
-    assert first.stats["circuit_breaker"] and "5 consecutive failures" in first.stats["circuit_breaker"]
-    assert first.stats["rejected"] == {"bad_image": 5} and first.stats["written"] == 0
-    assert first.stats["read"] == 5          # the unit stopped: the rest of the tar is not read
-    assert second.stats["written"] == 1 and second.stats["circuit_breaker"] is None
+    assert first.stats.circuit_breaker and "5 consecutive failures" in first.stats.circuit_breaker
+    assert first.stats.rejected == {"bad_image": 5} and first.stats.written == 0
+    assert first.stats.read == 5          # the unit stopped: the rest of the tar is not read
+    assert second.stats.written == 1 and second.stats.circuit_breaker is None
     assert parse_recipe(hostile_recipe(root)).filters.max_consecutive_failures == 100   # the default
 
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aromni.sample import LossPolicy, check_row, labels_and_weights
-from aromni.templates import TemplateError, default_instruction
-from aromni.templates.dialog import DialogTooLong, DialogTurn, pair_turns, render_dialog
+from aromni.tasks import TemplateError, default_instruction
+from aromni.tasks import DialogTooLong, DialogTurn, pair_turns, render_dialog
 
 APPEND = "Please acknowledge the user's vocal input, create a textual response."
 IMG = [(3 * i) % 8192 for i in range(1024)]
@@ -123,3 +123,33 @@ def test_spoken_block_needs_a_transcript_and_instruction_override(tok):
     assert 12840 not in r.ids and 12841 not in r.ids             # no transcript: no <-Ins-> block
     assert tok.encode("Listen.") == r.ids[r.ids.index(12820) + 1:r.ids.index(12830)]
     assert default_instruction("chat") == APPEND
+
+
+UPSTREAM_APPEND = {  # upstream's strings (inference_chat.py default; README infer_test.json); speech: aromni's
+    "text": "Please acknowledge the user's vocal input, create a textual response.",
+    "image": "Please transcribe the user's vocal input, create a picture of it.",
+    "speech": "Please acknowledge the user's vocal input, create a spoken response.",
+}
+
+
+@pytest.mark.parametrize("reply,modality", [
+    (DialogTurn("assistant", "fine"), "text"),
+    (DialogTurn("assistant", "fine", speech_codes=[7, 8]), "speech"),
+    (DialogTurn("assistant", "here", image_codes=IMG), "image"),
+])
+def test_chat_instruction_by_reply_modality_golden_ids(tok, reply, modality):
+    """by_reply: a spoken user turn is followed by the append text for its reply's modality; the default stays the
+    one fixed text (upstream's DEFAULT_USER_APPEND_TEXT) whatever the reply."""
+    e = tok.encode
+    user = DialogTurn("user", "draw a cat", speech_codes=[0, 1])
+    r = render_dialog([user, reply], e, by_reply=True)
+    head = [0, *e("USER:"), 12821, 8724, 8725, 12820]
+    want_user = head + [*e(UPSTREAM_APPEND[modality]), 12830, *e("GPT:")]
+    assert r.ids[:len(want_user)] == want_user
+    assert r.instructions == [UPSTREAM_APPEND[modality]]
+    fixed = render_dialog([user, reply], e)
+    assert fixed.ids[:len(head) + len(e(APPEND)) + 1] == head + [*e(APPEND), 12830]
+    if modality == "text":
+        assert r.ids == fixed.ids
+    else:
+        assert r.ids != fixed.ids

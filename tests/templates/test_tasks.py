@@ -6,7 +6,7 @@ import pytest
 from aromni.layout import AR_OMNI_V0_1 as L
 from aromni.model.text import load_text_tokenizer
 from aromni.sample import check_row, labels_and_weights, LossPolicy
-from aromni.templates import TemplateError, default_instruction, render_task
+from aromni.tasks import TemplateError, default_instruction, render_task
 from tests.fixtures.golden_bpe import write_golden_bpe
 
 IMG = list(range(1024))                       # VQ codes 0..1023 -> ids 4..1027

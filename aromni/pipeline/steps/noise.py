@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from aromni.pipeline.steps import Step, StepOptions, register_step
+from aromni.pipeline.steps.base import Step, StepOptions, register_step
 from aromni.voice.demand import INDOOR, NoiseFile, scan_demand
 
 

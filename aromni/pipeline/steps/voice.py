@@ -11,8 +11,9 @@ has any speech (``which: speech_dialogs``, so text-only dialogs such as UltraCha
 4. records ``{backend, voice, model_sha256, cache_key[, spoken_text, removed_chars, trimmed_from_chars, stand_in]}``
    as the turn's ``meta["voice"]`` (the row's ``meta["turns"][i]["voice"]``).
 Counts (synthesised, cache_hits, unspeakable_*, trimmed, skipped) are in ``self.stats``. Cache hits are *not* written
-to the row (the row must not depend on whether this is a rerun). With ``actors > 0`` and Ray running, synthesis goes to
-a pool of Ray actors (``aromni.voice.pool``) that each load the backend once (GPU when ``num_gpus`` > 0).
+to the row (the row must not depend on whether this is a rerun). With ``actors > 0`` the build's driver starts a pool
+of Ray actors (``aromni.voice.pool``, one lifecycle with the tokenizer pools) that each load the backend once (GPU
+when ``num_gpus`` > 0), and hands it to every unit; a unit run without pools (tests) synthesises in-process.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from aromni.pipeline.steps import Step, StepOptions, register_step
+from aromni.pipeline.steps.base import Step, StepOptions, register_step
 from aromni.pipeline.steps.text import TextError
 from aromni.voice import BACKENDS, VoiceError, get_synthesizer
+from aromni.voice.pool import PooledSynthesizer, voice_tag
 from aromni.voice.text import Unspeakable, speakable
 
 
@@ -57,15 +59,29 @@ class VoiceStep(Step):
     def __init__(self, options, recipe=None):
         super().__init__(options, recipe)
         o = self.opts
-        root = recipe.resolve(".") if recipe is not None else None
+        self.root = recipe.resolve(".") if recipe is not None else None
         cache_dir = recipe.resolve(o.cache_dir) if (recipe is not None and o.cache_dir) else o.cache_dir
-        if o.actors > 0:
-            from aromni.voice.pool import pooled_synthesizer
-            self.synth = pooled_synthesizer(o.backend, o.backend_options, cache_dir, root, o.actors, o.num_cpus,
-                                            o.num_gpus)
-        else:
-            self.synth = get_synthesizer(o.backend, o.backend_options, cache_dir, root)
+        self.synth = get_synthesizer(o.backend, o.backend_options, cache_dir, self.root)
         self.stats: Counter = Counter()
+
+    def attach_pools(self, pools) -> None:
+        """Send synthesis to the build's voice actors (started by the driver) when this step asked for some."""
+        handles = pools.voice.get(voice_tag(self.opts.backend, self.opts.backend_options, self.root)) if pools else None
+        if self.opts.actors and handles:
+            self.synth = PooledSynthesizer(self.synth.backend, self.synth.cache, handles.handles)
+
+    def model_identity(self) -> dict:
+        """The voice model's identity for the manifest, after checking that it loads (``backend.check``). A model
+        directory is ``stand_in: true`` with its marker, else ``"unverified"``: nothing proves it is the release."""
+        backend = BACKENDS[self.opts.backend](self.opts.backend_options, self.root)  # fresh: files as they are now
+        check = getattr(backend, "check", None)
+        if check is not None:
+            check()
+        ident = backend.identity()
+        if getattr(backend, "model_dir", None) is not None:
+            ident["model_dir"] = str(backend.model_dir)
+        ident.setdefault("stand_in", "unverified")
+        return ident
 
     def wanted(self, example, media: dict) -> list[int]:
         turns, mt = example.turns, media.get("turns")
@@ -98,7 +114,10 @@ class VoiceStep(Step):
             except VoiceError as e:
                 self.stats["synthesis_failed"] += 1
                 raise TextError("synthesis_failed", f"assistant turn {i}: {e}") from None
-            self.stats["cache_hits" if self.synth.cache.hits > hits else "synthesised"] += 1
+            hit = self.synth.cache.hits > hits
+            self.stats["cache_hits" if hit else "synthesised"] += 1
+            if not hit:
+                self.stats["synthesised_seconds"] = round(self.stats["synthesised_seconds"] + len(wave) / sr, 3)
             if "trimmed_from_chars" in spoken.info:
                 self.stats["trimmed"] += 1
             media["turns"][i]["speech"] = (wave, sr)

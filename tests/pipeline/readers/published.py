@@ -317,7 +317,7 @@ def write_ultrachat(root: Path) -> dict:
 def write_aromni_instruct(root: Path, encode) -> dict:
     """Rows made the way upstream's parquet holds them: input_ids + labels (-100 = no loss)."""
     from aromni.sample import LossPolicy, labels_and_weights
-    from aromni.templates.dialog import DialogTurn, render_dialog
+    from aromni.tasks import DialogTurn, render_dialog
     d = root / "AR-Omni-Instruct-v0.1"
     d.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -393,8 +393,8 @@ def run_source(reader: str, path: str, tasks: list[str], options: dict | None = 
         r = process_unit(recipe, s, u, tok)
         out["units"] += 1
         for k in ("read", "written", "dropped_turns"):
-            out[k] += r.stats[k]
-        for k, v in r.stats["rejected"].items():
+            out[k] += getattr(r.stats, k)
+        for k, v in r.stats.rejected.items():
             out["rejected"][k] = out["rejected"].get(k, 0) + v
         out["rows"] += r.rows
         out["rejects"] += r.rejects

@@ -10,7 +10,7 @@ import soxr
 
 from aromni.pipeline.readers.base import Example, Turn
 from aromni.pipeline.steps.noise import NoiseStep, add_noise
-from aromni.pipeline.unit import stable_hash
+from aromni.hashing import stable_hash
 from aromni.voice.demand import DemandError, scan_demand
 from aromni.voice.espeak import espeak_speak
 

@@ -41,7 +41,8 @@ def test_replies_are_spoken_recorded_and_cached(tmp_path, monkeypatch):
     assert rec["backend"] == "espeak" and rec["voice"] == "espeak-ng:en-us:s160:p50" and len(rec["cache_key"]) == 64
     assert rec["spoken_text"] == "Hello, I have three apples." and "spoken_text" not in ex.turns[3].meta["voice"]
     assert media["turns"][0]["speech"] is USER_SPEECH and "voice" not in ex.turns[0].meta
-    assert s.stats == {"synthesised": 2}
+    assert s.stats["synthesised"] == 2 and set(s.stats) == {"synthesised", "synthesised_seconds"}
+    assert s.stats["synthesised_seconds"] > 0   # seconds of speech made (the build summary shows them)
     # a rerun (a new step over the same cache) must not call the backend at all
     monkeypatch.setattr(s.synth.backend, "synthesise", lambda text: (_ for _ in ()).throw(AssertionError(text)))
     again = step(tmp_path)
@@ -113,14 +114,13 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
     from tests.pipeline.readers.published import fixture_tree
     root, _ = fixture_tree()
     noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE", "DLIVING"), seconds=3.0)
-    from aromni.voice.pool import shutdown_pools
     import ray
-    try:                                                         # synthesis on a Ray actor
+    try:                                                         # synthesis on a Ray actor the driver starts
         first = build_instruct(root, tmp_path / "a", noise, tmp_path / "cache", ", actors: 1")
         # the build stops its voice actor itself: it must not keep its CPU for later builds
         assert not [n for n in ray.util.list_named_actors() if n.startswith("aromni-voice-")]
     finally:
-        shutdown_pools()
+        ray.shutdown()
     assert validate(tmp_path / "a").ok
     rows = pq.read_table(tmp_path / "a" / "data").to_pylist()
     spoken = 0
@@ -140,6 +140,9 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
             assert t["role"] == "assistant" and t["voice"]["backend"] == "espeak"
         spoken += len(voiced)
     assert spoken >= 8
+    assert first.voice["synthesised"] > 0 and first.voice["synthesised_seconds"] > 0   # what the build summary shows
+    voice_id, = first.manifest["tokenizers"]["voice"]     # the voice model's identity, beside the tokenizers'
+    assert voice_id["backend"] == "espeak" and voice_id["model_sha256"] and voice_id["stand_in"] is not False
     assert sum(st.get("steps", {}).get("voice", {}).get("synthesised", 0) for st in _unit_stats(tmp_path / "a")) > 0
     # a second build (new output, same cache, in-process synthesis): nothing is synthesised, the shards are identical
     build_instruct(root, tmp_path / "b", noise, tmp_path / "cache")

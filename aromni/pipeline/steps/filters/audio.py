@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from aromni.pipeline.steps import register_step
+from aromni.pipeline.steps.base import register_step
 from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, linear_edges
 from aromni.pipeline.steps.media import MediaError
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 from pydantic import Field
 
-from aromni.pipeline.steps import Step, StepOptions
+from aromni.pipeline.steps.base import Step, StepOptions
 
 
 class FilterOptions(StepOptions):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from aromni.pipeline.steps import register_step
+from aromni.pipeline.steps.base import register_step
 from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, linear_edges
 from aromni.pipeline.steps.text import TextError
 

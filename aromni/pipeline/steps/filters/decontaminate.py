@@ -34,7 +34,7 @@ from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
-from aromni.pipeline.steps import register_step
+from aromni.pipeline.steps.base import register_step
 from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, example_texts
 from aromni.pipeline.steps.filters.fingerprints import hamming, image_chunk_keys, image_phash, normalise_text
 from aromni.pipeline.steps.text import TextError

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from pydantic import Field, field_validator
 
-from aromni.pipeline.steps import register_step
+from aromni.pipeline.steps.base import register_step
 from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, example_texts, linear_edges
 from aromni.pipeline.steps.text import TextError
 

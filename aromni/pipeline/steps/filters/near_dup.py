@@ -34,10 +34,7 @@ from aromni.pipeline.steps.filters.fingerprints import (hamming, image_chunk_key
                                                         normalise_text, shingles)
 from aromni.registry import StrictOptions
 
-try:  # the core helper moves stable_hash here; until then it lives in the unit
-    from aromni.hashing import stable_hash
-except ImportError:  # pragma: no cover - depends on the merge order
-    from aromni.pipeline.unit import stable_hash
+from aromni.hashing import stable_hash
 
 REASON = "near_duplicate"
 IMAGE_BIT = np.uint64(1)  # keys of image chunks are odd, of text bands even: one key space, never confused
