@@ -9,7 +9,7 @@ Sections (each prints its rows as it goes; the table is printed again at the end
    Meta's format), with the share of codes equal to fp32 at the same batch. Goal: bf16 >= 900 images/s.
 2. WavTokenizer encode audio-seconds/s at batch 1, 16, 64 (full-size 40 Hz release architecture, random weights),
    mixed-length clips, with the share of codes equal to batch 1 (batched encoding pads per clip: expected 100 %).
-3. `aromni build` of the demo corpus xN (recipes/demo_realformat.yaml) with the full-size checkpoints, the
+3. `aromni build` of the demo corpus x100 (2400 images; recipes/demo_realformat.yaml) with the full-size checkpoints, the
    tokenizer actors on the GPU (num_gpus 0.5 each): images/s end to end vs the bare encode images/s of section 1
    at the same batch and precision (goal >= 80 %), and the GPU's busy share sampled with nvidia-smi every 200 ms
    during the build.
@@ -59,7 +59,7 @@ def sizes(smoke: bool) -> dict:
     if smoke:
         return dict(image_batches=[1, 2], audio_batches=[1, 2], clips=3, clip_max=0.6, scale=1, tts_new=12,
                     shape="tiny")
-    return dict(image_batches=[1, 16, 64], audio_batches=[1, 16, 64], clips=64, clip_max=6.0, scale=4, tts_new=200,
+    return dict(image_batches=[1, 16, 64], audio_batches=[1, 16, 64], clips=64, clip_max=6.0, scale=100, tts_new=200,
                 shape="7b")
 
 
