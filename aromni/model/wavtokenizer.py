@@ -22,7 +22,8 @@ Audio in: any rate, any channels -> mean over channels, resampled to 24 kHz with
 change the codes near the end of the shorter clips: the encoder's convolutions reflect-pad each input from its last
 samples. That is the only layer that leaks padding (ELU and residual sums are pointwise, the LSTM is unidirectional
 so causal, weight norm is folded and there is no normalisation layer), so every convolution pads each clip from its
-own samples and a clip's codes are those it gets alone. A clip of d seconds gives ceil(d*40) codes; decoding n codes
+own samples and a clip's codes are those it gets alone up to float rounding (rare near-tie flips remain: see
+docs/tokenizers.md; ``batch_size: 1`` is exact). A clip of d seconds gives ceil(d*40) codes; decoding n codes
 gives n*600 samples at 24 kHz.
 """
 from __future__ import annotations
