@@ -43,6 +43,8 @@ class ModelTokenizerConfig(Strict):
     actors: int = Field(1, ge=1, description="Ray actors in the tokenizer pool")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="encode numerics: fp32 (reference codes), tf32 (CUDA only; = fp32 on CPU), bf16 (autocast)")
 
 
 class TokenizersConfig(Strict):

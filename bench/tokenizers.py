@@ -12,7 +12,10 @@ compute as the released ones.
 
 Printed:
 - images/s of VQGAN encode at each batch size (one warm-up batch first), pre-processing excluded;
-- audio-seconds/s of WavTokenizer encode at each batch size (clips of --clip-seconds, encoded clip by clip);
+- images/s for each --precisions (fp32, tf32, bf16) and the share of codes equal to fp32's at that batch;
+- audio-seconds/s of WavTokenizer encode at each batch size over the same --clips mixed-length clips (sorted by
+  length and batched, codes equal to one-by-one; the share equal to batch 1's is printed), best of 2 interleaved
+  runs; goal batch 16 >= 3x batch 1 on CPU;
 - overhead: wall time of `aromni build` over the demo corpus's LAION (first --images photos) + GigaSpeech sources
   with these checkpoints
   (Ray start, actor start and checkpoint load, reading, decoding, pre-processing, templates, parquet, mixing) divided
@@ -51,38 +54,66 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def bench_vqgan(path: Path, batches: list[int]) -> dict[int, float]:
+def bench_vqgan(path: Path, batches: list[int], precisions=("fp32",), device=None) -> dict:
+    """{(precision, batch): (images/s, share of codes equal to fp32 at that batch)}."""
     from aromni.model.vqgan import load_image_tokenizer
+    precisions = ["fp32"] + [p for p in precisions if p != "fp32"]   # the reference first
     out = {}
     for bs in batches:
-        tok = load_image_tokenizer(path, batch_size=bs)
-        prepared = [tok.preprocess(im) for im in _photos(bs)]
-        tok.encode_prepared(prepared[:1])              # warm-up (allocations, kernels)
-        _sync(tok.device)
-        t0 = time.perf_counter()
-        tok.encode_prepared(prepared)
-        _sync(tok.device)
-        out[bs] = bs / (time.perf_counter() - t0)
-        print(f"  vqgan   batch {bs:>3}: {out[bs]:8.3f} images/s   ({tok.device})", flush=True)
+        ref = None
+        for prec in precisions:
+            tok = load_image_tokenizer(path, batch_size=bs, precision=prec, device=device)
+            prepared = [tok.preprocess(im) for im in _photos(bs)]
+            tok.encode_prepared(prepared[:1])              # warm-up (allocations, kernels)
+            _sync(tok.device)
+            t0 = time.perf_counter()
+            codes = tok.encode_prepared(prepared)
+            _sync(tok.device)
+            ref = codes if prec == "fp32" else ref
+            same = float((codes == ref).float().mean()) if ref is not None else float("nan")
+            out[(prec, bs)] = (bs / (time.perf_counter() - t0), same)
+            print(f"  vqgan   {prec:>4} batch {bs:>3}: {out[(prec, bs)][0]:8.3f} images/s, codes equal to fp32 "
+                  f"{same:7.2%}   ({tok.device})", flush=True)
     return out
 
 
-def bench_wavtokenizer(path: Path, batches: list[int], clip_seconds: float) -> dict[int, float]:
+def speech_clips(n: int, seed: int = 0, lo: float = 0.5, hi: float = 4.0) -> list[np.ndarray]:
+    """n speech-like clips of mixed lengths (uniform in [lo, hi] s) at 24 kHz: what a corpus of utterances gives."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = np.arange(int(rng.uniform(lo, hi) * 24000)) / 24000
+        f0 = rng.uniform(90, 220)
+        out.append((0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+                    + 0.03 * rng.standard_normal(len(t))).astype(np.float32))
+    return out
+
+
+def bench_wavtokenizer(path: Path, batches: list[int], clips: int, lo: float, hi: float, repeats: int = 2,
+                       device=None, precision: str = "fp32") -> dict:
+    """{batch: audio-s/s} over the same mixed-length clips at each batch size (interleaved, best of ``repeats``:
+    a shared machine's load moves between runs), plus "equal": share of codes equal to batch 1's."""
     from aromni.model.wavtokenizer import load_speech_tokenizer
-    tok = load_speech_tokenizer(path)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(clip_seconds * 24000)) / 24000
-    clip = (0.3 * np.sin(2 * np.pi * 150 * t) + 0.03 * rng.standard_normal(len(t))).astype(np.float32)
-    tok.encode_prepared([clip[:24000]])
-    out = {}
+    waves = speech_clips(clips, 0, lo, hi)
+    seconds = sum(len(w) for w in waves) / 24000
+    toks = {bs: load_speech_tokenizer(path, batch_size=bs, device=device, precision=precision) for bs in batches}
+    for t in toks.values():
+        t.encode_prepared(waves[:2])                        # warm-up
+    best, codes = {}, {}
+    for _ in range(repeats):
+        for bs, tok in toks.items():
+            _sync(tok.device)
+            t0 = time.perf_counter()
+            codes[bs] = tok.encode_prepared(waves)
+            _sync(tok.device)
+            best[bs] = max(best.get(bs, 0.0), seconds / (time.perf_counter() - t0))
+    base = codes[batches[0]]
+    n = sum(len(c) for c in base)
+    equal = {bs: sum(int((a == b).sum()) for a, b in zip(base, codes[bs])) / n for bs in batches}
     for bs in batches:
-        _sync(tok.device)
-        t0 = time.perf_counter()
-        tok.encode_prepared([clip] * bs)
-        _sync(tok.device)
-        out[bs] = bs * clip_seconds / (time.perf_counter() - t0)
-        print(f"  wavtok  batch {bs:>3}: {out[bs]:8.1f} audio-s/s   ({tok.device})", flush=True)
-    return out
+        print(f"  wavtok  batch {bs:>3}: {best[bs]:8.1f} audio-s/s  (x{best[bs] / best[batches[0]]:.2f} vs batch "
+              f"{batches[0]}; codes equal to batch {batches[0]}: {equal[bs]:.2%})   ({toks[bs].device})", flush=True)
+    return {"speed": best, "equal": equal, "seconds": seconds}
 
 
 class _Timed:
@@ -158,9 +189,12 @@ def bench_overhead(ckpts: dict[str, Path], corpus: Path, out_dir: Path, workers:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-batches", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--audio-batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--audio-batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16"])
+    ap.add_argument("--clips", type=int, default=32, help="speech clips of mixed length (--clip-min..--clip-max s)")
+    ap.add_argument("--clip-min", type=float, default=0.5)
+    ap.add_argument("--clip-max", type=float, default=4.0)
     ap.add_argument("--images", type=int, default=24, help="photos in the overhead build's LAION tar (max 24)")
-    ap.add_argument("--clip-seconds", type=float, default=5.0)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aromni-bench-tokenizers"))
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
@@ -180,9 +214,9 @@ def main():
     ckpts = {"vqgan": ck / "vqgan", "wavtokenizer": ck / "wavtokenizer"}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {dev}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
-    img = {} if args.skip_throughput else bench_vqgan(ckpts["vqgan"], args.image_batches)
-    aud = {} if args.skip_throughput else bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches,
-                                                             args.clip_seconds)
+    img = {} if args.skip_throughput else bench_vqgan(ckpts["vqgan"], args.image_batches, args.precisions)
+    aud = {} if args.skip_throughput else bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches, args.clips,
+                                                             args.clip_min, args.clip_max)
     res = None
     if not args.skip_build:
         corpus = work / f"corpus{args.images}"
@@ -196,12 +230,21 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         res = bench_overhead(ckpts, corpus, out, args.workers, args.num_cpus)
     print("\nsummary")
-    for bs in img:
-        print(f"  vqgan  batch {bs:>3}: {img[bs]:.3f} images/s (x{img[bs] / img[args.image_batches[0]]:.2f} vs batch "
-              f"{args.image_batches[0]})")
-    for bs in aud:
-        print(f"  wavtok batch {bs:>3}: {aud[bs]:.1f} audio-s/s (x{aud[bs] / aud[args.audio_batches[0]]:.2f} vs batch "
-              f"{args.audio_batches[0]})")
+    for (prec, bs), (ips, same) in img.items():
+        first = img.get((prec, args.image_batches[0]), (ips,))[0]
+        print(f"  vqgan  {prec:>4} batch {bs:>3}: {ips:.3f} images/s (x{ips / first:.2f} vs batch "
+              f"{args.image_batches[0]}; x{ips / img[('fp32', bs)][0]:.2f} vs fp32), codes equal to fp32 {same:.2%}"
+              if ("fp32", bs) in img else f"  vqgan  {prec} batch {bs}: {ips:.3f} images/s")
+    if img and "tf32" in args.precisions and dev == "cpu":
+        print("  (tf32 on CPU is fp32: there is no TF32 outside CUDA)")
+    sp = aud.get("speed", {})
+    for bs in sp:
+        print(f"  wavtok batch {bs:>3}: {sp[bs]:.1f} audio-s/s (x{sp[bs] / sp[args.audio_batches[0]]:.2f} vs batch "
+              f"{args.audio_batches[0]}), codes equal to batch {args.audio_batches[0]}: {aud['equal'][bs]:.2%}")
+    if 16 in sp and 1 in sp:
+        r = sp[16] / sp[1]
+        print(f"  goal: wavtok batch 16 >= 3x batch 1 on CPU: x{r:.2f} -> {'MET' if r >= 3 else 'NOT MET'}"
+              + ("" if dev == "cpu" else f" (measured on {dev})"))
     if res:
         print(f"  overhead ratio build/bare: {res['build'] / res['bare']:.3f} "
               f"(without fixed start-up {(res['build'] - res['startup']) / res['bare']:.3f}; goal <= 1.15)")

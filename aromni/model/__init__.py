@@ -70,4 +70,6 @@ def load_tokenizers(cfg, layout: Layout = AR_OMNI_V0_1) -> Tokenizers:
     for tok, c in ((image, cfg.image), (speech, cfg.speech)):
         if tok is not None and hasattr(tok, "batch_size"):  # real models run fixed-shape batches of this size
             tok.batch_size = c.batch_size
+        if tok is not None and hasattr(tok, "precision"):   # fp32 | tf32 | bf16, recorded in the identity
+            tok.precision = getattr(c, "precision", "fp32")
     return Tokenizers(text, image, speech)

@@ -13,6 +13,7 @@ Shared by the VQGAN and WavTokenizer loaders:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -130,3 +131,36 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: allowed {', '.join(PRECISIONS)}")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """The numerics a tokenizer's encode runs under (recipe ``tokenizers.*.precision``):
+
+    - fp32: float32 everywhere, TF32 off (the reference codes);
+    - tf32: on CUDA, matmuls and cuDNN convolutions may use TF32 (10-bit mantissa inputs, fp32 accumulation); on CPU
+      there is no TF32, so it is exactly fp32;
+    - bf16: ``torch.autocast`` to bfloat16 (convolutions and matmuls in bf16, reductions and norms in fp32); the
+      nearest-code search always runs in fp32.
+    The previous TF32 flags are restored after the block, so one process can hold tokenizers of different precisions.
+    """
+    check_precision(precision)
+    cuda = device.type == "cuda"
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) if cuda else None
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -38,8 +38,8 @@ from torch import nn
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.model.images import to_rgb8
 from aromni.model.checkpoint import (CheckpointError, check_state_dict, fold_weight_norm, load_lightning_state_dict,
-                                     pick_device, sha256_file, stand_in_note, strip_prefixes,
-                                     tensors_sha256)
+                                     check_precision, pick_device, precision_context, sha256_file, stand_in_note,
+                                     strip_prefixes, tensors_sha256)
 
 META_CONFIG, META_CKPT = "vqgan.yaml", "vqgan.ckpt"
 HF_PREFIX = "model.vqmodel."
@@ -275,7 +275,9 @@ class VQModel(nn.Module):
 
     @torch.inference_mode()
     def encode_codes(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.quantize.codes(self.quant_conv(self.encoder(pixels)))
+        z = self.quant_conv(self.encoder(pixels))
+        with torch.autocast(z.device.type, enabled=False):   # nearest code in fp32 whatever the encoder ran in
+            return self.quantize.codes(z.float().contiguous())
 
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -378,7 +380,7 @@ class VQGANTokenizer:
     kind = "chameleon-vqgan"
 
     def __init__(self, path, layout: Layout = AR_OMNI_V0_1, stand_in: bool = False, *, checkpoint=None,
-                 device=None, batch_size: int = 8, lazy: bool = False):
+                 device=None, batch_size: int = 8, lazy: bool = False, precision: str = "fp32"):
         self.files = find_vqgan_files(path, checkpoint)
         self.layout = layout
         raw = self.files.raw_config
@@ -388,6 +390,7 @@ class VQGANTokenizer:
         self.stand_in = stand_in or self.marked_stand_in
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
+        self.precision = check_precision(precision)
         self.model: VQModel | None = None
         if self.cfg.latent_side ** 2 != layout.image_tokens:
             raise CheckpointError(f"{self.files.config}: resolution {self.cfg.resolution} with {len(self.cfg.ch_mult)} "
@@ -419,7 +422,7 @@ class VQGANTokenizer:
             files["model.vqmodel.* tensors"] = sha
         ident = {"kind": self.kind, "format": self.files.format, "path": str(self.files.config.parent),
                  "sha256": sha, "files": files, "resolution": self.cfg.resolution, "codebook": self.cfg.n_embed,
-                 "decode": self.can_decode, "stand_in": self.stand_in}
+                 "decode": self.can_decode, "precision": self.precision, "stand_in": self.stand_in}
         return stand_in_note(ident, "Chameleon VQGAN", self.marked_stand_in)
 
     # -- weights -------------------------------------------------------------------------------------------------
@@ -457,13 +460,19 @@ class VQGANTokenizer:
         if n == 0:
             return torch.zeros(0, self.layout.image_tokens, dtype=torch.long)
         blank = np.full((self.cfg.resolution, self.cfg.resolution, 3), 255, np.uint8)
+        # bf16: channels_last too (the layout tensor cores and oneDNN's bf16 kernels want); fp32/tf32 keep NCHW
+        layout = torch.channels_last if self.precision == "bf16" else torch.contiguous_format
+        if getattr(self, "_layout", torch.contiguous_format) != layout:
+            self.model.to(memory_format=layout)
+            self._layout = layout
         out = []
-        for i in range(0, n, bs):
-            chunk = list(arrays[i:i + bs])
-            real = len(chunk)
-            chunk += [blank] * (bs - real)  # same shape every time: codes independent of batch company
-            codes = self.model.encode_codes(pixels_to_tensor(chunk).to(self.device))
-            out.append(codes[:real].cpu())
+        with precision_context(self.precision, self.device):
+            for i in range(0, n, bs):
+                chunk = list(arrays[i:i + bs])
+                real = len(chunk)
+                chunk += [blank] * (bs - real)  # same shape every time: codes independent of batch company
+                pixels = pixels_to_tensor(chunk).to(self.device).contiguous(memory_format=layout)
+                out.append(self.model.encode_codes(pixels)[:real].cpu())
         return torch.cat(out).long()
 
     # -- decode --------------------------------------------------------------------------------------------------
@@ -485,8 +494,9 @@ class VQGANTokenizer:
 
 
 def load_image_tokenizer(path, layout: Layout = AR_OMNI_V0_1, stand_in: bool = False, *, checkpoint=None,
-                         device=None, batch_size: int = 8, lazy: bool = False) -> VQGANTokenizer:
+                         device=None, batch_size: int = 8, lazy: bool = False,
+                         precision: str = "fp32") -> VQGANTokenizer:
     """Chameleon VQGAN from Meta's ``vqgan.yaml`` + ``vqgan.ckpt`` (a file or the dir holding them, or the release's
     root with ``tokenizer/``) or from an HF Chameleon/Anole model dir (encode only)."""
     return VQGANTokenizer(path, layout, stand_in, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                          lazy=lazy)
+                          lazy=lazy, precision=precision)

@@ -18,10 +18,13 @@ but never used: WavTokenizer decodes with the Vocos backbone and head). Legacy w
 (``weight_g``/``weight_v``) are folded into the weights, never dropped. Everything else must match exactly.
 
 Audio in: any rate, any channels -> mean over channels, resampled to 24 kHz with torchaudio's sinc resampler
-(what the official ``convert_audio`` does). Each clip is encoded on its own: zero-padding clips to a common length
-changes the codes near the end of the shorter ones (reflect padding, non-causal convolutions), and codes must not
-depend on what a clip was batched with. A clip of d seconds gives ceil(d*40) codes; decoding n codes gives n*600
-samples at 24 kHz.
+(what the official ``convert_audio`` does). Clips are encoded in batches of similar length. Plain zero-padding would
+change the codes near the end of the shorter clips: the encoder's convolutions reflect-pad each input from its last
+samples. That is the only layer that leaks padding (ELU and residual sums are pointwise, the LSTM is unidirectional
+so causal, weight norm is folded and there is no normalisation layer), so every convolution pads each clip from its
+own samples and a clip's codes are those it gets alone up to float rounding (rare near-tie flips remain: see
+docs/tokenizers.md; ``batch_size: 1`` is exact). A clip of d seconds gives ceil(d*40) codes; decoding n codes
+gives n*600 samples at 24 kHz.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.model.checkpoint import (CheckpointError, check_state_dict, fold_weight_norm, load_lightning_state_dict,
-                                     pick_device, sha256_file, stand_in_note, strip_prefixes)
+                                     check_precision, pick_device, precision_context, sha256_file, stand_in_note,
+                                     strip_prefixes)
 
 SAMPLE_RATE = 24000
 CONFIG_40HZ = "wavtokenizer_smalldata_frame40_3s_nq1_code4096_dim512_kmeans200_attn.yaml"
@@ -130,21 +134,55 @@ class _Nest(nn.Module):
 
 class PaddedConv1d(nn.Module):
     """Conv1d with encodec's non-causal padding: reflect-pad (k-1)*d-(s-1) split left-heavy, plus right padding
-    so the last window is full (ceil(T/s) frames out)."""
+    so the last window is full (ceil(T/s) frames out).
+
+    ``forward(x, lengths)`` runs a batch of clips of different lengths ([B, C, T_max], clip i valid up to
+    ``lengths[i]``): each clip is reflect-padded from ITS OWN last samples (what it gets when encoded alone), then
+    the clips are zero-extended to one width and convolved together. The frames of clip i below its own output length
+    see only clip i's samples and its own padding, so they equal the alone result; the frames past it are junk that
+    the next layer never reads."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1):
         super().__init__()
         self.conv = _Nest(nn.Conv1d(cin, cout, k, stride, dilation=dilation))
 
-    def forward(self, x):
+    def _pads(self, length: int) -> tuple[int, int]:
         conv = self.conv.conv
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         total = (k - 1) * d - (s - 1)
-        length = x.shape[-1]
         frames = (length - k + total) / s + 1
         extra = (math.ceil(frames) - 1) * s + (k - total) - length
         right = total // 2
-        return conv(_reflect_pad(x, total - right, right + extra))
+        return total - right, right + extra
+
+    def out_length(self, length: int) -> int:
+        conv = self.conv.conv
+        left, right = self._pads(length)
+        return (length + left + right - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+
+    def forward(self, x, lengths: list[int] | None = None):
+        if lengths is None or all(n == x.shape[-1] for n in lengths):   # one width: no per-clip padding needed
+            return self.conv.conv(_reflect_pad(x, *self._pads(x.shape[-1])))
+        conv = self.conv.conv
+        if conv.kernel_size[0] == 1 and conv.stride[0] == 1:             # 1x1: pointwise, padding-free
+            return conv(x)
+        pads = [self._pads(n) for n in lengths]
+        left = pads[0][0]                                    # the left pad does not depend on the length
+        if any(n <= max(p) for n, p in zip(lengths, pads)):  # a clip shorter than its padding: the rare slow path
+            padded = [_reflect_pad(x[i:i + 1, :, :n], *p) for i, (n, p) in enumerate(zip(lengths, pads))]
+            width = max(q.shape[-1] for q in padded)
+            return conv(torch.cat([F.pad(q, (0, width - q.shape[-1])) for q in padded]))
+        # one copy of the batch into a zeroed buffer (as F.pad does for a single clip), then each clip's edges
+        # written from its own samples: left x[l..1], right x[n-2..n-1-r] (what reflect padding gives it alone)
+        width = left + max(n + r for n, (_, r) in zip(lengths, pads))
+        y = x.new_zeros(x.shape[0], x.shape[1], width)
+        y[..., left:left + x.shape[-1]] = x[..., : width - left]
+        if left:
+            y[..., :left] = x[..., 1:left + 1].flip(-1)
+        for i, (n, (_, r)) in enumerate(zip(lengths, pads)):
+            if r:
+                y[i, :, left + n:left + n + r] = x[i, :, n - 1 - r:n - 1].flip(-1)
+        return conv(y)
 
 
 def _reflect_pad(x, left: int, right: int):
@@ -161,39 +199,79 @@ class SeanetResBlock(nn.Module):
     def __init__(self, dim: int, dilation: int, kernel: int = 3, compress: int = 2):
         super().__init__()
         hidden = dim // compress
-        self.block = nn.Sequential(nn.ELU(), PaddedConv1d(dim, hidden, kernel, dilation=dilation),
-                                   nn.ELU(), PaddedConv1d(hidden, dim, 1))
+        self.block = nn.Sequential(ExactELU(), PaddedConv1d(dim, hidden, kernel, dilation=dilation),
+                                   ExactELU(), PaddedConv1d(hidden, dim, 1))
         self.shortcut = PaddedConv1d(dim, dim, 1)
 
-    def forward(self, x):
-        return self.shortcut(x) + self.block(x)
+    def forward(self, x, lengths=None):
+        h = x
+        for layer in self.block:
+            h = layer(h, lengths) if isinstance(layer, PaddedConv1d) else layer(h)
+        return self.shortcut(x, lengths) + h
 
 
 class SkipLSTM(nn.Module):
+    """Unidirectional, so causal: a clip's valid steps never see the zero tail of a shorter clip. In a batch of
+    clips it still runs clip by clip on each clip's valid steps: the LSTM's matrix products round differently for
+    another batch size, and bit-equal embeddings are what make batched codes equal the alone codes exactly."""
+
     def __init__(self, dim: int, layers: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, layers)
 
-    def forward(self, x):                    # [B, C, T]
+    def _run(self, x):                       # [B, C, T]
         y = x.permute(2, 0, 1)               # [T, B, C]
         out, _ = self.lstm(y)
         return (out + y).permute(1, 2, 0)
 
+    def forward(self, x, lengths=None):
+        if lengths is None:
+            return self._run(x)
+        out = x.clone()
+        for i, n in enumerate(lengths):
+            out[i:i + 1, :, :n] = self._run(x[i:i + 1, :, :n])
+        return out
+
+
+class ExactELU(nn.Module):
+    """ELU computed in float64 and rounded to the input dtype. torch's float32 ELU runs a vectorised exp on most
+    elements and a scalar one on each chunk's tail, which round differently, and where the tail falls depends on the
+    tensor's size: so the same sample could get a different value batched than alone. In float64 the two paths
+    agree after rounding to float32. (No parameters: the checkpoint keys are unchanged.)"""
+
+    def forward(self, x):
+        return F.elu(x.double()).to(x.dtype) if x.dtype == torch.float32 else F.elu(x)
+
 
 class SeanetEncoder(nn.Module):
+    """encodec's SEANet encoder. Length-dependent layers: only the reflect-padded convolutions (their right edge
+    reflects the clip's last samples). ELU and residual sums are pointwise; the LSTM is causal; there is no
+    normalisation layer at inference (weight norm is folded into the weights). So a batch of clips of different
+    lengths encodes exactly as each clip alone once every conv pads each clip from its own valid samples."""
+
     def __init__(self, n_filters: int, dimension: int, downsamples: list[int], lstm_layers: int):
         super().__init__()
         layers: list[nn.Module] = [PaddedConv1d(1, n_filters, 7)]
         mult = 1
         for ratio in reversed(downsamples):   # the yaml lists decoder order; the encoder runs it reversed
             c = mult * n_filters
-            layers += [SeanetResBlock(c, 1), nn.ELU(), PaddedConv1d(c, 2 * c, 2 * ratio, stride=ratio)]
+            layers += [SeanetResBlock(c, 1), ExactELU(), PaddedConv1d(c, 2 * c, 2 * ratio, stride=ratio)]
             mult *= 2
-        layers += [SkipLSTM(mult * n_filters, lstm_layers), nn.ELU(), PaddedConv1d(mult * n_filters, dimension, 7)]
+        layers += [SkipLSTM(mult * n_filters, lstm_layers), ExactELU(), PaddedConv1d(mult * n_filters, dimension, 7)]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, x, lengths: list[int] | None = None):
+        """[B, 1, T] -> [B, dimension, ceil(T/hop)]; with ``lengths`` clip i is valid up to lengths[i] samples and
+        its first ceil(lengths[i]/hop) frames are what it gives alone."""
+        for layer in self.model:
+            if isinstance(layer, PaddedConv1d):
+                x = layer(x, lengths)
+                lengths = None if lengths is None else [layer.out_length(n) for n in lengths]
+            elif isinstance(layer, (SeanetResBlock, SkipLSTM)):
+                x = layer(x, lengths)
+            else:
+                x = layer(x)
+        return x
 
 
 class Codebook(nn.Module):
@@ -346,9 +424,23 @@ class WavTokenizerModel(nn.Module):
 
     @torch.inference_mode()
     def encode_wave(self, wave: torch.Tensor) -> torch.Tensor:
-        """[T] mono 24 kHz -> [ceil(T/hop)] codes."""
+        """[T] mono 24 kHz -> [ceil(T/hop)] codes (one clip alone: the reference the batched path must equal)."""
         emb = self.feature_extractor.encodec.encoder(wave.reshape(1, 1, -1))   # [1, D, F]
-        return self.codebook.codes(emb[0].t())
+        with torch.autocast(emb.device.type, enabled=False):
+            return self.codebook.codes(emb[0].t().float())
+
+    @torch.inference_mode()
+    def encode_waves(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several [T_i] clips in one forward pass -> per clip [ceil(T_i/hop)] codes, equal to ``encode_wave``
+        of each clip alone (see SeanetEncoder)."""
+        lengths = [int(w.shape[-1]) for w in waves]
+        width = max(lengths)
+        x = torch.stack([F.pad(w.reshape(-1), (0, width - n)) for w, n in zip(waves, lengths)]).unsqueeze(1)
+        emb = self.feature_extractor.encodec.encoder(x, lengths)                # [B, D, F_max]
+        frames = [math.ceil(n / self.cfg.hop) for n in lengths]
+        flat = torch.cat([emb[i, :, :f].t() for i, f in enumerate(frames)])   # only the valid frames
+        with torch.autocast(flat.device.type, enabled=False):                  # nearest code in fp32 always
+            return list(self.codebook.codes(flat.float()).split(frames))
 
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor, bandwidth_id: int = 0) -> torch.Tensor:
@@ -422,7 +514,7 @@ class WavTokenizerTokenizer:
     kind = "wavtokenizer"
 
     def __init__(self, path, layout: Layout = AR_OMNI_V0_1, stand_in: bool = False, *, checkpoint=None,
-                 device=None, batch_size: int = 8, lazy: bool = False):
+                 device=None, batch_size: int = 8, lazy: bool = False, precision: str = "fp32"):
         import yaml
 
         self.config_path, self.ckpt_path = find_wavtokenizer_files(path, checkpoint)
@@ -433,6 +525,7 @@ class WavTokenizerTokenizer:
         self.stand_in = stand_in or self.marked_stand_in
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
+        self.precision = check_precision(precision)
         self.sample_rate = self.cfg.sample_rate
         self.model: WavTokenizerModel | None = None
         if self.cfg.vq_bins > layout.speech_codebook:
@@ -455,7 +548,7 @@ class WavTokenizerTokenizer:
         files = {self.config_path.name: sha256_file(self.config_path), self.ckpt_path.name: sha256_file(self.ckpt_path)}
         ident = {"kind": self.kind, "path": str(self.ckpt_path.parent), "sha256": files[self.ckpt_path.name],
                  "files": files, "sample_rate": self.sample_rate, "codes_per_second": self.codes_per_second,
-                 "codebook": self.cfg.vq_bins, "stand_in": self.stand_in}
+                 "codebook": self.cfg.vq_bins, "precision": self.precision, "stand_in": self.stand_in}
         return stand_in_note(ident, "WavTokenizer", self.marked_stand_in)
 
     def load(self) -> "WavTokenizerTokenizer":
@@ -486,12 +579,20 @@ class WavTokenizerTokenizer:
         return self.encode_prepared([self.preprocess(a) for a in audios])
 
     def encode_prepared(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """Mono 24 kHz clips -> codes, in forward passes of up to ``batch_size`` clips of similar length (sorted by
+        length, so little is padded). Each clip is padded from its own samples at every convolution (see
+        SeanetEncoder), so its codes are those it gets alone, whatever it is batched with."""
         self.load()
-        out = []
-        for w in waves:
-            if len(w) == 0:
-                raise ValueError("empty audio")
-            out.append(self.model.encode_wave(torch.as_tensor(w).to(self.device)).cpu().long())
+        if any(len(w) == 0 for w in waves):
+            raise ValueError("empty audio")
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        with precision_context(self.precision, self.device):
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                codes = self.model.encode_waves([torch.as_tensor(waves[i]).to(self.device) for i in idx])
+                for i, c in zip(idx, codes):
+                    out[i] = c.cpu().long()
         return out
 
     def decode(self, codes) -> tuple[np.ndarray, int]:
@@ -506,7 +607,8 @@ class WavTokenizerTokenizer:
 
 
 def load_speech_tokenizer(path, checkpoint=None, layout: Layout = AR_OMNI_V0_1, stand_in: bool = False, *,
-                          device=None, batch_size: int = 8, lazy: bool = False) -> WavTokenizerTokenizer:
+                          device=None, batch_size: int = 8, lazy: bool = False,
+                          precision: str = "fp32") -> WavTokenizerTokenizer:
     """WavTokenizer from a dir holding its yaml + ckpt, or ``load_speech_tokenizer(config_path, checkpoint_path)``."""
     return WavTokenizerTokenizer(path, layout, stand_in, checkpoint=checkpoint, device=device,
-                                 batch_size=batch_size, lazy=lazy)
+                                 batch_size=batch_size, lazy=lazy, precision=precision)

@@ -45,7 +45,7 @@ class TokenizerActor:
     """One loaded model serving ``encode`` calls from many unit tasks (an async Ray actor)."""
 
     def __init__(self, modality: str, kind: str, path: str, stand_in: bool, batch_size: int, num_cpus: float,
-                 max_wait_s: float = 0.01):
+                 max_wait_s: float = 0.01, precision: str = "fp32"):
         torch.set_num_threads(max(1, int(num_cpus)))
         # Reproducible numerics on GPU: no TF32, no autotuned algorithm choice.
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -63,6 +63,7 @@ class TokenizerActor:
             loaders = IMAGE_LOADERS if modality == "image" else SPEECH_LOADERS
             self.tok = loaders[kind](path, AR_OMNI_V0_1, stand_in)
             self.tok.batch_size = batch_size
+            self.tok.precision = precision
             self.tok.load()
         except Exception as e:  # noqa: BLE001 - reported by ready(), so the driver fails the build with it
             self.error = f"{type(e).__name__}: {e}"
@@ -199,7 +200,8 @@ def start_pools(cfg, tok, ray, timeout_s: float = READY_TIMEOUT_S) -> Pools:
         if c is None or not pooled(getattr(tok, m)):
             continue
         handles[m] = [actor_cls.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=1000,
-                                        name=None).remote(m, c.kind, str(c.path), c.stand_in, c.batch_size, c.num_cpus)
+                                        name=None).remote(m, c.kind, str(c.path), c.stand_in, c.batch_size, c.num_cpus,
+                                                precision=c.precision)
                       for _ in range(c.actors)]
     pools = Pools(handles)
     try:

@@ -109,6 +109,74 @@ def test_clips_are_encoded_independently(tok):
     assert torch.equal(together[0], tok.encode([a])[0]) and torch.equal(together[1], tok.encode([b])[0])
 
 
+# lengths that hit every padding case: shorter than a conv's padding (1, 7 samples), around one hop (599, 600, 601),
+# a strided conv's remainder, several seconds, and two equal lengths in one batch
+MIXED = [1, 7, 599, 600, 601, 4799, 13457, 24000, 24000, 36011]
+
+
+@pytest.fixture(scope="module")
+def wt32_dir(tmp_path_factory):
+    """The release's SEANet widths (32 filters -> 512 channels after 4 downsamplings; small backbone): at the tiny
+    test width (4 filters) oneDNN picks width-dependent conv kernels that round differently, at 32+ it does not."""
+    return write_wavtokenizer(tmp_path_factory.mktemp("wt32"), n_filters=32, seed=2)
+
+
+def test_batched_codes_equal_one_by_one_for_mixed_lengths(wt32_dir):
+    """Batches of mixed lengths (padded per clip at every conv) give exactly the codes of each clip encoded alone
+    through the unbatched reference path (``encode_wave``), for several batch sizes and arrival orders; embeddings
+    agree to float rounding (no layer leaks padding)."""
+    wt_dir = wt32_dir
+    rng = np.random.default_rng(7)
+    waves = [_speech_like(n / 24000 + 1e-9, 24000, seed=i)[:n] if n > 24 else
+             (0.3 * rng.standard_normal(n)).astype(np.float32) for i, n in enumerate(MIXED)]
+    assert [len(w) for w in waves] == MIXED
+    ref = load_speech_tokenizer(wt_dir, batch_size=1)
+    alone = [ref.model.encode_wave(torch.from_numpy(w)) for w in waves]
+    assert [len(c) for c in alone] == [math.ceil(n / 600) for n in MIXED]
+    for bs, order in ((4, list(range(len(waves)))), (10, [3, 9, 0, 7, 1, 8, 2, 4, 6, 5])):
+        tok = load_speech_tokenizer(wt_dir, batch_size=bs)
+        got = tok.encode_prepared([waves[i] for i in order])
+        for i, codes in zip(order, got):
+            assert torch.equal(codes, alone[i]), (bs, MIXED[i])
+    enc = ref.model.feature_extractor.encodec.encoder
+    width = max(MIXED)
+    x = torch.stack([torch.nn.functional.pad(torch.from_numpy(w), (0, width - len(w))) for w in waves]).unsqueeze(1)
+    with torch.inference_mode():
+        batched = enc(x, MIXED)
+        for i, w in enumerate(waves):
+            one = enc(torch.from_numpy(w).reshape(1, 1, -1))[0]
+            assert torch.allclose(batched[i, :, :one.shape[-1]], one, atol=1e-6, rtol=0), MIXED[i]
+
+
+def test_plain_zero_padding_would_change_codes(wt_dir):
+    """Why the per-clip padding exists: zero-padding a short clip to a long one's width and running the plain
+    encoder changes its last codes (reflect padding sees zeros instead of the clip's own end)."""
+    tok = load_speech_tokenizer(wt_dir)
+    enc = tok.model.feature_extractor.encodec.encoder
+    short = torch.from_numpy(_speech_like(0.73, 24000, seed=3))
+    with torch.inference_mode():
+        alone = enc(short.reshape(1, 1, -1))[0]
+        naive = enc(torch.nn.functional.pad(short, (0, 24000)).reshape(1, 1, -1))[0, :, :alone.shape[-1]]
+    assert not torch.allclose(alone[:, -1], naive[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_precision_is_deterministic_and_recorded(wt_dir, precision):
+    clips = [_speech_like(s, 24000, seed=i) for i, s in enumerate((0.4, 1.1, 0.77))]
+    a = load_speech_tokenizer(wt_dir, precision=precision, batch_size=2)
+    b = load_speech_tokenizer(wt_dir, precision=precision, batch_size=3)
+    first, again, other = a.encode_prepared(clips), a.encode_prepared(clips), b.encode_prepared(clips)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    if precision != "bf16":   # fp32 kernels give the same codes in any batch; bf16 rounding may differ by company
+        assert all(torch.equal(x, y) for x, y in zip(first, other))
+    assert a.identity["precision"] == precision
+    if precision == "tf32" and a.device.type == "cpu":   # no TF32 on CPU: exactly fp32
+        fp32 = load_speech_tokenizer(wt_dir).encode_prepared(clips)
+        assert all(torch.equal(x, y) for x, y in zip(first, fp32))
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        load_speech_tokenizer(wt_dir, precision="fp16", lazy=True)
+
+
 def test_widths_come_from_the_checkpoint_and_new_style_weight_norm_loads(tmp_path, tok):
     """The yaml never states n_filters/dimension; an 8-filter model loads from the same yaml layout. A checkpoint
     saved with torch's parametrized weight norm (original0/original1) gives the same codes as the legacy pair."""
