@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aromni.layout import AR_OMNI_V0_1
-from aromni.pipeline import mix as mixing
-from aromni.pipeline.manifest import (MANIFEST, build_manifest, read_manifest, totals, write_manifest,
-                                      write_rejects)
-from aromni.pipeline.parts import PARTS, existing_stems, part_paths, read_done, write_part
+from aromni.io.atomic import OutputError, build_lock, check_writable
+from aromni.pipeline.manifest import build_manifest, write_manifest
+from aromni.pipeline.mix import PartRef, run_mix
+from aromni.pipeline.parts import OutError, check_existing, read_done, remove_build, write_part  # noqa: F401
 from aromni.pipeline.plan import PlannedUnit, plan
 from aromni.recipe import Recipe, RecipeError, check_paths, parse_recipe
 
@@ -69,7 +68,7 @@ def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str, pools=None) -> dict:
     recipe = parse_recipe(recipe_dict)
     tok = tokenizers_for(recipe, pools)
     result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid)
-    write_part(Path(out), pu.part_stem, result, recipe)
+    write_part(out, pu.part_stem, result, recipe)
     return result.stats
 
 
@@ -113,16 +112,24 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
           force: bool = False, progress: bool = True, console=None) -> BuildReport:
     t0 = time.perf_counter()
-    out = Path(out)
+    out = str(out)
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
     run_recipe = recipe.model_copy(update={"data_root": str(Path(recipe.data_root).expanduser().resolve())})
     check_paths(run_recipe)
     tok = tokenizers_for(run_recipe)
     tok_ids = tok.identities
     units = plan(run_recipe, tok_ids)
-    _check_existing(out, recipe, units, force)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(out)
+        with build_lock(out):
+            check_existing(out, recipe, [u.part_stem for u in units], force)
+            return _build_locked(recipe, run_recipe, out, units, tok, tok_ids, workers, ray_address, progress,
+                                 console, t0)
+    except OutputError as e:
+        raise BuildError(str(e)) from None
 
+
+def _build_locked(recipe, run_recipe, out, units, tok, tok_ids, workers, ray_address, progress, console, t0):
     todo = [u for u in units if read_done(out, u.part_stem) is None]
     stats_by_stem: dict[str, dict] = {u.part_stem: read_done(out, u.part_stem) for u in units if u not in todo}
     failed: list[str] = []
@@ -144,7 +151,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
             while queue or pending:
                 while queue and len(pending) < max(1, limit):
                     pu = queue.pop(0)
-                    pending[task.remote(recipe_dict, pu, str(out), pools or None)] = pu
+                    pending[task.remote(recipe_dict, pu, out, pools or None)] = pu
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     pu = pending.pop(ref)
@@ -161,59 +168,33 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
 
     stems = [u.part_stem for u in units]
     stats = [stats_by_stem[s] for s in stems]
-    stem_group = {u.part_stem: recipe.sources[u.source_index].group for u in units}
-    dups = mixing.find_duplicates(recipe, out, stems, content=recipe.filters.dedup)
-    stats, dup_rejects = mixing.account_duplicates(stats, stems, dups)
-    groups = mixing.order_groups(recipe, out, stems, stem_group, skip=dups)
-    blocks, mix_report = mixing.select(recipe, groups)
-    # manifest.json means "finished, and it describes data/": none while the shards are being rewritten
-    (out / MANIFEST).unlink(missing_ok=True)
-    shards = mixing.write_shards(recipe, out, stems, mixing.shard_blocks(recipe, blocks))
-    import pyarrow.parquet as pq
-    totals_ = totals((pq.read_table(out / s["path"], columns=["task", "source", "n_tokens"]) for s in shards), recipe)
-    by_source: dict[str, list[str]] = {}
-    for u in units:
-        by_source.setdefault(u.unit.source, []).append(u.part_stem)
-    rejects = write_rejects(out, recipe, by_source, dup_rejects)
-    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, shards, stats, mix_report, totals_, rejects)
+    refs = [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group, u.unit.label) for u in units]
+    mixed = run_mix(recipe, out, refs, ray=_ray_if_running())
+    stats = [_apply_dropped(st, mixed.dropped.get(s)) for s, st in zip(stems, stats)]
+    rejects = [r["path"] for r in mixed.rejects.values()]
+    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, mixed.shards, stats, mixed.report, mixed.totals, rejects)
     write_manifest(out, manifest)
     return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0)
 
 
-def _check_existing(out: Path, recipe: Recipe, units: list[PlannedUnit], force: bool) -> None:
-    """Never mix parts of another recipe or of changed inputs into this build."""
-    if not out.exists():
-        return
-    planned = {u.part_stem for u in units}
-    stale = sorted(existing_stems(out) - planned)
-    changed = False
-    if (out / MANIFEST).exists():
-        try:
-            changed = read_manifest(out).get("recipe_sha256") != recipe.sha256()
-        except (OSError, ValueError):
-            changed = True
-    if not (stale or changed):
-        _clean_temp(out)
-        return
-    if not force:
-        why = []
-        if changed:
-            why.append("its manifest was built from a different recipe")
-        if stale:
-            why.append(f"it holds {len(stale)} unit part(s) that this recipe and these inputs do not produce "
-                       f"(e.g. {stale[0]})")
-        raise BuildError(f"{out} already holds another build: {'; '.join(why)}. Use a new --out, or --force to "
-                         f"discard what does not belong to this recipe.")
-    for stem in stale:
-        for p in part_paths(out, stem).values():
-            p.unlink(missing_ok=True)
-    _clean_temp(out)
+def _ray_if_running():
+    """The mix runs as Ray tasks when this build already has Ray (units ran, or a cluster was named); a rerun whose
+    units are all done mixes in-process rather than start Ray for it. Both give the same bytes."""
+    import ray
+    return ray if ray.is_initialized() else None
 
 
-def _clean_temp(out: Path) -> None:
-    """Temp files of a killed run are never promoted; remove them."""
-    for p in out.rglob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
+def _apply_dropped(st: dict, dropped: dict | None) -> dict:
+    """Rows the mix dropped (duplicates) move from written to rejected, so read = written + rejected holds."""
+    if not dropped:
+        return st
+    st = dict(st, rejected=dict(st["rejected"]))
+    for reason, d in dropped.items():
+        st["written"] -= d["rows"]
+        st["tokens"] -= d["tokens"]
+        st["rejected"][reason] = st["rejected"].get(reason, 0) + d["rows"]
+    st["rejected"] = dict(sorted(st["rejected"].items()))
+    return st
 
 
 class pools_stopped:
@@ -259,12 +240,6 @@ class _progress:
     def __exit__(self, *exc):
         if self.enabled:
             self.p.__exit__(*exc)
-
-
-def remove_build(out: Path) -> None:
-    for sub in (PARTS, mixing.DATA, "rejects"):
-        shutil.rmtree(Path(out) / sub, ignore_errors=True)
-    (Path(out) / MANIFEST).unlink(missing_ok=True)
 
 
 __all__ = ["build", "BuildError", "BuildReport", "RecipeError"]
