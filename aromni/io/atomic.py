@@ -149,6 +149,20 @@ def _owner() -> dict:
             "token": uuid.uuid4().hex}
 
 
+def _alive(info: dict) -> bool:
+    """False only when the holder certainly died: it ran on this host and its pid is gone (a killed build's lease
+    is then taken over at once instead of after its expiry)."""
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
 def _describe(info: dict | None) -> str:
     if not info:
         return "another build (no owner recorded)"
@@ -161,7 +175,8 @@ class build_lock:
     Local: an advisory file lock (``filelock``) on ``{out}/.aromni.lock``; the kernel drops it when the holder dies,
     so a killed build's lock is taken over at once. The owner (host, pid, start time) is written next to it so the
     refusal names the running build. Object stores: a lease object ``{out}/.aromni.lock`` (owner, expiry) renewed by
-    a thread every ``lease/3`` seconds; an expired lease (a killed build) is taken over.
+    a thread every ``lease/3`` seconds; an expired lease (a killed build elsewhere), or one whose holder ran on this
+    host and is gone, is taken over.
     """
 
     def __init__(self, out: str, lease: float = LEASE_SECONDS):
@@ -196,7 +211,7 @@ class build_lock:
     def _enter_lease(self):
         now = time.time()
         held = self._read()
-        if held and held.get("token") != self.info["token"] and held.get("expires", 0) > now:
+        if held and held.get("token") != self.info["token"] and held.get("expires", 0) > now and _alive(held):
             raise LockedError(f"{self.out} is in use by {_describe(held)} (lease until "
                               f"{time.strftime('%H:%M:%SZ', time.gmtime(held['expires']))}): wait for it to finish, "
                               f"or use another --out")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from aromni.io.atomic import join, out_fs
@@ -35,6 +36,7 @@ class MixResult:
     totals: dict
     dropped: dict = field(default_factory=dict)    # stem -> reason -> {"rows", "tokens"}
     rejects: dict = field(default_factory=dict)    # source -> {"path", "rows"}
+    seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order, shards, rejects)
 
 
 def _runner(ray):
@@ -80,6 +82,13 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
         fs.rm(scratch, recursive=True)
     remove_manifest(out)
 
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(stage):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage], clock = round(now - clock, 3), now
+
     # 1. index: each part read once, rows sorted by order key
     batches = _batches(fs, out, parts)
     idx = run(index_batch, [(out, scratch, b, bp, m.seed, content) for b, bp in enumerate(batches)])
@@ -88,6 +97,7 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     content_files = [join(scratch, "content", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]] \
         if content else []
     n_ranges = max(1, math.ceil(total / RANGE_ROWS))
+    lap("index")
 
     # 2. dedup: ids per order-key range, then content per content-bucket range
     dropped: dict[int, dict] = {}
@@ -104,9 +114,12 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
                 d["rows"] += rows
                 d["tokens"] += tokens
 
+    lap("dedup")
+
     # 3. order: surviving rows per range sorted by group; counts -> ranks
     per_range = run(order_range, [(out, scratch, j, n_ranges, row_files, drop_files) for j in range(n_ranges)])
     ranks = Ranks(per_range, ratio)
+    lap("order")
     avail = {g: ranks.available(g) for g in ratio}
     if m.stop == "first_exhausted":
         n_blocks = min(avail[g] // ratio[g] for g in ratio)
@@ -132,6 +145,7 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     args = [(out, scratch, s, n, b0, b1, ratio, {g: ranks.segments(g, b0 * r, b1 * r) for g, r in ratio.items()},
              recipe.output) for s, (b0, b1) in enumerate(bounds)]
     written = run(write_shard, args)
+    lap("shards")
 
     # 5. rejects per source; totals and drops from the tasks' stats
     by_source: dict[str, list[int]] = {}
@@ -141,10 +155,11 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
                                       {k: parts[k].unit for k in by_source.get(s.name, [])}, drop_files)
                                      for s in recipe.sources])
     fs.rm(scratch, recursive=True)
+    lap("rejects")
     return MixResult(shards=[w["shard"] for w in written], report=report,
                      totals=_totals(w["totals"] for w in written),
                      dropped={parts[k].stem: dict(sorted(v.items())) for k, v in sorted(dropped.items())},
-                     rejects={s.name: r for s, r in zip(recipe.sources, rej)})
+                     rejects={s.name: r for s, r in zip(recipe.sources, rej)}, seconds=seconds)
 
 
 def _totals(per_shard) -> dict:
