@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -33,9 +34,18 @@ class LockedError(OutputError):
     """Another build holds the lock on this output."""
 
 
+_SQUASHED = re.compile(r"^([a-z][a-z0-9+.-]*):/(?!/)")
+
+
+def normalize(out) -> str:
+    """The URL as a string. A URL that went through pathlib (typer's Path options do that) lost a slash:
+    ``s3:/bucket/x`` is ``s3://bucket/x`` again."""
+    return _SQUASHED.sub(r"\1://", str(out))
+
+
 def out_fs(out: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path in it) for a local path or URL."""
-    fs, root = fsspec.core.url_to_fs(str(out))
+    fs, root = fsspec.core.url_to_fs(normalize(out))
     return fs, root.rstrip("/") or root
 
 

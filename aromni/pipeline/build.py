@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aromni.layout import AR_OMNI_V0_1
-from aromni.io.atomic import OutputError, build_lock, check_writable
+from aromni.io.atomic import OutputError, build_lock, check_writable, normalize
 from aromni.pipeline.manifest import build_manifest, write_manifest
 from aromni.pipeline.mix import PartRef, run_mix
 from aromni.pipeline.parts import OutError, check_existing, read_done, remove_build, write_part  # noqa: F401
@@ -112,7 +112,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
           force: bool = False, progress: bool = True, console=None) -> BuildReport:
     t0 = time.perf_counter()
-    out = str(out)
+    out = normalize(out)   # a URL that went through pathlib (the CLI's Path option) gets its slash back
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
     run_recipe = recipe.model_copy(update={"data_root": str(Path(recipe.data_root).expanduser().resolve())})
     check_paths(run_recipe)
@@ -130,8 +130,9 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
 
 
 def _build_locked(recipe, run_recipe, out, units, tok, tok_ids, workers, ray_address, progress, console, t0):
-    todo = [u for u in units if read_done(out, u.part_stem) is None]
-    stats_by_stem: dict[str, dict] = {u.part_stem: read_done(out, u.part_stem) for u in units if u not in todo}
+    done = {u.part_stem: read_done(out, u.part_stem) for u in units}   # each verified once (size + sha256)
+    todo = [u for u in units if done[u.part_stem] is None]
+    stats_by_stem: dict[str, dict] = {s: st for s, st in done.items() if st is not None}
     failed: list[str] = []
     if todo:
         from aromni.pipeline.pools import PoolError, cpu_demand, start_pools

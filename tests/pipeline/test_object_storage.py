@@ -1,4 +1,4 @@
-"""Builds with --out in a bucket of a real S3-API server on loopback: the same bytes as a local build, resume,
+"""`aromni build ... --out s3://...` into a bucket of a real S3-API server on loopback: the same bytes as a local build, resume,
 the changed-recipe refusal and --force, bad URLs, and no credential ever written."""
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ import pytest
 from tests.io.s3server import s3  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD = ROOT / "tests" / "io" / "build_url.py"
 RECIPE = ROOT / "recipes" / "demo.yaml"
 
 
 def build_url(out: str, data_root, *extra: str, workers: int = 2, timeout: float = 600):
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return subprocess.run([sys.executable, str(BUILD), str(RECIPE), out, str(workers), f"data_root={data_root}",
-                           *extra], env=env, capture_output=True, text=True, timeout=timeout)
+    flags = [x for x in extra if x.startswith("--")]
+    return subprocess.run([sys.executable, "-m", "aromni.cli", "build", str(RECIPE), f"data_root={data_root}",
+                           *[x for x in extra if x not in flags], "--out", out, "--workers", str(workers),
+                           "--no-progress", *flags], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def sha(b: bytes) -> str:

@@ -110,16 +110,14 @@ def test_kill9_on_s3_then_resume_is_byte_identical(reference, build_environ, tmp
     objects appear), rerun, and get the reference's bytes; no temp or scratch object is left."""
     import subprocess
     import sys
-    from pathlib import Path
-
     from tests.io.s3server import S3Server
     srv = S3Server()
     try:
         fs = srv.fs()
         url, root = f"s3://{srv.bucket('killed')}/out", "killed/out"
         env = dict(build_environ, **srv.env)
-        cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "io" / "build_url.py"),
-               str(reference.recipe), url, "1"]
+        cmd = [sys.executable, "-m", "aromni.cli", "build", str(reference.recipe), "--out", url, "--workers", "1",
+               "--no-progress"]
         rng = random.Random(int(os.environ.get("AROMNI_KILL_SEED", random.randrange(1 << 30))))
         kills = 0
         for attempt in range(9):
