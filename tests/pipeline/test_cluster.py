@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def _ports() -> list[str]:
+    """Every port a node listens on, free ones: Ray's defaults (52365, 10001, ...) may be taken by other Ray
+    instances on the machine, and the agent that accepts jobs then never starts."""
+    return [a for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                           "--runtime-env-agent-port")
+            for a in (flag, str(free_port()))]
+
+
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([RAY, "start", *args, "--disable-usage-stats", "--block"], env=env,
+    return subprocess.Popen([RAY, "start", *args, *_ports(), "--disable-usage-stats", "--block"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -34,6 +42,23 @@ def _stop(p: subprocess.Popen) -> None:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _raylet_up(node: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until the node's raylet runs (a node that joins before its head is up fails to start)."""
+    import psutil
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert node.poll() is None, "ray start exited"
+        for p in psutil.process_iter(["name"]):
+            try:
+                if p.info["name"] == "raylet" and os.getsid(p.pid) == node.pid:
+                    time.sleep(3)
+                    return
+            except (psutil.Error, OSError):
+                continue
+        time.sleep(1)
+    raise AssertionError("the node's raylet never started")
 
 
 @pytest.mark.slow
@@ -50,10 +75,11 @@ def test_ray_job_submit_on_two_nodes_writes_the_local_shards_to_s3(demo_build, d
         srv.bucket("cluster")
         nodes.append(_start(["--head", "--port", str(port), "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                             "--dashboard-port", str(dash)], env))
-        time.sleep(5)
+                             "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port())], env))
+        _raylet_up(nodes[0])
         nodes.append(_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "2", "--node-ip-address",
                              "127.0.0.1"], env))
+        _raylet_up(nodes[1])
         url = "s3://cluster/demo"
         cmd = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--runtime-env-json",
                json.dumps({"working_dir": str(ROOT), "excludes": [".venv", "demo_data", ".git", "*.pyc"]}),
@@ -68,8 +94,8 @@ def test_ray_job_submit_on_two_nodes_writes_the_local_shards_to_s3(demo_build, d
             time.sleep(5)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
-                                text=True, timeout=60).stdout
-        assert "2 node" in status or status.count("node_") >= 2 or "3.0 CPU" in status, status
+                                text=True, timeout=120).stdout
+        assert status.count("node_") >= 2 and "/3.0 CPU" in status, status   # both nodes were in the cluster
         fs = srv.fs()
         got = {k.rsplit("/", 1)[-1]: hashlib.sha256(fs.cat_file(k)).hexdigest() for k in fs.find("cluster/demo/data")}
         want = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((local / "data").glob("*.parquet"))}
