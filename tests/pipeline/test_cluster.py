@@ -67,7 +67,8 @@ def test_ray_job_submit_on_two_nodes_writes_the_local_shards_to_s3(demo_build, d
     srv = S3Server()
     port, dash = free_port(), free_port()
     # the nodes (and so the job's driver and workers) get the S3 endpoint and credentials from their environment
-    env = {**os.environ, **srv.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the suite's default) forbids a second node; --node-ip-address keeps loopback
+    env = {**os.environ, **srv.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     nodes = []
