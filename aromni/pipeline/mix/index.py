@@ -19,6 +19,7 @@ from aromni.io.atomic import join, out_fs, write_bytes
 from aromni.pipeline.parts import parquet_bytes, part_paths
 
 ROW_GROUP = 2048          # scratch row groups: the granularity of a range read
+SCRATCH_CODEC = "lz4"     # scratch is written once and read once: the fastest codec, not the smallest
 ORDER = [("_k", "ascending"), ("id", "ascending"), ("_pr", "ascending")]
 _CONTENT = r'"content_hash": "(?P<h>[0-9a-f]+)"'
 
@@ -67,11 +68,11 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
     order = pc.sort_indices(t, sort_keys=ORDER)
     t, ch = t.take(order), ch.take(order)
     write_bytes(fs, join(scratch, "rows", f"{batch:06d}.parquet"),
-                parquet_bytes(t, compression="zstd", compression_level=1, row_group_size=ROW_GROUP))
+                parquet_bytes(t, compression=SCRATCH_CODEC, row_group_size=ROW_GROUP))
     if content:
         c = pa.table({"_cb": _bucket_keys(ch), "_ch": ch, "_k": t.column("_k"), "id": t.column("id"), "_pr": t.column("_pr"),
                       "n_tokens": t.column("n_tokens")}).filter(pc.is_valid(ch))
         c = c.take(pc.sort_indices(c, sort_keys=[("_cb", "ascending"), ("_ch", "ascending")] + ORDER))
         write_bytes(fs, join(scratch, "content", f"{batch:06d}.parquet"),
-                    parquet_bytes(c, compression="zstd", compression_level=1, row_group_size=ROW_GROUP * 4))
+                    parquet_bytes(c, compression=SCRATCH_CODEC, row_group_size=ROW_GROUP * 4))
     return {"rows": t.num_rows}

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, out_fs, write_bytes
 from aromni.pipeline.mix.dedup import key_range, read_range
-from aromni.pipeline.mix.index import ORDER, ROW_GROUP
+from aromni.pipeline.mix.index import ORDER, ROW_GROUP, SCRATCH_CODEC
 from aromni.pipeline.parts import parquet_bytes
 
 
@@ -34,7 +34,7 @@ def order_range(out: str, scratch: str, j: int, n: int, row_files: list[str], dr
     if gone is not None and gone.num_rows:
         t = t.filter(pc.invert(pc.is_in(t.column("_pr"), value_set=gone.column("_pr").combine_chunks())))
     t = t.take(pc.sort_indices(t, sort_keys=[("_g", "ascending")] + ORDER))
-    write_bytes(fs, bucket_path(scratch, j), parquet_bytes(t, compression="zstd", compression_level=1,
+    write_bytes(fs, bucket_path(scratch, j), parquet_bytes(t, compression=SCRATCH_CODEC,
                                                            row_group_size=ROW_GROUP))
     g, c = np.unique(t.column("_g").to_numpy(zero_copy_only=False), return_counts=True)
     return {str(a): int(b) for a, b in zip(g, c)}
