@@ -7,6 +7,7 @@ content-addressed storage such as the Hub's) and returns its manifest entry and 
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 
@@ -26,18 +27,20 @@ def shard_name(s: int, n: int) -> str:
 
 
 def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Table:
-    """Rows [a, b) of bucket j, reading only the row groups that hold them."""
+    """Rows [a, b) of bucket j, reading only the row groups that hold them, each at most once per shard (a small
+    group repeated under ``all_exhausted`` asks for the same rows many times)."""
     if j not in files:
-        files[j] = pq.ParquetFile(fs.open(bucket_path(scratch, j), "rb"))
-    pf = files[j]
-    md, first, groups = pf.metadata, 0, []
-    for i in range(md.num_row_groups):
-        n = md.row_group(i).num_rows
-        if first < b and first + n > a:
-            groups.append((i, first))
-        first += n
-    t = pf.read_row_groups([i for i, _ in groups])
-    return t.slice(a - groups[0][1], b - a)
+        pf = pq.ParquetFile(fs.open(bucket_path(scratch, j), "rb"))
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        files[j] = (pf, list(itertools.accumulate([0] + sizes)), {})
+    pf, starts, cache = files[j]
+    first = bisect.bisect_right(starts, a) - 1
+    last = bisect.bisect_left(starts, b) - 1
+    for i in range(first, last + 1):
+        if i not in cache:
+            cache[i] = pf.read_row_group(i)
+    t = pa.concat_tables([cache[i] for i in range(first, last + 1)])
+    return t.slice(a - starts[first], b - a)
 
 
 def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
@@ -55,8 +58,8 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
                     t.column("id"), pa.scalar(f"@rep{rep}"), ""))
             pieces.append(t)
         per_group.append(pa.concat_tables(pieces))
-    for f in files.values():
-        f.close()
+    for pf, _, _ in files.values():
+        pf.close()
     base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
     take = []
     rs = list(ratio.values())
