@@ -13,8 +13,9 @@ from aromni.pipeline.mix.shards import remove_other_shards, shard_name, write_sh
 from aromni.pipeline.parts import PARTS, part_paths, remove_manifest
 
 SCRATCH = ".mix"
-BATCH_BYTES = 64 << 20      # parts read together by one index task (compressed bytes)
-RANGE_ROWS = 200_000        # rows per order-key range: what one order task holds
+BATCH_BYTES = 16 << 20      # parts read together by one index task (compressed bytes) ...
+BATCH_PARTS = 16            # ... and at most this many, so even a small build has tasks for every worker
+RANGE_ROWS = 50_000         # rows per order-key range: what one dedup / order task holds
 
 
 class MixError(RuntimeError):
@@ -62,7 +63,7 @@ def _batches(fs, out: str, parts: list[PartRef]) -> list[list[tuple[int, str, st
     for k, p in enumerate(parts):
         cur.append((k, p.stem, p.group))
         acc += sizes.get(part_paths(out, p.stem)["rows"], 0)
-        if acc >= BATCH_BYTES:
+        if acc >= BATCH_BYTES or len(cur) >= BATCH_PARTS:
             batches.append(cur)
             cur, acc = [], 0
     if cur:
