@@ -5,8 +5,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow as pa  # noqa: F401 - totals() type hint
 
 from aromni import __version__
 from aromni.layout import Layout
