@@ -282,8 +282,13 @@ def parse_recipe(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Reci
 
 def _refuse_system_paths(recipe: Recipe) -> None:
     """``data_root: /`` with ``path: .`` would plan every file of the machine: refuse / and system folders."""
-    named = [("data_root", recipe.data_root)] + [(f"sources[{i}].path", recipe.resolve(s.path))
-                                                  for i, s in enumerate(recipe.sources)]
+    named = [("data_root", recipe.data_root)]
+    for i, s in enumerate(recipe.sources):
+        try:
+            named.append((f"sources[{i}].path", recipe.resolve(s.path)))
+        except paths.BadURL:
+            continue   # check_paths names the key and the bad scheme
+
     problems = [f"{k}: {v} {why}; point it at the corpus folder" for k, v in named
                 if (why := config.system_path_problem(v))]
     if problems:

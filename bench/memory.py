@@ -5,7 +5,7 @@
 The xN corpus repeats every demo unit N times with new keys (N times the units, N times the rows). Each build runs
 as a real process in its own session; every 0.1 s the whole tree is sampled (the driver, Ray's daemons, Ray's
 workers) and the peaks are kept:
-- driver RSS: the process that plans, mixes and writes the manifest (holds the row index while mixing);
+- driver RSS: the process that plans, runs the mix stage (its tasks do the per-row work) and writes the manifest;
 - worker RSS: the largest Ray worker (one unit in memory at a time);
 - tree PSS: all processes together, shared pages counted once (what the machine needs).
 Then it prints xN / x1 for each. Goal: <= 1.2 (flat). Timings and absolute sizes depend on the machine.

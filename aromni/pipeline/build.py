@@ -7,24 +7,23 @@ completion order).
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aromni.io.atomic import OutputError, build_lock, check_writable, normalize
 from aromni.layout import AR_OMNI_V0_1
-from aromni.pipeline import mix as mixing
 from aromni.pipeline.executor import UnitsResult, local
 from aromni.pipeline.executor import ray as ray_executor
 from aromni.pipeline.executor.pools import PoolError, check_voices, cpu_demand, pools_stopped, start_pools
 from aromni.pipeline.executor.ray import RayStartError
 from aromni.pipeline.executor.ray import init_ray as _init_ray
 from aromni.pipeline.executor.unit_task import tokenizers_cfg, tokenizers_for
-from aromni.pipeline.manifest import MANIFEST, build_manifest, read_manifest, write_manifest
+from aromni.pipeline.manifest import build_manifest, write_manifest
 from aromni.pipeline.mix import PartRef, run_mix
-from aromni.pipeline.parts import PARTS, existing_stems, part_paths, read_done
+from aromni.pipeline.parts import check_existing, read_done, remove_build  # noqa: F401 - remove_build: API
 from aromni.pipeline.plan import PlannedUnit, plan
 from aromni.pipeline.stats import UnitStats
 from aromni.recipe import Recipe, RecipeError, check_paths
@@ -52,15 +51,23 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     """``executor``: ray (one task per unit, with the actor pools) or local (in this process, one unit after
     another, models loaded here: tests and debugging)."""
     t0 = time.perf_counter()
-    out = str(out)
+    out = normalize(out)   # a URL that went through pathlib (a Path option) gets its slash back
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
     run_recipe = recipe.model_copy(update={"data_root": str(Path(recipe.data_root).expanduser().resolve())})
     check_paths(run_recipe)
     tok = tokenizers_for(run_recipe)
     units = plan(run_recipe, tok.identities)
-    _check_existing(Path(out), recipe, units, force)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(out)
+        with build_lock(out):   # one build per --out at a time; the second is refused, naming the first
+            check_existing(out, recipe, [u.part_stem for u in units], force)
+            return _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, progress, console,
+                                 executor, t0)
+    except OutputError as e:
+        raise BuildError(str(e)) from None
 
+
+def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, progress, console, executor, t0):
     done = {u.part_stem: st for u in units if (st := read_done(out, u.part_stem)) is not None}
     todo = [u for u in units if u.part_stem not in done]
     try:  # a voice model that cannot load fails here, before any unit, not inside one
@@ -148,42 +155,6 @@ def _voice_counts(stats: list[UnitStats]) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in sorted(total.items())}
 
 
-def _check_existing(out: Path, recipe: Recipe, units: list[PlannedUnit], force: bool) -> None:
-    """Never mix parts of another recipe or of changed inputs into this build."""
-    if not out.exists():
-        return
-    planned = {u.part_stem for u in units}
-    stale = sorted(existing_stems(out) - planned)
-    changed = False
-    if (out / MANIFEST).exists():
-        try:
-            changed = read_manifest(out).get("recipe_sha256") != recipe.sha256()
-        except (OSError, ValueError):
-            changed = True
-    if not (stale or changed):
-        _clean_temp(out)
-        return
-    if not force:
-        why = []
-        if changed:
-            why.append("its manifest was built from a different recipe")
-        if stale:
-            why.append(f"it holds {len(stale)} unit part(s) that this recipe and these inputs do not produce "
-                       f"(e.g. {stale[0]})")
-        raise BuildError(f"{out} already holds another build: {'; '.join(why)}. Use a new --out, or --force to "
-                         f"discard what does not belong to this recipe.")
-    for stem in stale:
-        for p in part_paths(out, stem).values():
-            p.unlink(missing_ok=True)
-    _clean_temp(out)
-
-
-def _clean_temp(out: Path) -> None:
-    """Temp files of a killed run are never promoted; remove them."""
-    for p in out.rglob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
-
-
 class _progress:
     """A rich progress bar over units with samples written/rejected and ETA; silent when disabled."""
 
@@ -212,10 +183,3 @@ class _progress:
     def __exit__(self, *exc):
         if self.enabled:
             self.p.__exit__(*exc)
-
-
-def remove_build(out: Path) -> None:
-    for sub in (PARTS, mixing.DATA, "rejects"):
-        shutil.rmtree(Path(out) / sub, ignore_errors=True)
-    (Path(out) / MANIFEST).unlink(missing_ok=True)
-

@@ -1,24 +1,20 @@
 """manifest.json: everything needed to trust, reproduce and consume a build."""
 from __future__ import annotations
 
-import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow as pa  # noqa: F401 - totals() type hint
 
 from aromni import __version__
 from aromni.layout import Layout
+from aromni.io.atomic import join, out_fs, write_json
+from aromni.pipeline.parts import MANIFEST, REJECTS  # noqa: F401 - the out folder's names, one place
 from aromni.pipeline.stats import UnitStats
-from aromni.pipeline.parts import part_paths, write_json_atomic, write_parquet_stream_atomic
 from aromni.recipe import Recipe
-from aromni.sample import REJECT_SCHEMA
 
 FORMAT_VERSION = 2   # 2: rows have a content_hash column (1: it was meta.content_hash)
-MANIFEST = "manifest.json"
-REJECTS = "rejects"
 
 
 def accounting(recipe: Recipe, stats: list[UnitStats]) -> dict:
@@ -54,26 +50,6 @@ def totals(shards_tables: list[pa.Table], recipe: Recipe) -> dict:
     return {k: {name: {"rows": r, "tokens": n} for name, (r, n) in sorted(d.items())} for k, d in by.items()}
 
 
-def write_rejects(out: Path, recipe: Recipe, stems_by_source: dict[str, list[str]],
-                  extra: dict[str, list[dict]] | None = None) -> list[str]:
-    """rejects/{source}.parquet: the units' rejects, then ``extra`` ones decided at mix time (duplicate)."""
-    d = Path(out) / REJECTS
-    d.mkdir(parents=True, exist_ok=True)
-    written = []
-    for s in recipe.sources:
-        tables = (pq.read_table(part_paths(out, stem)["rejects"], schema=REJECT_SCHEMA)
-                  for stem in stems_by_source.get(s.name, []))
-        more = [pa.Table.from_pylist(extra[s.name], schema=REJECT_SCHEMA)] if extra and extra.get(s.name) else []
-        path = d / f"{s.name}.parquet"
-        # streamed part by part: a source with millions of rejects (LAION's failed downloads) is never all in memory
-        write_parquet_stream_atomic(itertools.chain(tables, more), REJECT_SCHEMA, path, compression="zstd")
-        written.append(f"{REJECTS}/{path.name}")
-    for old in d.glob("*.parquet"):
-        if f"{REJECTS}/{old.name}" not in written:
-            old.unlink()
-    return written
-
-
 def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[UnitStats],
                    mixing: dict, totals_: dict, rejects: list[str]) -> dict:
     stand_in = any(t and t.get("stand_in") for t in tokenizer_ids.values())
@@ -100,9 +76,12 @@ def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: 
     }
 
 
-def write_manifest(out: Path, manifest: dict) -> None:
-    write_json_atomic(manifest, Path(out) / MANIFEST)
+def write_manifest(out: str | Path, manifest: dict) -> None:
+    """Written last, atomically (a whole object on object stores): its presence means the build is finished."""
+    fs, root = out_fs(str(out))
+    write_json(fs, join(root, MANIFEST), manifest)
 
 
-def read_manifest(out: Path) -> dict:
-    return json.loads((Path(out) / MANIFEST).read_text())
+def read_manifest(out: str | Path) -> dict:
+    fs, root = out_fs(str(out))
+    return json.loads(fs.cat_file(join(root, MANIFEST)))

@@ -1,80 +1,145 @@
-"""Per-unit part files: rows, rejects and the stats JSON that marks the unit done. Written atomically."""
+"""Per-unit part files and the state of an out folder (local path or URL).
+
+A unit writes ``parts/<stem>.parquet`` (rows), ``parts/<stem>.rejects.parquet`` and, last, ``parts/<stem>.done.json``:
+the unit's stats plus the size and sha256 of both files. Only a marker whose files match is "done"; anything else
+(a missing file, a zero-length part after a power cut, a torn write) makes the unit redo, never a crash.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aromni.io.atomic import TEMP_MARK, OutputError, is_local, join, out_fs, sha256_of, write_bytes, write_json
 from aromni.sample import REJECT_SCHEMA, rows_to_table
 
 PARTS = "parts"
+DATA = "data"
+REJECTS = "rejects"
+MANIFEST = "manifest.json"
+FILES = "part_files"   # the marker's record of its files: {"rows": {"size", "sha256"}, "rejects": {...}}
 
 
-def part_paths(out: Path, stem: str) -> dict[str, Path]:
-    base = Path(out) / PARTS / stem
-    return {"rows": base.with_suffix(".parquet"), "rejects": base.with_name(base.name + ".rejects.parquet"),
-            "done": base.with_name(base.name + ".done.json")}
+class OutError(OutputError):
+    """The out folder holds something this build must not overwrite silently."""
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, **kw) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, **kw)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def part_paths(out: str, stem: str) -> dict[str, str]:
+    """Paths inside the out filesystem (no scheme) of a unit's files."""
+    _, root = out_fs(out)
+    base = join(root, PARTS, stem)
+    return {"rows": base + ".parquet", "rejects": base + ".rejects.parquet", "done": base + ".done.json"}
 
 
-def write_parquet_stream_atomic(tables, schema: pa.Schema, path: Path, **kw) -> None:
-    """Tables one after another into one parquet file, holding one in memory at a time; atomic like the above."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with pq.ParquetWriter(tmp, schema, **kw) as w:
-            for t in tables:
-                if t.num_rows:
-                    w.write_table(t)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def parquet_bytes(table: pa.Table, **kw) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **kw)
+    return buf.getvalue()
 
 
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:  # a full disk must not leave a half-written temp behind
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_part(out: Path, stem: str, result, recipe) -> None:
-    """Rows and rejects first, the done marker last: a unit without its marker is redone."""
+def write_part(out: str, stem: str, result, recipe) -> None:
+    """Rows and rejects first (each durable), the done marker last: a unit without a valid marker is redone."""
+    fs, _ = out_fs(out)
     p = part_paths(out, stem)
-    p["rows"].parent.mkdir(parents=True, exist_ok=True)
     o = recipe.output
-    write_parquet_atomic(rows_to_table(result.rows), p["rows"], compression="zstd", row_group_size=o.row_group_rows)
-    write_parquet_atomic(pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA), p["rejects"], compression="zstd")
-    write_json_atomic(result.stats, p["done"])
+    files = {}
+    for kind, table in (("rows", rows_to_table(result.rows)),
+                        ("rejects", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))):
+        data = parquet_bytes(table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None)
+        write_bytes(fs, p[kind], data)
+        files[kind] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    stats = result.stats.to_dict() if hasattr(result.stats, "to_dict") else dict(result.stats)
+    write_json(fs, p["done"], dict(stats, **{FILES: files}))
 
 
-def read_done(out: Path, stem: str) -> dict | None:
+def read_done(out: str, stem: str) -> dict | None:
+    """The unit's stats when its marker and both files are present and match the marker, else None (redo it)."""
+    fs, _ = out_fs(out)
     p = part_paths(out, stem)
-    if not (p["done"].exists() and p["rows"].exists() and p["rejects"].exists()):
-        return None
     try:
-        return json.loads(p["done"].read_text())
-    except (json.JSONDecodeError, OSError):
+        marker = json.loads(fs.cat_file(p["done"]))
+        files = marker.pop(FILES)
+        for kind in ("rows", "rejects"):
+            want = files[kind]
+            if fs.size(p[kind]) != want["size"] or sha256_of(fs, p[kind]) != want["sha256"]:
+                return None
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    return marker
 
 
-def existing_stems(out: Path) -> set[str]:
-    root = Path(out) / PARTS
-    if not root.exists():
+def existing_stems(out: str) -> set[str]:
+    fs, root = out_fs(out)
+    base = join(root, PARTS)
+    try:
+        found = fs.glob(join(base, "*", "*.done.json"))
+    except (FileNotFoundError, OSError):
         return set()
-    return {f"{d.parent.name}/{d.name.removesuffix('.done.json')}" for d in root.glob("*/*.done.json")}
+    return {f[len(base) + 1:].removesuffix(".done.json") for f in found}
+
+
+def read_manifest(out: str) -> dict:
+    fs, root = out_fs(out)
+    return json.loads(fs.cat_file(join(root, MANIFEST)))
+
+
+def remove_manifest(out: str) -> None:
+    """manifest.json means "finished, and it describes data/": none while the shards are being rewritten."""
+    fs, root = out_fs(out)
+    path = join(root, MANIFEST)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def check_existing(out: str, recipe, planned_stems, force: bool) -> None:
+    """Never mix parts of another recipe or of changed inputs into this build; with ``force`` discard them."""
+    fs, root = out_fs(out)
+    if not fs.exists(root):
+        return
+    planned = set(planned_stems)
+    stale = sorted(existing_stems(out) - planned)
+    changed = False
+    if fs.exists(join(root, MANIFEST)):
+        try:
+            changed = read_manifest(out).get("recipe_sha256") != recipe.sha256()
+        except (OSError, ValueError):
+            changed = True
+    if (stale or changed) and not force:
+        why = []
+        if changed:
+            why.append("its manifest was built from a different recipe")
+        if stale:
+            why.append(f"it holds {len(stale)} unit part(s) that this recipe and these inputs do not produce "
+                       f"(e.g. {stale[0]})")
+        raise OutError(f"{out} already holds another build: {'; '.join(why)}. Use a new --out, or --force to "
+                       f"discard what does not belong to this recipe.")
+    for stem in stale:
+        for path in part_paths(out, stem).values():
+            if fs.exists(path):
+                fs.rm(path)
+    clean_temp(out)
+
+
+def clean_temp(out: str) -> None:
+    """Remove temp files a killed run left (never promoted). Call it holding the build lock: then no other build is
+    writing here, so every temp file belongs to this build's own earlier, dead run. Object stores have none (an
+    upload is visible only once complete)."""
+    fs, root = out_fs(out)
+    if not is_local(fs) or not fs.exists(root):
+        return
+    for sub in ("", PARTS + "/*", DATA, REJECTS):
+        for p in fs.glob(join(root, sub, f".*{TEMP_MARK}*") if sub else join(root, f".*{TEMP_MARK}*")):
+            fs.rm(p)
+
+
+def remove_build(out: str) -> None:
+    """--force on a folder that holds another build's outputs: remove them (parts, shards, rejects, manifest)."""
+    fs, root = out_fs(out)
+    for sub in (PARTS, DATA, REJECTS, ".mix"):
+        path = join(root, sub)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    remove_manifest(out)

@@ -1,72 +1,167 @@
-"""Mixing: ratio-proportional counts, stop rules, every shard holding the ratio exactly."""
+"""The mix stage (run_mix) on synthetic parts: ratio blocks, stop rules, shards holding the ratio, dedup with the
+first in mixing order kept, per-source rejects, and bytes that do not depend on how the work is partitioned."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from aromni.pipeline.mix import MixError, RowRef, select, shard_blocks
+from aromni.pipeline.mix import MixError, PartRef, run
+from aromni.pipeline.mix import run_mix
+from aromni.pipeline.mix.index import order_keys
+from aromni.pipeline.parts import parquet_bytes, part_paths
 from aromni.recipe import parse_recipe
+from aromni.sample import REJECT_SCHEMA, ROW_SCHEMA
 
 DEMO = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml").read_text())
+SOURCE = {"text": "ultrafineweb", "image_text": "laion", "speech_text": "gigaspeech"}
 
 
 def recipe(*overrides):
     return parse_recipe(copy.deepcopy(DEMO), list(overrides))
 
 
-def groups(**sizes):
-    return {g: [RowRef(i, f"{g}/{i}", 0, i, 10 + i % 7) for i in range(n)] for g, n in sizes.items()}
+def make_parts(out: Path, sizes: dict[str, int], units: int = 3, content=None) -> list[PartRef]:
+    """``units`` parts per group, rows spread over them; ``content(group, i)`` gives a row's content hash."""
+    refs = []
+    for g, n in sizes.items():
+        src = SOURCE[g]
+        for u in range(units):
+            rows = [i for i in range(n) if i % units == u]
+            t = pa.Table.from_pylist([{
+                "id": f"{g}/{i}", "source": src, "task": g, "input_ids": [1] * (10 + i % 7), "segments": [],
+                "n_tokens": 10 + i % 7,
+                "meta": "{}", "content_hash": (content or (lambda g, i: f"{len(g):02x}{i:08x}"))(g, i)}
+                for i in rows], schema=ROW_SCHEMA)
+            stem = f"{src}/u{u:03d}"
+            p = part_paths(str(out), stem)
+            Path(p["rows"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(p["rows"]).write_bytes(parquet_bytes(t))
+            Path(p["rejects"]).write_bytes(parquet_bytes(REJECT_SCHEMA.empty_table()))
+            refs.append(PartRef(stem, src, g, f"{src}:u{u}"))
+    return refs
 
 
-def group_of(ref):
-    return ref.id.split("/")[0]
+def shard_rows(out: Path, res) -> list[list[dict]]:
+    return [pq.read_table(out / s["path"]).to_pylist() for s in res.shards]
 
 
-def test_first_exhausted_stops_at_smallest_group():
-    blocks, rep = select(recipe(), groups(text=50, image_text=7, speech_text=20))
-    assert rep["blocks"] == 7
-    assert {g: v["used"] for g, v in rep["groups"].items()} == {"text": 7, "image_text": 7, "speech_text": 7}
-    assert all(Counter(map(group_of, b)) == {"text": 1, "image_text": 1, "speech_text": 1} for b in blocks)
-    # rows are taken in the group's order: the first 7 of each
-    assert [r.id for b in blocks for r in b if group_of(r) == "text"] == [f"text/{i}" for i in range(7)]
+def hashes(out: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "data").glob("*.parquet"))}
 
 
-def test_all_exhausted_repeats_and_marks_repetition():
-    blocks, rep = select(recipe("mixing.stop=all_exhausted"), groups(text=10, image_text=3, speech_text=4))
-    assert rep["blocks"] == 10
-    assert rep["groups"]["image_text"] == {"ratio": 1, "available": 3, "used": 10, "unique_used": 3, "repeated": 7}
-    reps = [r.rep for b in blocks for r in b if group_of(r) == "image_text"]
+def test_order_key_is_stable_hash():
+    from aromni.hashing import stable_hash
+    ids = ["a", "text/1", "\u00e9\ud800x"]
+    assert order_keys(7, ids).to_pylist() == [stable_hash(7, i) for i in ids]
+
+
+def test_first_exhausted_stops_at_smallest_group_in_hash_order(tmp_path):
+    parts = make_parts(tmp_path, {"text": 50, "image_text": 7, "speech_text": 20})
+    r = recipe("mixing.shard_rows=6")
+    res = run_mix(r, str(tmp_path), parts)
+    assert res.report["blocks"] == 7
+    assert {g: v["used"] for g, v in res.report["groups"].items()} == {"text": 7, "image_text": 7, "speech_text": 7}
+    rows = [x for s in shard_rows(tmp_path, res) for x in s]
+    # the first 7 text rows in (hash(seed, id), id) order, whichever part holds them
+    want = sorted((f"text/{i}" for i in range(50)), key=lambda i: (order_keys(r.mixing.seed, [i])[0].as_py(), i))[:7]
+    assert [x["id"] for x in rows if x["task"] == "text"] == want
+    # interleaved g1 g2 g3 per block, in the ratio's group order
+    assert [x["task"] for x in rows[:3]] == list(r.mixing.ratio)
+    assert res.totals["group"]["text"] == {"rows": 7, "tokens": sum(x["n_tokens"] for x in rows if x["task"] == "text")}
+    assert sum(s["rows"] for s in res.shards) == 21 and not (tmp_path / ".mix").exists()
+
+
+def test_all_exhausted_repeats_with_rep_suffix(tmp_path):
+    parts = make_parts(tmp_path, {"text": 10, "image_text": 3, "speech_text": 4})
+    res = run_mix(recipe("mixing.stop=all_exhausted"), str(tmp_path), parts)
+    assert res.report["blocks"] == 10
+    assert res.report["groups"]["image_text"] == {"ratio": 1, "available": 3, "used": 10, "unique_used": 3,
+                                                 "repeated": 7}
+    ids = [x["id"] for s in shard_rows(tmp_path, res) for x in s if x["task"] == "image_text"]
+    reps = [int(i.split("@rep")[1]) if "@rep" in i else 0 for i in ids]
     assert reps == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert ids[3].split("@")[0] == ids[0] and len(set(ids)) == 10
+
+
+def test_all_exhausted_refuses_an_empty_group(tmp_path):
+    parts = make_parts(tmp_path, {"text": 10, "image_text": 0, "speech_text": 4})
     with pytest.raises(MixError, match="empty group"):
-        select(recipe("mixing.stop=all_exhausted"), groups(text=10, image_text=0, speech_text=4))
+        run_mix(recipe("mixing.stop=all_exhausted"), str(tmp_path), parts)
 
 
-def test_unequal_ratio_and_interleaving():
+def test_unequal_ratio_interleaves(tmp_path):
+    parts = make_parts(tmp_path, {"text": 9, "image_text": 9, "speech_text": 9})
     r = recipe("mixing.ratio={text: 2, image_text: 1, speech_text: 1}")
-    blocks, rep = select(r, groups(text=9, image_text=9, speech_text=9))
-    assert rep["blocks"] == 4
-    assert [group_of(x) for x in blocks[0]] == ["text", "image_text", "speech_text", "text"]
+    res = run_mix(r, str(tmp_path), parts)
+    assert res.report["blocks"] == 4
+    assert [x["task"] for x in shard_rows(tmp_path, res)[0][:4]] == ["text", "image_text", "speech_text", "text"]
 
 
-@pytest.mark.parametrize("shard_rows", [3, 7, 12, 100])
-def test_every_shard_holds_the_ratio(shard_rows):
-    r = recipe(f"mixing.shard_rows={shard_rows}")
-    blocks, _ = select(r, groups(text=40, image_text=25, speech_text=31))
-    shards = shard_blocks(r, blocks)
-    assert sum(len(s) for s in shards) == 75
+@pytest.mark.parametrize("rows", [3, 7, 12, 100])
+def test_every_shard_holds_the_ratio(tmp_path, rows):
+    parts = make_parts(tmp_path, {"text": 40, "image_text": 25, "speech_text": 31})
+    res = run_mix(recipe(f"mixing.shard_rows={rows}"), str(tmp_path), parts)
+    shards = shard_rows(tmp_path, res)
+    assert sum(map(len, shards)) == 75
     for s in shards:
-        c = Counter(map(group_of, s))
+        c = Counter(x["task"] for x in s)
         assert c["text"] == c["image_text"] == c["speech_text"]
-    assert all(len(s) == max(3, shard_rows // 3 * 3) for s in shards[:-1])
+    assert all(len(s) == max(3, rows // 3 * 3) for s in shards[:-1])
 
 
-def test_shard_by_tokens():
-    r = recipe("mixing.shard_rows=null", "mixing.shard_tokens=100")
-    blocks, _ = select(r, groups(text=30, image_text=30, speech_text=30))
-    shards = shard_blocks(r, blocks)
-    assert all(sum(x.tokens for x in s) >= 100 for s in shards[:-1])
-    assert all(sum(x.tokens for x in s[:-3]) < 100 for s in shards)
+def test_shard_by_tokens(tmp_path):
+    parts = make_parts(tmp_path, {"text": 30, "image_text": 30, "speech_text": 30})
+    res = run_mix(recipe("mixing.shard_rows=null", "mixing.shard_tokens=100"), str(tmp_path), parts)
+    shards = shard_rows(tmp_path, res)
+    assert len(shards) > 3 and sum(map(len, shards)) == 90
+    assert all(sum(x["n_tokens"] for x in s) >= 100 for s in shards[:-1])
+    assert all(sum(x["n_tokens"] for x in s[:-3]) < 100 for s in shards)
+
+
+def test_dedup_keeps_first_in_mixing_order_and_writes_rejects(tmp_path):
+    # text rows i and i+20 share content; the copy of text/3 in another part shares its id
+    parts = make_parts(tmp_path, {"text": 40, "image_text": 40, "speech_text": 40},
+                       content=lambda g, i: f"{len(g):02x}{i % 20 if g == 'text' else i:08x}")
+    extra = pa.Table.from_pylist([{"id": "text/3", "source": "ultrafineweb", "task": "text", "input_ids": [1],
+                                   "segments": [], "n_tokens": 1, "meta": "{}", "content_hash": "ff00"}],
+                                 schema=ROW_SCHEMA)
+    p = part_paths(str(tmp_path), "ultrafineweb/u999")
+    Path(p["rows"]).write_bytes(parquet_bytes(extra))
+    Path(p["rejects"]).write_bytes(parquet_bytes(REJECT_SCHEMA.empty_table()))
+    parts.append(PartRef("ultrafineweb/u999", "ultrafineweb", "text", "ultrafineweb:u999"))
+    r = recipe()
+    res = run_mix(r, str(tmp_path), parts)
+    seed = r.mixing.seed
+    key = lambda i: (order_keys(seed, [i])[0].as_py(), i)  # noqa: E731
+    assert res.report["groups"]["text"]["available"] == 20
+    rejects = pq.read_table(tmp_path / "rejects" / "ultrafineweb.parquet").to_pylist()
+    assert len(rejects) == 21 and res.rejects["ultrafineweb"] == {"path": "rejects/ultrafineweb.parquet", "rows": 21}
+    dup_id = [x for x in rejects if x["reason"] == "duplicate_id"]
+    assert [(x["id"], x["unit"]) for x in dup_id] == [("text/3", "ultrafineweb:u999")]  # later unit loses the tie
+    for x in rejects:
+        if x["reason"] == "duplicate":
+            i = int(x["id"].split("/")[1])
+            twin = f"text/{(i + 20) % 40}"
+            assert key(twin) < key(x["id"]) and f"same content as {twin}" in x["message"]
+    assert sum(d.get("duplicate", {}).get("rows", 0) for d in res.dropped.values()) == 20
+    assert res.dropped["ultrafineweb/u999"] == {"duplicate_id": {"rows": 1, "tokens": 1}}
+
+
+def test_bytes_do_not_depend_on_partitioning(tmp_path, monkeypatch):
+    sizes = {"text": 300, "image_text": 120, "speech_text": 200}
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = recipe("mixing.shard_rows=30", "mixing.stop=all_exhausted")
+    ra = run_mix(r, str(a), make_parts(a, sizes, units=5))
+    monkeypatch.setattr(run, "RANGE_ROWS", 37)     # 17 order ranges, 17 content ranges
+    monkeypatch.setattr(run, "BATCH_BYTES", 1)     # one index task per part
+    rb = run_mix(r, str(b), make_parts(b, sizes, units=5))
+    assert hashes(a) == hashes(b) and len(hashes(a)) == len(ra.shards) > 5
+    assert ra.shards == rb.shards and ra.totals == rb.totals and ra.report == rb.report

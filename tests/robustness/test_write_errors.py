@@ -4,6 +4,7 @@ A failed write gives a clear error, leaves no temp file, and never promotes a ha
 resumes. A changed recipe is refused unless --force, and parts of the old recipe never reach the new shards."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,20 +18,33 @@ from typer.testing import CliRunner
 
 from robust_corpus import build_cmd, run_build, sha256, snapshot, temp_leftovers, write_recipe
 
-from aromni.pipeline import parts as parts_mod
+from aromni.io import atomic
+from aromni.pipeline.mix import shards as shards_mod
 from aromni.pipeline.parts import part_paths, read_done, write_part
 
 
-def _failing_writer(real, when, err=errno.ENOSPC):
-    """pq.write_table that writes half a file, then fails like a full disk, for paths ``when`` selects."""
-    def write_table(table, where, **kw):
-        if not when(Path(where)):
-            return real(table, where, **kw)
-        real(table, where, **kw)
-        data = Path(where).read_bytes()
-        Path(where).write_bytes(data[: len(data) // 2])
-        raise OSError(err, os.strerror(err), str(where))
-    return write_table
+def _failing_writes(monkeypatch, when, err=errno.ENOSPC):
+    """Every atomic write whose final path ``when`` selects writes half its bytes, then fails like a full disk."""
+    real = atomic.open_atomic
+
+    class Half:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[: len(data) // 2])
+            raise OSError(err, os.strerror(err), "")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def open_atomic(fs, path):
+        with real(fs, path) as f:
+            yield Half(f) if when(path) else f
+    monkeypatch.setattr(atomic, "open_atomic", open_atomic)
+    monkeypatch.setattr(shards_mod, "open_atomic", open_atomic)
+    return real
 
 
 class _Result:
@@ -44,28 +58,16 @@ def test_full_disk_while_writing_a_part_promotes_nothing_half_written(failing, t
     from robust_corpus import load_demo_recipe_dict
     recipe = parse_recipe(load_demo_recipe_dict())
     stem = "laion/0123456789abcdef"
-    names = {"rows": ".0123456789abcdef.parquet.tmp", "rejects": ".0123456789abcdef.rejects.parquet.tmp",
-             "done": ".0123456789abcdef.done.json.tmp"}
-    if failing == "done":
-        real = Path.write_text
-
-        def write_text(self, data, *a, **k):
-            if self.name.startswith(names["done"]):
-                real(self, data[: len(data) // 2], *a, **k)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-            return real(self, data, *a, **k)
-        monkeypatch.setattr(Path, "write_text", write_text)
-    else:
-        monkeypatch.setattr(parts_mod.pq, "write_table",
-                            _failing_writer(parts_mod.pq.write_table, lambda p: p.name.startswith(names[failing])))
+    ends = {"rows": "abcdef.parquet", "rejects": ".rejects.parquet", "done": ".done.json"}
+    _failing_writes(monkeypatch, lambda p: p.endswith(ends[failing]))
     with pytest.raises(OSError, match="No space left"):
         write_part(tmp_path, stem, _Result(), recipe)
     assert temp_leftovers(tmp_path) == []
     assert read_done(tmp_path, stem) is None            # the unit is not done: a rerun redoes it
     for kind, p in part_paths(tmp_path, stem).items():  # whatever was promoted is whole
-        if p.exists() and kind != "done":
+        if Path(p).exists() and kind != "done":
             pq.read_table(p)
-    assert not part_paths(tmp_path, stem)["done"].exists()
+    assert not Path(part_paths(tmp_path, stem)["done"]).exists()
 
 
 def _parts_only_copy(reference, dst: Path) -> Path:
@@ -82,15 +84,15 @@ def test_full_disk_while_mixing_is_a_clear_error_and_resumes(reference, tmp_path
     import aromni.pipeline.build as b
     out = _parts_only_copy(reference, tmp_path / "out")
     monkeypatch.setattr(b, "_init_ray", lambda *a, **k: pytest.fail("no unit should need redoing"))
-    real = parts_mod.pq.write_table
-    monkeypatch.setattr(parts_mod.pq, "write_table", _failing_writer(real, lambda p: "train-00001" in p.name))
+    real = _failing_writes(monkeypatch, lambda p: "train-00001" in p)
     args = ["build", str(reference.recipe), "--out", str(out), "--no-progress"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert "No space left on device" in r.output and "rerun the same command" in r.output
     assert "Traceback" not in r.output
     assert temp_leftovers(out) == [] and not (out / "manifest.json").exists()
-    monkeypatch.setattr(parts_mod.pq, "write_table", real)
+    monkeypatch.setattr(atomic, "open_atomic", real)
+    monkeypatch.setattr(shards_mod, "open_atomic", real)
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert snapshot(out) == reference.snap

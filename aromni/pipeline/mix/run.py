@@ -1,0 +1,174 @@
+"""run_mix: the mix's stages, in-process or as Ray tasks, and the driver's small bookkeeping (O(units + shards))."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from aromni.io.atomic import join, out_fs
+from aromni.pipeline.mix.dedup import dedup_content, dedup_ids
+from aromni.pipeline.mix.index import index_batch
+from aromni.pipeline.mix.order import Ranks, block_tokens, order_range, shard_bounds
+from aromni.pipeline.mix.shards import remove_other_shards, shard_name, write_shard, write_source_rejects
+from aromni.pipeline.parts import PARTS, part_paths, remove_manifest
+
+SCRATCH = ".mix"
+BATCH_BYTES = 16 << 20      # parts read together by one index task (compressed bytes) ...
+BATCH_PARTS = 16            # ... and at most this many, so even a small build has tasks for every worker
+RANGE_ROWS = 50_000         # rows per order-key range: what one dedup / order task holds
+
+
+class MixError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PartRef:
+    stem: str      # "<source>/<unit id>"
+    source: str
+    group: str
+    unit: str      # the unit's label, for rejects
+
+
+@dataclass
+class MixResult:
+    shards: list[dict]
+    report: dict
+    totals: dict
+    dropped: dict = field(default_factory=dict)    # stem -> reason -> {"rows", "tokens"}
+    rejects: dict = field(default_factory=dict)    # source -> {"path", "rows"}
+    seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order, shards, rejects)
+
+
+def _runner(ray):
+    """map(fn, argument tuples) in-process, or as Ray tasks (1 CPU each, retried: every task rewrites whole files)."""
+    if ray is None:
+        return lambda fn, args: [fn(*a) for a in args]
+    cache = {}
+
+    def run(fn, args):
+        if fn not in cache:
+            cache[fn] = ray.remote(num_cpus=1, max_retries=3)(fn)
+        return ray.get([cache[fn].remote(*a) for a in args])
+    return run
+
+
+def _batches(fs, out: str, parts: list[PartRef]) -> list[list[tuple[int, str, str]]]:
+    """Consecutive parts of about BATCH_BYTES each (sizes from one listing per source folder, not per part)."""
+    sizes = {}
+    for folder in sorted({p.stem.rsplit("/", 1)[0] for p in parts}):
+        for info in fs.ls(join(out_fs(out)[1], PARTS, folder), detail=True):
+            sizes[info["name"]] = info.get("size") or 0
+    batches, cur, acc = [], [], 0
+    for k, p in enumerate(parts):
+        cur.append((k, p.stem, p.group))
+        acc += sizes.get(part_paths(out, p.stem)["rows"], 0)
+        if acc >= BATCH_BYTES or len(cur) >= BATCH_PARTS:
+            batches.append(cur)
+            cur, acc = [], 0
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
+    out = str(out)
+    fs, root = out_fs(out)
+    scratch = join(root, SCRATCH)
+    run = _runner(ray)
+    m = recipe.mixing
+    ratio = dict(m.ratio)
+    content = bool(recipe.filters.dedup)
+    if fs.exists(scratch):  # a killed mix's leftovers: everything below is recomputed
+        fs.rm(scratch, recursive=True)
+    remove_manifest(out)
+
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(stage):
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage], clock = round(now - clock, 3), now
+
+    # 1. index: each part read once, rows sorted by order key
+    batches = _batches(fs, out, parts)
+    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content) for b, bp in enumerate(batches)])
+    total = sum(r["rows"] for r in idx)
+    row_files = [join(scratch, "rows", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]]
+    content_files = [join(scratch, "content", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]] \
+        if content else []
+    n_ranges = max(1, math.ceil(total / RANGE_ROWS))
+    lap("index")
+
+    # 2. dedup: ids per order-key range, then content per content-bucket range
+    dropped: dict[int, dict] = {}
+    counts = run(dedup_ids, [(out, scratch, j, n_ranges, row_files) for j in range(n_ranges)])
+    id_drops = [join(scratch, "drops", f"id-{j:06d}.parquet") for j in range(n_ranges)]
+    drop_files = list(id_drops)
+    if content:
+        counts += run(dedup_content, [(out, scratch, c, n_ranges, content_files, id_drops) for c in range(n_ranges)])
+        drop_files += [join(scratch, "drops", f"content-{c:06d}.parquet") for c in range(n_ranges)]
+    for c in counts:
+        for k, reasons in c.items():
+            for reason, (rows, tokens) in reasons.items():
+                d = dropped.setdefault(k, {}).setdefault(reason, {"rows": 0, "tokens": 0})
+                d["rows"] += rows
+                d["tokens"] += tokens
+
+    lap("dedup")
+
+    # 3. order: surviving rows per range sorted by group; counts -> ranks
+    per_range = run(order_range, [(out, scratch, j, n_ranges, row_files, drop_files) for j in range(n_ranges)])
+    ranks = Ranks(per_range, ratio)
+    lap("order")
+    avail = {g: ranks.available(g) for g in ratio}
+    if m.stop == "first_exhausted":
+        n_blocks = min(avail[g] // ratio[g] for g in ratio)
+    else:
+        empty = [g for g in ratio if avail[g] == 0]
+        if empty:
+            raise MixError(f"mixing.stop=all_exhausted cannot repeat empty group(s) {empty}: no rows were written "
+                           f"for them (see rejects)")
+        n_blocks = max(math.ceil(avail[g] / ratio[g]) for g in ratio)
+    report = {"stop": m.stop, "seed": m.seed, "blocks": n_blocks, "groups": {
+        g: {"ratio": ratio[g], "available": avail[g], "used": n_blocks * ratio[g],
+            "unique_used": min(avail[g], n_blocks * ratio[g]), "repeated": max(0, n_blocks * ratio[g] - avail[g])}
+        for g in ratio}}
+
+    # 4. shards: each a run of whole blocks, reading only its rank ranges
+    if m.shard_tokens:
+        tok = run(block_tokens, [(out, scratch, ranks.off, ratio, n_blocks)])[0]
+        bounds = shard_bounds(n_blocks, block_tok=tok, shard_tokens=m.shard_tokens)
+    else:
+        bounds = shard_bounds(n_blocks, per=max(1, (m.shard_rows or 0) // max(1, sum(ratio.values()))))
+    n = len(bounds)
+    remove_other_shards(out, {shard_name(s, n) for s in range(n)})
+    args = [(out, scratch, s, n, b0, b1, ratio, {g: ranks.segments(g, b0 * r, b1 * r) for g, r in ratio.items()},
+             recipe.output) for s, (b0, b1) in enumerate(bounds)]
+    written = run(write_shard, args)
+    lap("shards")
+
+    # 5. rejects per source; totals and drops from the tasks' stats
+    by_source: dict[str, list[int]] = {}
+    for k, p in enumerate(parts):
+        by_source.setdefault(p.source, []).append(k)
+    rej = run(write_source_rejects, [(out, s.name, [parts[k].stem for k in by_source.get(s.name, [])],
+                                      {k: parts[k].unit for k in by_source.get(s.name, [])}, drop_files)
+                                     for s in recipe.sources])
+    fs.rm(scratch, recursive=True)
+    lap("rejects")
+    return MixResult(shards=[w["shard"] for w in written], report=report,
+                     totals=_totals(w["totals"] for w in written),
+                     dropped={parts[k].stem: dict(sorted(v.items())) for k, v in sorted(dropped.items())},
+                     rejects={s.name: r for s, r in zip(recipe.sources, rej)}, seconds=seconds)
+
+
+def _totals(per_shard) -> dict:
+    by = {"task": {}, "group": {}, "source": {}}
+    for rows in per_shard:
+        for task, group, source, n, tokens in rows:
+            for k, v in (("task", task), ("group", group), ("source", source)):
+                e = by[k].setdefault(v, {"rows": 0, "tokens": 0})
+                e["rows"] += n
+                e["tokens"] += tokens
+    return {k: dict(sorted(d.items())) for k, d in by.items()}

@@ -1,0 +1,122 @@
+"""Shard stage (one task per shard) and the per-source rejects (one task per source).
+
+A shard holds blocks [b0, b1): for group g the positions [b0*r_g, b1*r_g) of its (repeated) rank sequence, which
+are a few contiguous slices of the order buckets. The task reads only those row groups, interleaves the groups in
+ratio blocks (g1 g2 g3 g1 ...), writes the shard (content-defined chunking + page index, so a rebuild dedupes on
+content-addressed storage such as the Hub's) and returns its manifest entry and its totals.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aromni.io.atomic import join, open_atomic, out_fs, write_bytes
+from aromni.pipeline.mix.dedup import read_range
+from aromni.pipeline.mix.order import bucket_path
+from aromni.pipeline.parts import DATA, REJECTS, parquet_bytes, part_paths
+from aromni.sample import REJECT_SCHEMA
+
+
+def shard_name(s: int, n: int) -> str:
+    return f"{DATA}/train-{s:05d}-of-{n:05d}.parquet"
+
+
+def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Table:
+    """Rows [a, b) of bucket j, reading only the row groups that hold them, each at most once per shard (a small
+    group repeated under ``all_exhausted`` asks for the same rows many times)."""
+    if j not in files:
+        pf = pq.ParquetFile(fs.open(bucket_path(scratch, j), "rb"))
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        files[j] = (pf, list(itertools.accumulate([0] + sizes)), {})
+    pf, starts, cache = files[j]
+    first = bisect.bisect_right(starts, a) - 1
+    last = bisect.bisect_left(starts, b) - 1
+    for i in range(first, last + 1):
+        if i not in cache:
+            cache[i] = pf.read_row_group(i)
+    t = pa.concat_tables([cache[i] for i in range(first, last + 1)])
+    return t.slice(a - starts[first], b - a)
+
+
+def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
+                segments: dict, output) -> dict:
+    """``segments``: group -> [(bucket, first row, end row, rep)] in rank order."""
+    fs, root = out_fs(out)
+    files: dict = {}
+    per_group = []
+    for g in ratio:
+        pieces = []
+        for j, a, b, rep in segments[g]:
+            t = _read_slice(fs, files, scratch, j, a, b)
+            if rep:
+                t = t.set_column(t.column_names.index("id"), "id", pc.binary_join_element_wise(
+                    t.column("id"), pa.scalar(f"@rep{rep}"), ""))
+            pieces.append(t)
+        per_group.append(pa.concat_tables(pieces))
+    for pf, _, _ in files.values():
+        pf.close()
+    base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
+    take = []
+    rs = list(ratio.values())
+    for blk in range(b1 - b0):
+        for i in range(max(rs)):  # interleave: g1 g2 g3 g1 g2 g3 ...
+            take += [base[gi] + blk * r + i for gi, r in enumerate(rs) if i < r]
+    table = pa.concat_tables(per_group).take(pa.array(take, pa.int64()))
+    keep = [c for c in table.column_names if not c.startswith("_")]
+    sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
+    table = table.select(keep).combine_chunks()
+    comp = None if output.compression == "none" else output.compression
+    level = output.compression_level if output.compression in ("zstd", "gzip") else None
+    data = parquet_bytes(table, compression=comp, compression_level=level, row_group_size=output.row_group_rows,
+                         write_statistics=True, write_page_index=True, use_content_defined_chunking=True)
+    name = shard_name(s, n_shards)
+    write_bytes(fs, join(root, name), data)
+    return {"shard": {"path": name, "rows": table.num_rows, "tokens": int(pc.sum(table.column("n_tokens")).as_py() or 0),
+                      "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+            "totals": [(r["task"], r["_g"], r["source"], r["n_tokens_count"], r["n_tokens_sum"] or 0)
+                       for r in sums.to_pylist()]}
+
+
+def write_source_rejects(out: str, source: str, stems: list[str], units: dict[int, str], drop_files: list[str]
+                         ) -> dict:
+    """rejects/<source>.parquet: the units' rejects part by part, then the mix's drops (in unit, row order).
+    ``units``: part index -> unit label for this source's parts."""
+    fs, root = out_fs(out)
+    path = f"{REJECTS}/{source}.parquet"
+    rows = 0
+    with open_atomic(fs, join(root, path)) as f, pq.ParquetWriter(f, REJECT_SCHEMA, compression="zstd") as w:
+        for stem in stems:  # streamed part by part: millions of rejects (LAION's failed downloads) never all in memory
+            t = pq.read_table(part_paths(out, stem)["rejects"], filesystem=fs, schema=REJECT_SCHEMA)
+            if t.num_rows:
+                w.write_table(t)
+                rows += t.num_rows
+        d = read_range(fs, drop_files, ["_pr", "id", "kept", "reason"], None) if units else None
+        if d is not None and d.num_rows:
+            part = pc.shift_right(d.column("_pr"), pa.scalar(32, pa.uint64()))
+            d = d.filter(pc.is_in(part, value_set=pa.array(sorted(units), pa.uint64())))
+            d = d.take(pc.sort_indices(d, sort_keys=[("_pr", "ascending")]))
+            recs = []
+            for pr, i, kept, reason in zip(*(d.column(c).to_pylist() for c in ("_pr", "id", "kept", "reason"))):
+                what = ("the same id as a row of an earlier unit" if reason == "duplicate_id"
+                        else f"same content as {kept}")
+                recs.append({"id": i, "source": source, "unit": units[pr >> 32], "reason": reason,
+                             "message": f"{what}, which is kept (first in mixing order)"})
+            if recs:
+                w.write_table(pa.Table.from_pylist(recs, schema=REJECT_SCHEMA))
+                rows += len(recs)
+    return {"path": path, "rows": rows}
+
+
+def remove_other_shards(out: str, names: set[str]) -> None:
+    fs, root = out_fs(out)
+    d = join(root, DATA)
+    if not fs.exists(d):
+        return
+    for p in fs.ls(d, detail=False):
+        if p.endswith(".parquet") and f"{DATA}/{p.rsplit('/', 1)[-1]}" not in names:
+            fs.rm(p)
