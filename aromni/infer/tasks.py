@@ -26,7 +26,7 @@ from aromni.infer.generate import Options, Session
 from aromni.infer.lm import ChameleonLM
 from aromni.infer.outputs import Reply, split_reply, text_of
 from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
-from aromni.infer.state import Constraints, DecodeError
+from aromni.infer.state import Constraints, DecodeError, VocabMasks, unused_reserved_ids
 from aromni.infer.stream import AudioChunk, SpeechStream
 from aromni.layout import AR_OMNI_V0_1, Layout
 
@@ -85,6 +85,15 @@ def load_tokenizers(model_dir, text: str | None = None, image: str | None = None
                       _media_tokenizer(SPEECH_LOADERS, speech, d, "wavtokenizer", "speech", layout))
 
 
+def text_vocab(text_tokenizer) -> dict[str, int]:
+    """name -> id of a text tokenizer (its ``<reservedNNNNN>`` names say which ids are placeholders)."""
+    vocab = getattr(text_tokenizer, "vocab", None)
+    if vocab is not None:
+        return dict(vocab)
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(text_tokenizer.path)).get_vocab(with_added_tokens=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 class Omni:
     """A loaded model with its tokenizers; every task returns a ``Reply``."""
@@ -109,9 +118,11 @@ class Omni:
 
     # ---- plumbing ----------------------------------------------------------------------------------------
     def session(self) -> Session:
-        s = Session(self.lm, self.layout, text_vocab_size=self.tok.text.vocab_size, masks=self._masks)
-        self._masks = s.masks  # masks are built once per Omni
-        return s
+        if self._masks is None:  # masks are built once per Omni
+            self._masks = VocabMasks(self.layout, self.lm.vocab_size, self.tok.text.vocab_size,
+                                     device=getattr(self.lm, "device", "cpu"),
+                                     unused=unused_reserved_ids(text_vocab(self.tok.text), self.layout))
+        return Session(self.lm, self.layout, masks=self._masks)
 
     def task_options(self, task: str, options: Options | None, **overrides) -> Options:
         o = options or replace(self.options, max_new_tokens=self.specs[task].max_new_tokens)

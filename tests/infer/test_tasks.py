@@ -89,3 +89,18 @@ def test_real_format_tokenizers_are_found_in_the_model_dir(tiny_model_dir, tmp_p
     assert len(streamed) == len(reply.audio)   # equal only approximately: WavTokenizer attends globally
     img = omni.decode_reply([L.boi, *L.image_ids([7] * 1024), L.eoi]).images[0]
     assert img.size == (omni.tok.image.resolution,) * 2
+
+
+def test_chat_never_samples_the_tokenizers_placeholders(omni):
+    """The loaded tokenizer's <reservedNNNNN> ids without a layout job are out of text mode; markers stay in."""
+    from aromni.infer.prompts import Message
+    from aromni.infer.state import RESERVED_NAME
+    L = omni.layout
+    vocab = omni.tok.text._tok.get_vocab(with_added_tokens=True)
+    placeholders = [i for n, i in vocab.items() if RESERVED_NAME.fullmatch(n) and not L.is_speech_code(i)
+                    and i not in L.markers.values()]
+    m = omni.session().masks.text_mode(True, True, True)
+    assert len(placeholders) > 4000 and not m[placeholders].any()
+    assert m[[L.eoh, L.ins, L.res, L.eom]].all()
+    reply = omni.chat(max_new_tokens=40, seed=3).send(Message(text="hello"))
+    assert not set(reply.ids) & set(placeholders)
