@@ -29,6 +29,7 @@ from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
 from aromni.infer.state import Constraints, DecodeError, VocabMasks, unused_reserved_ids
 from aromni.infer.stream import AudioChunk, SpeechStream
 from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.model.chameleon import load_chameleon, model_note, resolve_model_dir
 
 TASKS = ("tts", "asr", "caption", "t2i", "chat")
 
@@ -109,9 +110,9 @@ class Omni:
     def load(cls, model_dir, *, text_tokenizer: str | None = None, image_tokenizer: str | None = None,
              speech_tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu",
              layout: Layout = AR_OMNI_V0_1, options: Options = Options()) -> "Omni":
-        from aromni.model.chameleon import load_chameleon, model_note
         if not hasattr(torch, dtype):
             raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        model_dir = resolve_model_dir(model_dir)   # a Meta-format checkpoint: its converted HF dir
         model = load_chameleon(model_dir, dtype=getattr(torch, dtype), device=device)
         toks = load_tokenizers(model_dir, text_tokenizer, image_tokenizer, speech_tokenizer, layout)
         return cls(ChameleonLM(model), toks, layout, options, {"path": str(model_dir), **model_note(model_dir)})

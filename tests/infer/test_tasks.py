@@ -93,7 +93,6 @@ def test_real_format_tokenizers_are_found_in_the_model_dir(tiny_model_dir, tmp_p
 
 def test_chat_never_samples_the_tokenizers_placeholders(omni):
     """The loaded tokenizer's <reservedNNNNN> ids without a layout job are out of text mode; markers stay in."""
-    from aromni.infer.prompts import Message
     from aromni.infer.state import RESERVED_NAME
     L = omni.layout
     vocab = omni.tok.text._tok.get_vocab(with_added_tokens=True)
