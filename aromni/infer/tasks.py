@@ -26,6 +26,7 @@ from aromni.infer.generate import Options, Session
 from aromni.infer.lm import ChameleonLM
 from aromni.infer.outputs import Reply, split_reply, text_of
 from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
+from aromni.infer.spoken import Padding, spoken_codes
 from aromni.infer.state import Constraints, DecodeError, VocabMasks, unused_reserved_ids
 from aromni.infer.stream import AudioChunk, SpeechStream
 from aromni.layout import AR_OMNI_V0_1, Layout
@@ -292,10 +293,29 @@ class Chat:
         else:
             raise ValueError(f"message role must be user or assistant, got {msg.role!r}")
 
-    def send(self, msg: Message, image=None, audio=None) -> Reply:
-        """Add a user message and generate the reply (text, images, speech)."""
+    def send(self, msg: Message, image=None, audio=None, say: str | None = None, voice=None,
+             padding: Padding = Padding()) -> Reply:
+        """Add a user message and generate the reply (text, images, speech).
+
+        ``say``: text that ``voice`` (an ``aromni.voice.Synthesizer`` or anything with ``speak(text)``) speaks as
+        the user's speech, tokenized with the speech tokenizer (upstream's recommended chat input); ``msg.text`` is
+        then the instruction after the speech (default: the chat template's append text)."""
         t0 = time.perf_counter()
+        spoken = None
+        if say is not None:
+            if audio is not None or msg.speech_codes:
+                raise ValueError("give the user's speech once: say= or audio= / speech_codes, not both")
+            if voice is None:
+                raise ValueError("say= needs a voice (aromni.voice.get_synthesizer('espeak', {}) or cosyvoice2)")
+            codes, spoken = spoken_codes(say, voice, self.omni.tok.speech, padding, self.omni.layout.speech_sample_rate)
+            msg = Message(msg.role, msg.text, msg.image_codes, codes)
         self.add(msg, image, audio)
         ids = [st.token for st in self.session.generate(self.omni.specs["chat"].constraints, self.options, t0=t0)]
         self.turns += 1
-        return self.omni.finish(ids, self.session, t0, task="chat", turn=self.turns)
+        reply = self.omni.finish(ids, self.session, t0, task="chat", turn=self.turns)
+        if spoken is not None:
+            reply.provenance = {**reply.provenance, "spoken_input": spoken,
+                                "stand_in": bool(reply.provenance.get("stand_in") or spoken["speech_tokenizer_stand_in"]
+                                                 or (isinstance(spoken["voice"], dict)
+                                                     and bool(spoken["voice"].get("stand_in"))))}
+        return reply
