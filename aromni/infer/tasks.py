@@ -12,6 +12,7 @@ defaults follow upstream's scripts (tts / asr / caption greedy, t2i and chat sam
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -30,7 +31,7 @@ from aromni.infer.spoken import Padding, spoken_codes
 from aromni.infer.state import Constraints, DecodeError, VocabMasks, unused_reserved_ids
 from aromni.infer.stream import AudioChunk, SpeechStream
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.model.chameleon import load_chameleon, model_note, resolve_model_dir
+from aromni.model.chameleon import MODEL_NOTE, load_chameleon, model_note, resolve_model_dir
 
 TASKS = ("tts", "asr", "caption", "t2i", "chat")
 
@@ -76,13 +77,46 @@ def _media_tokenizer(registry: dict, spec: str | None, model_dir: Path, auto_kin
     return registry["standin"](None, layout, True)
 
 
+def recorded_text_identity(model_dir: Path) -> tuple[dict | None, str]:
+    """The text tokenizer identity recorded for a model dir, from the same place the build's manifest keeps it:
+    the model note's own ``tokenizers.text`` (converted / future trained dirs), else the manifest of the data it
+    was trained on (``data`` in the note: <data>/manifest.json ``tokenizers.text``). Returns (identity, where)."""
+    note = model_note(model_dir)
+    own = (note.get("tokenizers") or {}).get("text")
+    if isinstance(own, dict):
+        return own, f"{model_dir / MODEL_NOTE}"
+    data = note.get("data")
+    if data:
+        manifest = Path(str(data)) / "manifest.json"
+        try:
+            return json.loads(manifest.read_text())["tokenizers"]["text"], str(manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return None, ""
+
+
+def load_text(model_dir: Path, explicit: str | None, layout: Layout):
+    """The text tokenizer: ``explicit`` (a path the user named), else the model dir's copy, whose stand-in flag is
+    the one recorded with it (the build's manifest says stand-in -> the reply says stand-in)."""
+    from aromni.model.text import load_text_tokenizer
+    tok = load_text_tokenizer(explicit or model_dir, layout)
+    recorded, where = (None, "") if explicit else recorded_text_identity(model_dir)
+    if recorded is not None and recorded.get("sha256") in (None, tok.sha256):
+        tok.stand_in = bool(recorded.get("stand_in"))
+        tok.recorded_in = where
+    elif explicit is None and model_note(model_dir).get("stand_in") and recorded is None:
+        # a stand-in model dir whose tokenizer has no record: do not claim it is the released one
+        tok.stand_in = True
+        tok.recorded_in = "model note (stand_in model, tokenizer not recorded)"
+    return tok
+
+
 def load_tokenizers(model_dir, text: str | None = None, image: str | None = None, speech: str | None = None,
                     layout: Layout = AR_OMNI_V0_1):
     from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS, Tokenizers
-    from aromni.model.text import load_text_tokenizer
 
     d = Path(model_dir)
-    return Tokenizers(load_text_tokenizer(text or d, layout),
+    return Tokenizers(load_text(d, text, layout),
                       _media_tokenizer(IMAGE_LOADERS, image, d, "vqgan", "image", layout),
                       _media_tokenizer(SPEECH_LOADERS, speech, d, "wavtokenizer", "speech", layout))
 
@@ -148,6 +182,7 @@ class Omni:
     @property
     def provenance(self) -> dict:
         return {"model": self.model_info, "tokenizers": self.tok.identities,
+                "text_tokenizer_recorded_in": getattr(self.tok.text, "recorded_in", None),
                 "stand_in": bool(self.tok.any_stand_in or self.model_info.get("stand_in"))}
 
     def decode_reply(self, ids: list[int], metrics: dict | None = None, speech: list | None = None) -> Reply:

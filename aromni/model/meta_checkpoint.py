@@ -251,9 +251,10 @@ def convert_meta_checkpoint(meta_dir: str | os.PathLike, hf_dir: str | os.PathLi
     for rel in (TEXT_TOKENIZER, *VQGAN_FILES):   # keep the VQGAN decoder: the HF format drops it
         shutil.copy2(root / rel, out / rel)
     stand_in = bool(params.get(STAND_IN_MARK) or raw_vq.get(STAND_IN_MARK))
+    text_sha = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
     (out / MODEL_NOTE).write_text(json.dumps({
         "converted_from": str(root.resolve()), "format": "meta", "model_size": mdir.name, "shards": len(files),
-        "stand_in": stand_in, **({"note": "RANDOM-weight Meta-format stand-in (aromni write_tiny_meta_chameleon)"}
+        "stand_in": stand_in, "tokenizers": {"text": {"sha256": text_sha, "stand_in": stand_in}}, **({"note": "RANDOM-weight Meta-format stand-in (aromni write_tiny_meta_chameleon)"}
                                  if stand_in else {})}, indent=1))
     return out
 
