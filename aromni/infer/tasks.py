@@ -265,6 +265,31 @@ class Omni:
     def t2i(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
         return self._task("t2i", time.perf_counter(), options, kw, text=text, instruction=instruction)
 
+    def batch(self, task: str, inputs: list, instruction: str | None = None, options: Options | None = None,
+              **kw) -> list[Reply]:
+        """Several prompts of one task in one batched decode (``aromni.infer.batch``): tts / t2i take texts, asr
+        audio (paths or (wave, rate)), caption images. Replies in input order; their metrics carry the batch's
+        wall time and size."""
+        from aromni.infer.batch import generate_batch
+        if task not in ("tts", "t2i", "asr", "caption"):
+            raise ValueError(f"batched decoding is for tts, t2i, asr, caption; got {task!r}")
+        t0 = time.perf_counter()
+        field = {"tts": "text", "t2i": "text", "asr": "speech_codes", "caption": "image_codes"}[task]
+        encode = {"asr": self.encode_speech, "caption": self.encode_image}.get(task, lambda x: x)
+        prompts = [task_prompt(task, self.tok.text.encode, layout=self.layout, instruction=instruction,
+                               **{field: encode(x)}) for x in inputs]
+        opts = self.task_options(task, options, **kw)
+        if self._masks is None:
+            self.session()
+        res = generate_batch(self.lm, prompts, self._masks, self.specs[task].constraints, opts, self.layout)
+        out = []
+        for ids in res.ids:
+            r = self.decode_reply(ids)
+            r.metrics = {"task": task, "batch_size": len(inputs), "batch_s": round(res.seconds, 5),
+                         "new_tokens": len(ids), "prompts_per_s": round(len(inputs) / res.seconds, 5)}
+            out.append(r)
+        return out
+
     def chat(self, options: Options | None = None, **kw) -> "Chat":
         return Chat(self, self.task_options("chat", options, **kw))
 
