@@ -43,8 +43,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.model import vqgan as vq
+from aromni.model.random_checkpoints import write_meta_vqgan
+from aromni.model.text import write_chameleon_style_bpe
 
 MODEL_NOTE = "aromni_model.json"   # same name as aromni.model.chameleon.MODEL_NOTE (which imports this module)
 STAND_IN_MARK = "aromni_stand_in"
@@ -217,10 +221,7 @@ def hf_config(params: dict, vocab_size: int, vocab_map: dict, vq_config: dict):
 def convert_meta_checkpoint(meta_dir: str | os.PathLike, hf_dir: str | os.PathLike, size: str | None = None,
                             layout: Layout = AR_OMNI_V0_1) -> Path:
     """Write the HF model dir for a Meta-format checkpoint. Returns ``hf_dir``."""
-    import yaml
     from huggingface_hub import save_torch_state_dict
-
-    from aromni.model import vqgan as vq
 
     root, out = Path(meta_dir), Path(hf_dir)
     mdir = find_model_dir(root, size)
@@ -313,9 +314,6 @@ def write_tiny_meta_chameleon(out_dir: str | os.PathLike, seed: int = 0, dim: in
     """Random weights with Meta's key names, shard layout and files (``models/7b/...``, ``tokenizer/...``), marked
     ``aromni_stand_in`` in params.json. The text tokenizer is aromni's Chameleon-layout stand-in BPE and the VQGAN a
     tiny random taming model (aromni.model.random_checkpoints). Not a trained model."""
-    from aromni.model.random_checkpoints import write_meta_vqgan
-    from aromni.model.text import write_chameleon_style_bpe
-
     g = torch.Generator().manual_seed(seed)
     kv = n_kv_heads or n_heads
     hd = dim // n_heads
