@@ -156,3 +156,16 @@ def test_incomplete_meta_dirs_are_refused_by_name(tmp_path):
     (meta / "models" / "7b" / "consolidate_params.json").write_text('{"model_parallel_size": 2}')
     with pytest.raises(MetaCheckpointError, match="model_parallel_size 2 but 1"):
         convert_meta_checkpoint(meta, tmp_path / "hf")
+
+
+def test_the_trainers_model_loading_takes_a_meta_dir(tmp_path, monkeypatch):
+    """build_omni (train) goes through the same loader: a Meta dir gives the converted model, its codebook and note."""
+    from aromni.model.omni import build_omni
+    monkeypatch.setenv("AROMNI_CACHE", str(tmp_path / "cache"))
+    meta = write_tiny_meta_chameleon(tmp_path / "meta", seed=6)
+    model, note = build_omni(meta, dtype=torch.float64)
+    assert note["format"] == "meta" and note["stand_in"] is True
+    assert model.codebook.shape[0] == 8192
+    with torch.no_grad():
+        got = omni_forward(model.lm, torch.tensor([IDS])).logits[0]
+    assert torch.allclose(got, meta_logits(meta, IDS), atol=1e-6)
