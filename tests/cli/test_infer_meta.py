@@ -80,3 +80,23 @@ def test_say_speaks_the_turn_and_records_how(meta_dir, tmp_path):
     assert r.exit_code == 2 and "--voice-model" in r.output
     r = infer("--task", "tts", "--model", meta_dir, "--say", "x", "--text", "y", "--out", tmp_path / "a.wav")
     assert r.exit_code == 2 and "--say is for --task chat" in r.output
+
+
+@pytest.mark.slow
+def test_say_with_cosyvoice2_and_a_reference_speaker(meta_dir, tmp_path):
+    """Upstream's recipe: CosyVoice2 (here the tiny RANDOM model in the published layout) with a reference clip and
+    its prompt text; the reply records the voice's identity (stand-in, since the weights are random)."""
+    pytest.importorskip("cosyvoice")
+    from aromni.voice.cosyvoice2 import AR_OMNI_PROMPT
+    from aromni.voice.espeak import espeak_speak
+    from aromni.voice.tiny_cosyvoice2 import write_tiny_cosyvoice2
+    voice_dir = write_tiny_cosyvoice2(tmp_path / "CosyVoice2-tiny")
+    x, sr = espeak_speak(AR_OMNI_PROMPT, rate=260)
+    sf.write(str(tmp_path / "ref.wav"), x, sr)
+    out = tmp_path / "chat"
+    r = infer("--task", "chat", "--model", meta_dir, "--say", "hello there", "--out", out, "--max-new-tokens", 6,
+              "--voice", "cosyvoice2", "--voice-model", voice_dir, "--voice-ref", tmp_path / "ref.wav")
+    assert r.exit_code == 0, r.output
+    spoken = json.loads((out / "reply1.json").read_text())["spoken_input"]
+    assert spoken["voice"]["backend"] == "cosyvoice2" and spoken["voice"]["stand_in"] is True
+    assert AR_OMNI_PROMPT in spoken["voice"]["voice"] and spoken["codes"] > 0
