@@ -1,7 +1,8 @@
 """A reply's ids split into text / images / speech (reference §5), and decoded into str / PIL images / waves.
 
 Splitting: an image is ``8197`` … ``8196`` (its codes between); speech is ``12821`` followed by a run of speech codes,
-``12820`` optional (a reply cut by max_new_tokens may end inside a span); every other id is text. Stop ids and
+``12820`` optional (a reply cut by max_new_tokens may end inside a span, and a stop id may close one: the decoder
+allows ``<eos>`` / ``<eom>`` after a code, as upstream's splitter tolerates a missing ``<eoa>``); every other id is text. Stop ids and
 markers are structure, not text: they are dropped from the decoded text.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aromni.layout import AR_OMNI_V0_1, Layout
 class Part:
     kind: str            # "text" | "image" | "speech"
     ids: list[int]       # the ids of the part (for image/speech: the codes' ids, markers excluded)
-    complete: bool = True  # image: exactly 1024 codes and its 8196 seen; speech: its 12820 seen
+    complete: bool = True  # image: exactly 1024 codes and its 8196 seen; speech: its 12820 (or a stop id) seen
 
 
 def split_reply(ids, layout: Layout = AR_OMNI_V0_1) -> list[Part]:
@@ -38,7 +39,8 @@ def split_reply(ids, layout: Layout = AR_OMNI_V0_1) -> list[Part]:
             while j < n and layout.is_speech_code(ids[j]):
                 j += 1
             closed = j < n and ids[j] == layout.eoa
-            parts.append(Part("speech", ids[i + 1:j], complete=closed))
+            stopped = j < n and ids[j] in layout.stop_ids   # the span ended with the reply
+            parts.append(Part("speech", ids[i + 1:j], complete=closed or stopped))
             i = j + 1 if closed else j
         else:
             j = i

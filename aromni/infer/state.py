@@ -6,19 +6,28 @@ greedy or sampled, and which modality's sampling settings apply.
 
 Modes and what each allows:
 - TEXT: the stop ids (2, 12831), text ids (when the task allows text), ``<boa>`` (when a speech span may open),
-  ``<boi>`` (when an image may open AND there is room for all 1026 ids of ``[8197] 1024 codes [8196]``).
+  ``<boi>`` (when an image may open AND ``length < max_len - 1026``: upstream's
+  ``DisallowTokensAtOrAfterIndexLogitsProcessor([boi], max_seq_len - 1026)``, i.e. room for ``[8197] 1024 codes
+  [8196]`` and the stop id after it). Text ids exclude the tokenizer's ``<reservedNNNNN>`` ids that the layout
+  uses for nothing (``unused`` below): upstream allows every ``<...>`` name, and an undertrained model then spends
+  a large share of a reply on placeholders that decode to nothing.
 - IMAGE (after 8197): only image codes 4..8195 until exactly 1024 of them, then 8196 is forced.
-- SPEECH (after 12821): speech codes 8724..12819; ``<eoa>`` once at least one code was emitted.
+- SPEECH (after 12821): speech codes 8724..12819; once at least one code was emitted, ``<eoa>`` closes the span
+  and a stop id (``<eos>`` / ``<eom>``) closes it AND ends the reply (upstream's text decoder stops on those ids
+  wherever they come, and its splitter takes a speech run whose ``<eoa>`` is missing).
 - DONE: after a stop id; nothing more is generated.
 Speech codes are only allowed inside ``<boa> … <eoa>``, which is the grammar every training row follows
 (``aromni validate``); upstream's text mode also allows bare speech codes, which its output splitter then has to guess.
 Greedy vs sampling follows the last marker of the reply: 12840 ``<-Ins->`` or 12821 ``<boa>`` → greedy,
-12841 ``<-Res->`` or 12820 ``<eoa>`` → sampling (upstream ``FiniteTransTokenSelector``).
+12841 ``<-Res->`` or 12820 ``<eoa>`` → sampling (upstream ``FiniteTransTokenSelector``). After an image the
+switch starts again from the task's default, as upstream's new ``TextDecoder`` (a fresh selector) does.
 """
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import torch
 
@@ -65,6 +74,17 @@ class Constraints:
     stop_ids: tuple[int, ...] | None = None   # default: the layout's (2, 12831); () = never stop (benchmarks)
 
 
+RESERVED_NAME = re.compile(r"<reserved\d+>")
+
+
+def unused_reserved_ids(vocab: Mapping[str, int], layout: Layout) -> list[int]:
+    """The ids a text tokenizer names ``<reservedNNNNN>`` that the layout gives no job: neither a speech code
+    nor a marker (reference §1). ``vocab``: name -> id, as ``tokenizers.Tokenizer.get_vocab()`` returns it."""
+    used = set(layout.markers.values())
+    return sorted(i for name, i in vocab.items()
+                  if RESERVED_NAME.fullmatch(name) and not layout.is_speech_code(i) and i not in used)
+
+
 @dataclass
 class VocabMasks:
     """Boolean masks over the model's vocabulary, built once per (layout, vocab size, device)."""
@@ -73,6 +93,7 @@ class VocabMasks:
     text_vocab_size: int | None = None   # ids the text tokenizer knows; ids beyond it decode to nothing
     device: str | torch.device = "cpu"
     stop_ids: tuple[int, ...] | None = None
+    unused: Iterable[int] = ()           # ids never sampled in text mode (``unused_reserved_ids``)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -82,17 +103,21 @@ class VocabMasks:
         ids = torch.arange(V)
         self.image_codes = (ids >= L.image_code_start) & (ids <= L.image_code_end)
         self.speech_codes = (ids >= L.speech_code_start) & (ids <= L.speech_code_end)
-        self.stops = self._one_hot(self.stop_ids or L.stop_ids)
+        self.stop_set = frozenset(self.stop_ids or L.stop_ids)
+        self.stops = self._one_hot(self.stop_set)
         not_text = self.image_codes | self.speech_codes | self.stops | self._one_hot(
             (L.boi, L.eoi, L.boa, L.eoa, L.bos, L.pad))
         text = ~not_text
         if self.text_vocab_size is not None:
             text &= ids < self.text_vocab_size
+        unused = [i for i in self.unused if 0 <= int(i) < V]
+        if unused:
+            text[torch.tensor(unused, dtype=torch.long)] = False
         self.text = text
         self.boi = self._one_hot((L.boi,))
         self.boa = self._one_hot((L.boa,))
         self.eoi_only = self._one_hot((L.eoi,))
-        self.speech_open = self.speech_codes | self._one_hot((L.eoa,))
+        self.speech_open = self.speech_codes | self._one_hot((L.eoa,)) | self.stops
         for name in ("image_codes", "speech_codes", "stops", "text", "boi", "boa", "eoi_only", "speech_open"):
             setattr(self, name, getattr(self, name).to(self.device))
 
@@ -190,10 +215,15 @@ class DecodeState:
     def room(self) -> int:
         return self.max_len - self.length
 
+    @property
+    def image_room(self) -> int:
+        """Ids a new image needs before ``max_len``: ``<boi>``, the codes, ``<eoi>`` and one more (the stop id);
+        the same rule as upstream's ``length < max_seq_len - 1026``."""
+        return self.layout.image_tokens + 3
+
     def _image_may_open(self) -> bool:
         c = self.constraints
-        return ((c.images is None or self.images < c.images)
-                and self.room >= self.layout.image_tokens + 2)
+        return (c.images is None or self.images < c.images) and self.room >= self.image_room
 
     def _speech_may_open(self) -> bool:
         c = self.constraints
@@ -234,13 +264,14 @@ class DecodeState:
             if not (0 <= t < self.masks.vocab_size) or not bool(self.allowed()[t]):
                 raise DecodeError(f"id {t} is not allowed in mode {self.mode} (span {self.span}, "
                                   f"{self.room} ids of room)")
-            if t == L.boi and self.room < L.image_tokens + 2:
-                raise DecodeError(f"an image needs room for {L.image_tokens + 2} ids, {self.room} left")
+            if t == L.boi and self.room < self.image_room:
+                raise DecodeError(f"an image needs room for {self.image_room} ids, {self.room} left")
         self.length += 1
         self.reply += 1
         if self.mode == IMAGE:
             if t == L.eoi:
                 self.mode, self.span = TEXT, 0
+                self.greedy = self.constraints.greedy   # upstream: a new TextDecoder, a fresh greedy switch
             else:
                 self.span += 1
         elif self.mode == SPEECH:
@@ -248,6 +279,8 @@ class DecodeState:
                 self.mode, self.span = TEXT, 0
             elif L.is_speech_code(t):
                 self.span += 1
+            elif t in self.masks.stop_set:  # a stop closes the span; the TEXT branch below ends the reply
+                self.mode, self.span = TEXT, 0
             elif check:  # unreachable through allowed(); kept for unchecked replays
                 raise DecodeError(f"id {t} inside a speech span")
             else:

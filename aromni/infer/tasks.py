@@ -12,6 +12,7 @@ defaults follow upstream's scripts (tts / asr / caption greedy, t2i and chat sam
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -26,9 +27,11 @@ from aromni.infer.generate import Options, Session
 from aromni.infer.lm import ChameleonLM
 from aromni.infer.outputs import Reply, split_reply, text_of
 from aromni.infer.prompts import Message, assistant_turn, chat_turn, task_prompt
-from aromni.infer.state import Constraints, DecodeError
+from aromni.infer.spoken import Padding, spoken_codes
+from aromni.infer.state import Constraints, DecodeError, VocabMasks, unused_reserved_ids
 from aromni.infer.stream import AudioChunk, SpeechStream
 from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.model.chameleon import MODEL_NOTE, load_chameleon, model_note, resolve_model_dir
 
 TASKS = ("tts", "asr", "caption", "t2i", "chat")
 
@@ -74,15 +77,57 @@ def _media_tokenizer(registry: dict, spec: str | None, model_dir: Path, auto_kin
     return registry["standin"](None, layout, True)
 
 
+def recorded_text_identity(model_dir: Path) -> tuple[dict | None, str]:
+    """The text tokenizer identity recorded for a model dir, from the same place the build's manifest keeps it:
+    the model note's own ``tokenizers.text`` (converted / future trained dirs), else the manifest of the data it
+    was trained on (``data`` in the note: <data>/manifest.json ``tokenizers.text``). Returns (identity, where)."""
+    note = model_note(model_dir)
+    own = (note.get("tokenizers") or {}).get("text")
+    if isinstance(own, dict):
+        return own, f"{model_dir / MODEL_NOTE}"
+    data = note.get("data")
+    if data:
+        manifest = Path(str(data)) / "manifest.json"
+        try:
+            return json.loads(manifest.read_text())["tokenizers"]["text"], str(manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return None, ""
+
+
+def load_text(model_dir: Path, explicit: str | None, layout: Layout):
+    """The text tokenizer: ``explicit`` (a path the user named), else the model dir's copy, whose stand-in flag is
+    the one recorded with it (the build's manifest says stand-in -> the reply says stand-in)."""
+    from aromni.model.text import load_text_tokenizer
+    tok = load_text_tokenizer(explicit or model_dir, layout)
+    recorded, where = (None, "") if explicit else recorded_text_identity(model_dir)
+    if recorded is not None and recorded.get("sha256") in (None, tok.sha256):
+        tok.stand_in = bool(recorded.get("stand_in"))
+        tok.recorded_in = where
+    elif explicit is None and model_note(model_dir).get("stand_in") and recorded is None:
+        # a stand-in model dir whose tokenizer has no record: do not claim it is the released one
+        tok.stand_in = True
+        tok.recorded_in = "model note (stand_in model, tokenizer not recorded)"
+    return tok
+
+
 def load_tokenizers(model_dir, text: str | None = None, image: str | None = None, speech: str | None = None,
                     layout: Layout = AR_OMNI_V0_1):
     from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS, Tokenizers
-    from aromni.model.text import load_text_tokenizer
 
     d = Path(model_dir)
-    return Tokenizers(load_text_tokenizer(text or d, layout),
+    return Tokenizers(load_text(d, text, layout),
                       _media_tokenizer(IMAGE_LOADERS, image, d, "vqgan", "image", layout),
                       _media_tokenizer(SPEECH_LOADERS, speech, d, "wavtokenizer", "speech", layout))
+
+
+def text_vocab(text_tokenizer) -> dict[str, int]:
+    """name -> id of a text tokenizer (its ``<reservedNNNNN>`` names say which ids are placeholders)."""
+    vocab = getattr(text_tokenizer, "vocab", None)
+    if vocab is not None:
+        return dict(vocab)
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(text_tokenizer.path)).get_vocab(with_added_tokens=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,18 +145,20 @@ class Omni:
     def load(cls, model_dir, *, text_tokenizer: str | None = None, image_tokenizer: str | None = None,
              speech_tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu",
              layout: Layout = AR_OMNI_V0_1, options: Options = Options()) -> "Omni":
-        from aromni.model.chameleon import load_chameleon, model_note
         if not hasattr(torch, dtype):
             raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        model_dir = resolve_model_dir(model_dir)   # a Meta-format checkpoint: its converted HF dir
         model = load_chameleon(model_dir, dtype=getattr(torch, dtype), device=device)
         toks = load_tokenizers(model_dir, text_tokenizer, image_tokenizer, speech_tokenizer, layout)
         return cls(ChameleonLM(model), toks, layout, options, {"path": str(model_dir), **model_note(model_dir)})
 
     # ---- plumbing ----------------------------------------------------------------------------------------
     def session(self) -> Session:
-        s = Session(self.lm, self.layout, text_vocab_size=self.tok.text.vocab_size, masks=self._masks)
-        self._masks = s.masks  # masks are built once per Omni
-        return s
+        if self._masks is None:  # masks are built once per Omni
+            self._masks = VocabMasks(self.layout, self.lm.vocab_size, self.tok.text.vocab_size,
+                                     device=getattr(self.lm, "device", "cpu"),
+                                     unused=unused_reserved_ids(text_vocab(self.tok.text), self.layout))
+        return Session(self.lm, self.layout, masks=self._masks)
 
     def task_options(self, task: str, options: Options | None, **overrides) -> Options:
         o = options or replace(self.options, max_new_tokens=self.specs[task].max_new_tokens)
@@ -135,6 +182,7 @@ class Omni:
     @property
     def provenance(self) -> dict:
         return {"model": self.model_info, "tokenizers": self.tok.identities,
+                "text_tokenizer_recorded_in": getattr(self.tok.text, "recorded_in", None),
                 "stand_in": bool(self.tok.any_stand_in or self.model_info.get("stand_in"))}
 
     def decode_reply(self, ids: list[int], metrics: dict | None = None, speech: list | None = None) -> Reply:
@@ -217,6 +265,31 @@ class Omni:
     def t2i(self, text: str, instruction: str | None = None, options: Options | None = None, **kw) -> Reply:
         return self._task("t2i", time.perf_counter(), options, kw, text=text, instruction=instruction)
 
+    def batch(self, task: str, inputs: list, instruction: str | None = None, options: Options | None = None,
+              **kw) -> list[Reply]:
+        """Several prompts of one task in one batched decode (``aromni.infer.batch``): tts / t2i take texts, asr
+        audio (paths or (wave, rate)), caption images. Replies in input order; their metrics carry the batch's
+        wall time and size."""
+        from aromni.infer.batch import generate_batch
+        if task not in ("tts", "t2i", "asr", "caption"):
+            raise ValueError(f"batched decoding is for tts, t2i, asr, caption; got {task!r}")
+        t0 = time.perf_counter()
+        field = {"tts": "text", "t2i": "text", "asr": "speech_codes", "caption": "image_codes"}[task]
+        encode = {"asr": self.encode_speech, "caption": self.encode_image}.get(task, lambda x: x)
+        prompts = [task_prompt(task, self.tok.text.encode, layout=self.layout, instruction=instruction,
+                               **{field: encode(x)}) for x in inputs]
+        opts = self.task_options(task, options, **kw)
+        if self._masks is None:
+            self.session()
+        res = generate_batch(self.lm, prompts, self._masks, self.specs[task].constraints, opts, self.layout)
+        out = []
+        for ids in res.ids:
+            r = self.decode_reply(ids)
+            r.metrics = {"task": task, "batch_size": len(inputs), "batch_s": round(res.seconds, 5),
+                         "new_tokens": len(ids), "prompts_per_s": round(len(inputs) / res.seconds, 5)}
+            out.append(r)
+        return out
+
     def chat(self, options: Options | None = None, **kw) -> "Chat":
         return Chat(self, self.task_options("chat", options, **kw))
 
@@ -280,10 +353,29 @@ class Chat:
         else:
             raise ValueError(f"message role must be user or assistant, got {msg.role!r}")
 
-    def send(self, msg: Message, image=None, audio=None) -> Reply:
-        """Add a user message and generate the reply (text, images, speech)."""
+    def send(self, msg: Message, image=None, audio=None, say: str | None = None, voice=None,
+             padding: Padding = Padding()) -> Reply:
+        """Add a user message and generate the reply (text, images, speech).
+
+        ``say``: text that ``voice`` (an ``aromni.voice.Synthesizer`` or anything with ``speak(text)``) speaks as
+        the user's speech, tokenized with the speech tokenizer (upstream's recommended chat input); ``msg.text`` is
+        then the instruction after the speech (default: the chat template's append text)."""
         t0 = time.perf_counter()
+        spoken = None
+        if say is not None:
+            if audio is not None or msg.speech_codes:
+                raise ValueError("give the user's speech once: say= or audio= / speech_codes, not both")
+            if voice is None:
+                raise ValueError("say= needs a voice (aromni.voice.get_synthesizer('espeak', {}) or cosyvoice2)")
+            codes, spoken = spoken_codes(say, voice, self.omni.tok.speech, padding, self.omni.layout.speech_sample_rate)
+            msg = Message(msg.role, msg.text, msg.image_codes, codes)
         self.add(msg, image, audio)
         ids = [st.token for st in self.session.generate(self.omni.specs["chat"].constraints, self.options, t0=t0)]
         self.turns += 1
-        return self.omni.finish(ids, self.session, t0, task="chat", turn=self.turns)
+        reply = self.omni.finish(ids, self.session, t0, task="chat", turn=self.turns)
+        if spoken is not None:
+            reply.provenance = {**reply.provenance, "spoken_input": spoken,
+                                "stand_in": bool(reply.provenance.get("stand_in") or spoken["speech_tokenizer_stand_in"]
+                                                 or (isinstance(spoken["voice"], dict)
+                                                     and bool(spoken["voice"].get("stand_in"))))}
+        return reply

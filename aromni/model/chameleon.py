@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.model.meta_checkpoint import cached_conversion, is_meta_checkpoint
 
 
 @dataclass
@@ -22,20 +23,30 @@ class OmniOutput:
     cache: object | None        # transformers Cache, pass back in to continue decoding
 
 
-# Written beside the weights of every model aromni makes up or trains, so nothing downstream mistakes a stand-in.
+# Written beside the weights of every model aromni makes up, trains or converts, so nothing downstream mistakes a
+# stand-in (the same name as meta_checkpoint.MODEL_NOTE).
 MODEL_NOTE = "aromni_model.json"
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The HF model dir to load for ``path``: itself, or for a Meta-format checkpoint (models/7b/consolidated*.pth,
+    params.json, tokenizer/) its conversion, made once into aromni's cache (aromni.model.meta_checkpoint)."""
+    p = Path(path)
+    return cached_conversion(p) if is_meta_checkpoint(p) else p
 
 
 def load_chameleon(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                    layout: Layout = AR_OMNI_V0_1, swin_norm: bool | None = None):
-    """An HF Chameleon/Anole checkpoint dir (config.json + safetensors) -> ChameleonForConditionalGeneration.
+    """An HF Chameleon/Anole checkpoint dir (config.json + safetensors), or a Meta-format one (converted on the fly,
+    see ``resolve_model_dir``) -> ChameleonForConditionalGeneration.
 
     ``swin_norm`` None keeps the checkpoint's config; True/False overrides it (the saved config then says so).
     Refuses a checkpoint whose vocabulary map does not put VQ code c at id c + 4 (the layout's image ids)."""
     from transformers import ChameleonForConditionalGeneration
-    p = Path(path)
+    p = resolve_model_dir(path)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p} is not an HF Chameleon model dir (no config.json)")
+        raise FileNotFoundError(f"{p} is neither an HF Chameleon model dir (no config.json) nor a Meta-format "
+                                f"checkpoint (models/<size>/params.json + consolidated*.pth)")
     extra = {} if swin_norm is None else {"swin_norm": bool(swin_norm)}
     model = ChameleonForConditionalGeneration.from_pretrained(str(p), dtype=dtype, **extra)
     check_image_vocabulary(model.config, layout)

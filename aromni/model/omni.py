@@ -19,7 +19,7 @@ from torch import nn
 
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.model.chameleon import (MODEL_NOTE, OmniOutput, load_chameleon, model_note, omni_forward,
-                                    write_tiny_chameleon)
+                                    resolve_model_dir, write_tiny_chameleon)
 
 HEAD_FILE = "perceptual_head.safetensors"
 # Files of an HF model dir that are not weights and belong with a re-saved model (tokenizer, processor, templates).
@@ -116,7 +116,7 @@ def build_omni(path: str | Path, *, random_init: str | None = None, codebook: st
                swin_norm: bool | None = None, head: str = "trained") -> tuple[OmniModel, dict]:
     """Load (or, with random_init="tiny", first create) a Chameleon dir and wrap it. Returns (model, note). A trained
     head continues from the one saved beside the model, if any; a frozen head is always fresh (as upstream's)."""
-    p = Path(path)
+    p = resolve_model_dir(path)   # a Meta-format checkpoint: its HF conversion (cached)
     if not (p / "config.json").is_file():
         if random_init != "tiny":
             raise FileNotFoundError(f"model.path {p}: no config.json (set model.random_init: tiny to create a "

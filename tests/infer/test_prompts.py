@@ -55,9 +55,10 @@ def test_split_reply():
     ids = [100, 101, *img, 102, L.boa, 8724, 8725, L.eoa, 103, L.boa, 8726, L.eos]
     parts = split_reply(ids)
     assert [(p.kind, p.complete) for p in parts] == [("text", True), ("image", True), ("text", True),
-                                                      ("speech", True), ("text", True), ("speech", False),
-                                                      ("text", True)]
+                                                      ("speech", True), ("text", True), ("speech", True),
+                                                      ("text", True)]   # a stop closes a speech span
     assert parts[0].ids == [100, 101] and parts[1].ids == [4] * 1024 and parts[3].ids == [8724, 8725]
     assert parts[-1].ids == [L.eos]
+    assert not split_reply([L.boa, 8726, 8727])[0].complete   # cut by max_new_tokens
     cut = split_reply([L.boi, 4, 5])
     assert cut[0].kind == "image" and not cut[0].complete

@@ -1,6 +1,8 @@
 """Every task from Python on the tiny model (stand-in image/speech tokenizers), replies bounded in length."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import soundfile as sf
 from PIL import Image
@@ -89,3 +91,47 @@ def test_real_format_tokenizers_are_found_in_the_model_dir(tiny_model_dir, tmp_p
     assert len(streamed) == len(reply.audio)   # equal only approximately: WavTokenizer attends globally
     img = omni.decode_reply([L.boi, *L.image_ids([7] * 1024), L.eoi]).images[0]
     assert img.size == (omni.tok.image.resolution,) * 2
+
+
+def test_chat_never_samples_the_tokenizers_placeholders(omni):
+    """The loaded tokenizer's <reservedNNNNN> ids without a layout job are out of text mode; markers stay in."""
+    from aromni.infer.state import RESERVED_NAME
+    L = omni.layout
+    vocab = omni.tok.text._tok.get_vocab(with_added_tokens=True)
+    placeholders = [i for n, i in vocab.items() if RESERVED_NAME.fullmatch(n) and not L.is_speech_code(i)
+                    and i not in L.markers.values()]
+    m = omni.session().masks.text_mode(True, True, True)
+    assert len(placeholders) > 4000 and not m[placeholders].any()
+    assert m[[L.eoh, L.ins, L.res, L.eom]].all()
+    reply = omni.chat(max_new_tokens=40, seed=3).send(Message(text="hello"))
+    assert not set(reply.ids) & set(placeholders)
+
+
+def test_reply_json_takes_the_text_tokenizers_stand_in_flag_from_the_builds_manifest(tiny_model_dir, tmp_path):
+    """A trained model dir carries the data's tokenizer.json; its note names the data. The reply's provenance
+    must say stand-in when the build's manifest did (it used to say stand_in: false for the text tokenizer)."""
+    import shutil
+    import warnings
+
+    from aromni.infer.tasks import Omni
+    from aromni.model.text import file_sha256
+    model = tmp_path / "final"
+    shutil.copytree(tiny_model_dir, model)
+    build = tmp_path / "build"
+    build.mkdir()
+    sha = file_sha256(model / "tokenizer.json")
+    (build / "manifest.json").write_text(json.dumps(
+        {"tokenizers": {"text": {"kind": "chameleon-bpe", "path": "x", "sha256": sha, "stand_in": True}}}))
+    (model / "aromni_model.json").write_text(json.dumps({"stand_in": False, "data": str(build)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        omni = Omni.load(model)
+    p = omni.tts("hi", max_new_tokens=4).provenance
+    assert p["tokenizers"]["text"]["stand_in"] is True and p["stand_in"] is True
+    assert p["text_tokenizer_recorded_in"] == str(build / "manifest.json")
+    # a record for ANOTHER tokenizer file (sha differs) is not taken for this one
+    (build / "manifest.json").write_text(json.dumps({"tokenizers": {"text": {"sha256": "0" * 64, "stand_in": True}}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = Omni.load(model)
+    assert other.tok.text.stand_in is False and other.provenance["text_tokenizer_recorded_in"] is None

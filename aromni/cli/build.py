@@ -1,36 +1,21 @@
-"""The ``aromni`` command line. Thin: every command parses its arguments and calls into the packages.
+"""``aromni build | validate | readers``: make a dataset from a recipe, check it, list the readers.
 
-Exit codes: 0 ok, 1 the work found problems (validate) or failed, 2 bad usage or a bad recipe.
-Other areas add their commands in their own module with a ``register(app)`` function (see EXTENSIONS).
+The build summary is a table of per-source accounting followed by lines from ``SUMMARY_LINES``: each entry is a
+function ``(manifest, out, report) -> list[str]`` (rich markup allowed). To add a line (a quality filter's counts, a
+new stage's timing), write such a function next to the code that knows the numbers and append it here.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    help="aromni: build AR-Omni training data. YAML recipe -> Ray build -> validated, mixed parquet shards.\n\n"
-         "Start with `make demo`, then `aromni build recipes/demo.yaml --out runs/demo` and "
-         "`aromni validate runs/demo`.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
-console = Console(stderr=True)
-out_console = Console()
-
-# Modules that add commands (stats/show/card/publish/export, train, infer, ...). Missing ones are skipped.
-EXTENSIONS = ("aromni.cli_data", "aromni.train.cli", "aromni.infer.cli")
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+from aromni.cli.app import app
+from aromni.cli.common import WORK_FAILED, console, fail, out_console
 
 
 @app.command()
@@ -49,6 +34,8 @@ def build(
 
     Rerunning the same command on the same --out skips finished units (resume after a crash). The same recipe and
     inputs give byte-identical shards for any --workers.
+
+    Example: aromni build recipes/demo.yaml --out runs/demo mixing.seed=7
     """
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         # A local build is one node: keep Ray on loopback instead of the machine's public interface.
@@ -60,23 +47,21 @@ def build(
     try:
         r = load_recipe(recipe, overrides or [])
     except RecipeError as e:
-        _fail(f"{recipe}: {e}")
+        fail(f"{recipe}: {e}")
     try:
         rep = run_build(r, out, workers=workers, ray_address=ray_address, force=force, progress=not no_progress,
                         console=console)
     except RecipeError as e:
-        _fail(f"{recipe}: {e}")
+        fail(f"{recipe}: {e}")
     except (BuildError, MixError) as e:
-        _fail(str(e), 1)
+        fail(str(e), WORK_FAILED)
     except OSError as e:  # disk full, no permission, ...: finished units are kept, nothing half-written is used
-        _fail(f"cannot write the build: {e.strerror or e} ({e.filename or out}). Finished units are kept; fix the "
-              f"cause and rerun the same command to resume.", 1)
+        fail(f"cannot write the build: {e.strerror or e} ({e.filename or out}). Finished units are kept; fix the "
+             f"cause and rerun the same command to resume.", WORK_FAILED)
     print_summary(rep.manifest, out, rep)
 
 
-def print_summary(m: dict, out: Path, rep=None) -> None:
-    if m.get("stand_in_tokenizers"):
-        out_console.print(f"[bold yellow]{m['warning']}[/]")
+def _accounting_table(m: dict) -> Table:
     t = Table(title=f"{m['name']}: {m['rows']} rows, {m['tokens']} tokens in {len(m['shards'])} shard(s)")
     for c in ("source", "group", "read", "written", "rejected", "top reject reasons"):
         t.add_column(c)
@@ -84,22 +69,50 @@ def print_summary(m: dict, out: Path, rep=None) -> None:
         rej = sum(a["rejected"].values())
         top = ", ".join(f"{k} {v}" for k, v in sorted(a["rejected"].items(), key=lambda kv: -kv[1])[:3])
         t.add_row(src, a["group"], str(a["read"]), str(a["written"]), str(rej), top)
-    out_console.print(t)
-    for src, a in m["accounting"].items():
-        for cb in a.get("circuit_breakers") or []:
-            out_console.print(f"[bold red]circuit breaker[/] {src}: {cb}", highlight=False, soft_wrap=True)
+    return t
+
+
+def _circuit_breakers(m: dict, out, rep) -> list[str]:
+    return [f"[bold red]circuit breaker[/] {src}: {cb}" for src, a in m["accounting"].items()
+            for cb in a.get("circuit_breakers") or []]
+
+
+def _mixing(m: dict, out, rep) -> list[str]:
     mix = ", ".join(f"{g} {v['used']}/{v['available']}" for g, v in m["mixing"]["groups"].items())
-    out_console.print(f"mixing ({m['mixing']['stop']}): used/available {mix}")
-    if rep is not None:
-        out_console.print(f"units: {rep.units_total} ({rep.units_skipped} already done), {rep.seconds:.1f} s")
-    out_console.print(f"shards:   {out}/data/*.parquet\nmanifest: {out}/manifest.json\nrejects:  {out}/rejects/")
+    return [f"mixing ({m['mixing']['stop']}): used/available {mix}"]
+
+
+def _units(m: dict, out, rep) -> list[str]:
+    if rep is None:
+        return []
+    return [f"units: {rep.units_total} ({rep.units_skipped} already done), {rep.seconds:.1f} s"]
+
+
+def _where(m: dict, out, rep) -> list[str]:
+    return [f"shards:   {out}/data/*.parquet", f"manifest: {out}/manifest.json", f"rejects:  {out}/rejects/"]
+
+
+# (manifest, out, report) -> lines printed under the accounting table, in this order
+SUMMARY_LINES: list[Callable[[dict, Path, object], list[str]]] = [_circuit_breakers, _mixing, _units, _where]
+
+
+def print_summary(m: dict, out: Path, rep=None) -> None:
+    if m.get("stand_in_tokenizers"):
+        out_console.print(f"[bold yellow]{m['warning']}[/]")
+    out_console.print(_accounting_table(m))
+    for line_fn in SUMMARY_LINES:
+        for line in line_fn(m, out, rep):
+            out_console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def validate(out: Path = typer.Argument(..., help="a build folder (holding manifest.json)"),
              max_findings: int = typer.Option(50, help="print at most this many findings")):
     """Check every row's grammar (ids, markers, 1024-code images, speech spans, segments, final stop id) and every
-    shard against the manifest (sha256, rows, tokens); exit 1 when anything is wrong."""
+    shard against the manifest (sha256, rows, tokens); exit 1 when anything is wrong.
+
+    Example: aromni validate runs/demo --max-findings 20
+    """
     from aromni.pipeline.validate import validate as run_validate
 
     f = run_validate(out)
@@ -112,18 +125,21 @@ def validate(out: Path = typer.Argument(..., help="a build folder (holding manif
         out_console.print(f"[green]ok[/]: {f.rows} rows in {f.shards} shard(s) follow the grammar and the manifest")
     else:
         out_console.print(f"[red]{len(f.problems) + f.more} problem(s)[/] in {f.rows} rows / {f.shards} shard(s)")
-        raise typer.Exit(1)
+        raise typer.Exit(WORK_FAILED)
 
 
 @app.command()
 def readers(name: Optional[str] = typer.Argument(None, help="show one reader only"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable")):
-    """List every registered reader with the input layout it expects and its options."""
+    """List every registered reader with the input layout it expects and its options.
+
+    Example: aromni readers common_voice   (or: aromni readers --json)
+    """
     from aromni.pipeline.readers import READERS
 
     names = [name] if name else sorted(READERS)
     if name and name not in READERS:
-        _fail(f"unknown reader {name!r}; known: {sorted(READERS)}")
+        fail(f"unknown reader {name!r}; known: {sorted(READERS)}")
     info = {n: {"layout": READERS[n].layout_doc.strip(),
                 "options": {k: {"default": f.default, "description": f.description or ""}
                             for k, f in READERS[n].Options.model_fields.items()}} for n in names}
@@ -135,39 +151,3 @@ def readers(name: Optional[str] = typer.Argument(None, help="show one reader onl
         out_console.print(info[n]["layout"], highlight=False, markup=False)  # layouts hold [brackets]
         for k, o in info[n]["options"].items():
             out_console.print(f"  options.{k} (default {o['default']!r}): {o['description']}", highlight=False)
-
-
-@app.command("demo-corpus")
-def demo_corpus(out: Path = typer.Option(Path("demo_data"), "--out", help="where to write the corpus")):
-    """Write the built-in demo corpus (real photos, espeak-ng speech, real text) in the sources' real formats."""
-    from aromni.demo import make_demo_corpus
-
-    paths = make_demo_corpus(out)
-    for k, v in paths.items():
-        out_console.print(f"{k}: {v}")
-
-
-def _register_extensions() -> None:
-    for mod in EXTENSIONS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        m.register(app)
-
-
-_register_extensions()
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        console.print("interrupted; rerun the same command to resume")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
