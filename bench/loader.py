@@ -107,6 +107,7 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
         derive(g, LossPolicy(), shards.layout)
     out["derive"] = time.process_time() - c
     ld = Loader(shards, rank=0, world=1, micro_batch=micro, train_batch=train_batch, max_len=max_len, pack=True)
+    ld.derived_cache = len(shards.rg_rows)     # collate alone: no row group re-read or re-derived inside it
     c, plans, s = time.process_time(), [], 0
     while s < len(shards):
         plans.append(ld.plan(s))
@@ -147,7 +148,8 @@ def main() -> None:
         files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
         raw_read(files)                                                     # warm the page cache
         tok_raw, c_raw, w_raw = min((timed(raw_read, files) for _ in range(3)), key=lambda r: r[1])
-        (tok, n_win), c_ld, w_ld = timed(loader_epoch, str(path), args.train_batch, args.micro, args.max_len)
+        (tok, n_win), c_ld, w_ld = min((timed(loader_epoch, str(path), args.train_batch, args.micro, args.max_len)
+                                        for _ in range(3)), key=lambda r: r[1])     # best of 3, as the raw read
         parts = breakdown(str(path), args.train_batch, args.micro, args.max_len)
     print(f"shards: {len(files)} file(s), {tok_raw:,} tokens; packed into windows of {args.train_batch} rows x "
           f"{args.max_len} ({n_win} windows, {tok:,} tokens)")

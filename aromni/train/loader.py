@@ -94,7 +94,7 @@ class ShardSet:
             raise DataError(f"{self.files[0]}: no input_ids column (columns: {sorted(names)})")
         if "segments" in names:
             self.kind = "segments"
-            self.columns = ["input_ids", "segments", "task"] + (["id"] if "id" in names else [])
+            self.columns = ["input_ids", "segments", "task"]
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -347,6 +347,7 @@ class Loader:
         self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
         self.vocab_size, self.weight_rule = vocab_size, weight_rule
         self._derived: OrderedDict[int, tuple] = OrderedDict()
+        self.derived_cache = 8           # row groups kept derived (a window touches a few)
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -370,7 +371,7 @@ class Loader:
                             f"for this data?)")
         out = (g, *derive(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
         self._derived[rg] = out
-        while len(self._derived) > 8:
+        while len(self._derived) > self.derived_cache:
             self._derived.popitem(last=False)
         return out
 
@@ -382,27 +383,56 @@ class Loader:
         return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
 
     def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
-        B = len(rows)
-        T = max(sum(p.hi - p.lo for p in r) for r in rows)
+        """One micro-batch: a slice copy per piece and array per piece (the only per-piece Python), then position
+        ids and the pieces' first-token rule for the whole batch at once."""
+        pieces = [p for r in rows for p in r]
+        B, n = len(rows), len(pieces)
+        sizes = [sum(p.hi - p.lo for p in r) for r in rows]
+        T = max(sizes)
+        # where each piece's tokens start in its row group's flat arrays: one searchsorted for the batch
+        at_row = np.fromiter((p.row for p in pieces), np.int64, n)
+        rgs = np.searchsorted(self.shards.rg_start, at_row, side="right") - 1
+        local = at_row - self.shards.rg_start[rgs]
+        base = np.empty(n, np.int64)
+        groups = {}
+        for rg in np.unique(rgs).tolist():
+            groups[rg] = self.derived(rg)
+            sel = rgs == rg
+            base[sel] = groups[rg][0].offsets[local[sel]]
         ids = np.full((B, T), self.layout.train_pad, dtype=np.int64)
         labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
         weights = np.zeros((B, T), dtype=np.float32)
         percept = np.zeros((B, T), dtype=bool)
-        position = np.zeros((B, T), dtype=np.int64)
-        ramp = np.arange(T)
-        for b, pieces in enumerate(rows):
+        first_b, first_t = [], []           # each piece's first token (and, packing, the padding's): positions restart
+        i = 0
+        rgs, base = rgs.tolist(), base.tolist()
+        for b, r in enumerate(rows):
             at = 0
-            for p in pieces:
-                a, lab, w, per = self.sample_arrays(p.row)
-                k = p.hi - p.lo
-                ids[b, at:at + k], labels[b, at:at + k] = a[p.lo:p.hi], lab[p.lo:p.hi]
-                weights[b, at:at + k], percept[b, at:at + k] = w[p.lo:p.hi], per[p.lo:p.hi]
-                position[b, at:at + k] = ramp[:k]
-                labels[b, at], weights[b, at] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
-                at += k
-            # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it; causal
-            # attention already does); continuing positions for a single padded sample
-            position[b, at:] = ramp[:T - at] if self.pack else ramp[at:]
+            ids_b, lab_b, w_b, per_b = ids[b], labels[b], weights[b], percept[b]
+            for p in r:
+                g, lab, w, per = groups[rgs[i]]
+                s, k = base[i] + p.lo, p.hi - p.lo
+                e, to = s + k, at + k
+                ids_b[at:to] = g.ids[s:e]
+                lab_b[at:to] = lab[s:e]
+                w_b[at:to] = w[s:e]
+                per_b[at:to] = per[s:e]
+                if k:
+                    first_b.append(b)
+                    first_t.append(at)
+                at, i = to, i + 1
+        # nothing before a piece's first token predicts it
+        labels[first_b, first_t] = IGNORE_INDEX
+        weights[first_b, first_t] = 0.0
+        # position ids: t minus the start of the piece t lies in. Padding is its own "piece" when packing (restarted
+        # positions keep real tokens from seeing it; causal attention already does); a single padded sample's
+        # positions just continue.
+        start = np.zeros((B, T), dtype=np.int64)
+        start[first_b, first_t] = first_t
+        if self.pack:
+            pad_b = [b for b in range(B) if sizes[b] < T]
+            start[pad_b, [sizes[b] for b in pad_b]] = [sizes[b] for b in pad_b]
+        position = np.arange(T, dtype=np.int64) - np.maximum.accumulate(start, axis=1)
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                 "weights": torch.from_numpy(weights), "percept_mask": torch.from_numpy(percept),
                 "position_ids": torch.from_numpy(position)}
