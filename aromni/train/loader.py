@@ -479,7 +479,7 @@ class Loader:
         full = iter(self._collate_many([m for m in mine if m]) if filled else [])
         micro = [next(full) if m else self._empty_micro() for m in mine]
         w = sum(float(m["weights"].sum()) for m in micro)
-        pcount = sum(int(m["percept_mask"].sum()) for m in micro)
+        pcount = sum(int(np.count_nonzero(m["percept_mask"].numpy())) for m in micro)
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------
