@@ -118,10 +118,11 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
         setattr(owner, name, timed_stage)
         return fn
 
+    collate = "_collate_many" if hasattr(Loader, "_collate_many") else "_collate"   # (older loaders: per micro-batch)
     saved = [(ShardSet, "row_group", wrap(ShardSet, "row_group", "read")),
              (loader_mod, "derive", wrap(loader_mod, "derive", "derive")),
              (Loader, "plan", wrap(Loader, "plan", "plan")),
-             (Loader, "_collate_many", wrap(Loader, "_collate_many", "collate"))]
+             (Loader, collate, wrap(Loader, collate, "collate"))]
     try:
         mark[0] = time.process_time()
         loader_epoch(path, train_batch, micro, max_len)
