@@ -4,9 +4,10 @@
     .venv/bin/python bench/loader.py --data runs/demo   # an existing build (small: numbers are noisy)
 
 Goal (issue 17): <= 1.5x the raw read time (issue 8 asked >= 1M tokens/s per core and <= 1.2x). The breakdown line
-says where the loader's time goes: reading + decoding row groups, deriving labels/weights/perceptual positions per
-row group (aromni.train.labels), planning windows, collating micro-batches. Times are CPU seconds of
-this process (the machine may be shared), with pyarrow on one thread so both sides run on one core. "raw read" reads
+says where the loader's time goes inside one real epoch (each stage's exclusive time, so they add up to the total):
+reading + decoding row groups, deriving labels/weights/perceptual positions per row group (aromni.train.labels),
+planning windows, collating micro-batches, and the rest of building a window. Times are CPU seconds of this process
+(the machine may be shared), best of 3, with pyarrow on one thread so both sides run on one core. "raw read" reads
 the columns the loader needs (input_ids, segments, task) for every row group and touches the token buffers.
 """
 from __future__ import annotations
