@@ -136,7 +136,9 @@ class ShardSet:
 
     def _file(self, fi: int) -> pq.ParquetFile:
         if fi not in self._pf:
-            self._pf[fi] = pq.ParquetFile(self.fs.open(self.files[fi], "rb"))
+            # local files by path: pyarrow's native reader instead of Python file calls through fsspec
+            local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"))
         return self._pf[fi]
 
     def _lengths(self, fi: int) -> np.ndarray:
