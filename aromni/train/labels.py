@@ -51,14 +51,38 @@ class FlatRows:
 
 
 def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty). Cost: one pass over n plus
-    one step per range (ranges are segments: a few per row)."""
+    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty). Ranges are segments, a few per
+    row: then one slice assignment each (a memset) beats a pass over n; many tiny ranges take one cumsum instead."""
     lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
     keep = hi > lo
-    d = np.zeros(n + 1, dtype=np.int16)
-    np.add.at(d, lo[keep], 1)
-    np.add.at(d, hi[keep], -1)
-    return np.cumsum(d[:n], dtype=np.int16) > 0
+    lo, hi = lo[keep], hi[keep]
+    if len(lo) * 32 <= n:
+        out = np.zeros(n, dtype=bool)
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            out[a:b] = True
+        return out
+    d = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(d, lo, 1)
+    np.add.at(d, hi, -1)
+    return np.cumsum(d[:n], dtype=np.int32) > 0
+
+
+def _last_flagged(flag: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Positions of the last ``count[r]`` flagged positions of each row [starts[r], ends[r]) (all of the row's
+    flagged ones when it has fewer), concatenated. Works from the *unflagged* positions (a few per row when most
+    positions are flagged), so no pass over every token: rank(p) = p - #unflagged before p, and the flagged position
+    of rank k is k + #{i: unflagged[i] - i <= k}."""
+    un = np.flatnonzero(~flag)
+    rank_end = ends - np.searchsorted(un, ends)               # flagged positions before each row's end
+    k = rank_end - count                                      # rank of the first flagged position kept
+    first = k + np.searchsorted(un - np.arange(len(un)), k, side="right")
+    first = np.clip(first, starts, ends)
+    size = ends - first
+    total = int(size.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    pos = np.repeat(first - (np.cumsum(size) - size), size) + np.arange(total)
+    return pos[flag[pos]]
 
 
 def _task_rows(tasks: list, wanted) -> np.ndarray:
@@ -66,14 +90,6 @@ def _task_rows(tasks: list, wanted) -> np.ndarray:
     if EVERY_TASK in wanted:
         return np.ones(len(names), dtype=bool)
     return np.fromiter((t in wanted for t in names), dtype=bool, count=len(names))
-
-
-def _count_after(flag: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """For each position: how many flagged positions of its row come after it (0 for the row's last flagged one)."""
-    c = np.cumsum(flag, dtype=np.int32)
-    last = np.zeros(len(ends), dtype=np.int32)
-    last[lens > 0] = c[ends[lens > 0] - 1]
-    return np.repeat(last, lens) - c
 
 
 def _last_target(mask, on, off, lens, seg_row, seg_end, seg_assistant) -> np.ndarray:
@@ -138,8 +154,8 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
                 eligible[final] = False
             else:                                  # upstream: every eos target leaves it
                 eligible = mask & (ids != layout.eos)
-            tail = eligible & (_count_after(eligible, off[1:], lens) < np.repeat(resp, lens))
-            weights[tail] = policy.response_weight
+            some = resp > 0
+            weights[_last_flagged(eligible, starts[some], off[1:][some], resp[some])] = policy.response_weight
 
     # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
     if policy.transcript_weight != 1.0 and not (rule == "upstream" and policy.on == "all"):

@@ -95,7 +95,7 @@ class ShardSet:
             raise DataError(f"{self.files[0]}: no input_ids column (columns: {sorted(names)})")
         if "segments" in names:
             self.kind = "segments"
-            self.columns = ["input_ids", "segments", "task"] + (["id"] if "id" in names else [])
+            self.columns = ["input_ids", "segments", "task"]
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -137,7 +137,9 @@ class ShardSet:
 
     def _file(self, fi: int) -> pq.ParquetFile:
         if fi not in self._pf:
-            self._pf[fi] = pq.ParquetFile(self.fs.open(self.files[fi], "rb"))
+            # local files by path: pyarrow's native reader instead of Python file calls through fsspec
+            local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"))
         return self._pf[fi]
 
     def _lengths(self, fi: int) -> np.ndarray:
@@ -347,6 +349,8 @@ class Loader:
         self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
         self.vocab_size, self.weight_rule = vocab_size, weight_rule
         self._derived: OrderedDict[int, tuple] = OrderedDict()
+        self.derived_cache = 8           # row groups kept derived (a window touches a few)
+        self._ramp = np.arange(max_len, dtype=np.int64)   # position ids are slices of it
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -370,7 +374,7 @@ class Loader:
                             f"for this data?)")
         out = (g, *derive(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
         self._derived[rg] = out
-        while len(self._derived) > 8:
+        while len(self._derived) > self.derived_cache:
             self._derived.popitem(last=False)
         return out
 
@@ -382,30 +386,75 @@ class Loader:
         return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
 
     def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
-        B = len(rows)
-        T = max(sum(p.hi - p.lo for p in r) for r in rows)
-        ids = np.full((B, T), self.layout.train_pad, dtype=np.int64)
-        labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
-        weights = np.zeros((B, T), dtype=np.float32)
-        percept = np.zeros((B, T), dtype=bool)
-        position = np.zeros((B, T), dtype=np.int64)
-        ramp = np.arange(T)
-        for b, pieces in enumerate(rows):
-            at = 0
-            for p in pieces:
-                a, lab, w, per = self.sample_arrays(p.row)
-                k = p.hi - p.lo
-                ids[b, at:at + k], labels[b, at:at + k] = a[p.lo:p.hi], lab[p.lo:p.hi]
-                weights[b, at:at + k], percept[b, at:at + k] = w[p.lo:p.hi], per[p.lo:p.hi]
-                position[b, at:at + k] = ramp[:k]
-                labels[b, at], weights[b, at] = IGNORE_INDEX, 0.0   # nothing before a piece's first token predicts it
-                at += k
-            # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it; causal
-            # attention already does); continuing positions for a single padded sample
-            position[b, at:] = ramp[:T - at] if self.pack else ramp[at:]
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                "weights": torch.from_numpy(weights), "percept_mask": torch.from_numpy(percept),
-                "position_ids": torch.from_numpy(position)}
+        return self._collate_many([rows])[0]
+
+    def _collate_many(self, batches: list[list[list[Piece]]]) -> list[dict[str, torch.Tensor]]:
+        """Micro-batches, each [rows, longest row] and C-contiguous, laid out one after another in one flat buffer
+        per tensor, so the per-batch work (buffers, piece lookup, the first-token rule) is done once for all of
+        them; the only per-piece Python is one slice copy per tensor (position ids: a slice of a ramp)."""
+        rows = [r for batch in batches for r in batch]
+        pieces = [p for r in rows for p in r]
+        n = len(pieces)
+        sizes = [sum(p.hi - p.lo for p in r) for r in rows]
+        row_base, row_T, shapes, N = [], [], [], 0   # where each row starts in the flat buffers, its batch's width
+        for batch in batches:
+            T = max(sizes[len(row_T):len(row_T) + len(batch)])
+            shapes.append((N, len(batch), T))
+            row_base += range(N, N + len(batch) * T, T)
+            row_T += [T] * len(batch)
+            N += len(batch) * T
+        # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
+        at_row = np.fromiter((p.row for p in pieces), np.int64, n)
+        rgs = np.searchsorted(self.shards.rg_start, at_row, side="right") - 1
+        local = at_row - self.shards.rg_start[rgs]
+        base = np.empty(n, np.int64)
+        groups = {}
+        for rg in np.unique(rgs).tolist():
+            groups[rg] = self.derived(rg)
+            sel = rgs == rg
+            base[sel] = groups[rg][0].offsets[local[sel]]
+        if len(self._ramp) < max(row_T):
+            self._ramp = np.arange(max(row_T), dtype=np.int64)
+        ramp = self._ramp
+        # every element is written exactly once (a piece's slice or its row's padding): no fill pass first
+        ids = np.empty(N, dtype=np.int64)
+        labels = np.empty(N, dtype=np.int64)
+        weights = np.empty(N, dtype=np.float32)
+        percept = np.empty(N, dtype=bool)
+        position = np.empty(N, dtype=np.int64)
+        first = []                  # flat position of each piece's first token
+        i = 0
+        rgs, base = rgs.tolist(), base.tolist()
+        pad, pack = self.layout.train_pad, self.pack
+        for r, at, size, T in zip(rows, row_base, sizes, row_T):
+            for p in r:
+                g, lab, w, per = groups[rgs[i]]
+                s, k = base[i] + p.lo, p.hi - p.lo
+                e, to = s + k, at + k
+                ids[at:to] = g.ids[s:e]
+                labels[at:to] = lab[s:e]
+                weights[at:to] = w[s:e]
+                percept[at:to] = per[s:e]
+                position[at:to] = ramp[:k]      # each piece's positions restart at 0: attention stays inside it
+                if k:
+                    first.append(at)
+                at, i = to, i + 1
+            if size < T:
+                ids[at:at + T - size] = pad
+                labels[at:at + T - size] = IGNORE_INDEX
+                weights[at:at + T - size] = 0.0
+                percept[at:at + T - size] = False
+                # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it;
+                # causal attention already does); a single padded sample's positions just continue
+                position[at:at + T - size] = ramp[:T - size] if pack else ramp[size:T]
+        labels[first] = IGNORE_INDEX     # nothing before a piece's first token predicts it
+        weights[first] = 0.0
+        out = []
+        for a, B, T in shapes:
+            view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731
+            out.append({"input_ids": view(ids), "labels": view(labels), "weights": view(weights),
+                        "percept_mask": view(percept), "position_ids": view(position)})
+        return out
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -422,16 +471,17 @@ class Loader:
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
         per_micro = self.world * self.mb
-        micro, samples, tokens, filled = [], [], 0, 0
+        samples, tokens, mine = [], 0, []
         for k in range(self.train_batch // per_micro):
             lo = k * per_micro + self.rank * self.mb
-            mine = plan.rows[lo:lo + self.mb]
-            micro.append(self._collate(mine) if mine else self._empty_micro())
-            filled += bool(mine)
-            samples += [p.g for r in mine for p in r]
-            tokens += sum(p.hi - p.lo for r in mine for p in r)
+            mine.append(plan.rows[lo:lo + self.mb])
+            samples += [p.g for r in mine[-1] for p in r]
+            tokens += sum(p.hi - p.lo for r in mine[-1] for p in r)
+        filled = sum(map(bool, mine))
+        full = iter(self._collate_many([m for m in mine if m]) if filled else [])
+        micro = [next(full) if m else self._empty_micro() for m in mine]
         w = sum(float(m["weights"].sum()) for m in micro)
-        pcount = sum(int(m["percept_mask"].sum()) for m in micro)
+        pcount = sum(int(np.count_nonzero(m["percept_mask"].numpy())) for m in micro)
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------

@@ -122,3 +122,26 @@ def test_rows_with_stored_labels_keep_them_and_find_labelled_image_spans_as_upst
     g = ShardSet(str(tmp_path / "t.parquet")).row_group(0)
     assert derive(g, LossPolicy(on="assistant", transcript_weight=2.0), L)[1].tolist() == \
         [0, 0, 0, 1, 2, 2, 1, 1, 1]
+
+
+def test_range_helpers_match_their_definitions_on_both_paths():
+    """_cover (slice loop for few ranges, cumsum for many) and _last_flagged (from the unflagged positions) against
+    the plain definitions, on random flags and ranges of every shape: empty, overlapping, past a row's flags."""
+    from aromni.train.labels import _cover, _last_flagged
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        n = int(rng.integers(1, 400))
+        m = int(rng.integers(0, n // 2 + 2)) if trial % 2 else int(rng.integers(0, 4))   # many / few ranges
+        lo = rng.integers(0, n + 1, m)
+        hi = np.minimum(lo + rng.integers(-3, 40, m), n)
+        want = np.zeros(n, dtype=bool)
+        for a, b in zip(lo, hi):
+            want[a:max(a, b)] = True
+        assert _cover(n, lo, hi).tolist() == want.tolist()
+
+        flag = rng.random(n) < rng.choice([0.1, 0.5, 0.97, 1.0])
+        cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 6))))
+        starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [n]])
+        count = rng.integers(0, 50, len(starts))
+        want = [p for s, e, c in zip(starts, ends, count) for p in np.flatnonzero(flag[s:e])[::-1][:c][::-1] + s]
+        assert _last_flagged(flag, starts, ends, count).tolist() == [int(p) for p in want]

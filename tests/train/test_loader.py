@@ -231,3 +231,78 @@ def test_a_sample_that_fits_no_window_is_dropped_and_all_dropped_data_is_an_erro
     assert w.dropped == {"more_pieces_than_rows": 1} and w.samples == [1] and w.end == 2
     with pytest.raises(DataError, match="no sample"):
         loader(ShardSet(str(_write(tmp_path / "b", [long_text]))), train_batch=2).next_window()
+
+
+# ---- the batched collate against the per-piece reference it replaced ---------------------------------------
+def reference_collate(ld, rows):
+    """The loader's collate before it was batched (one piece at a time, positions per piece): kept to prove the
+    fast one byte-identical."""
+    B = len(rows)
+    T = max(sum(p.hi - p.lo for p in r) for r in rows)
+    ids = np.full((B, T), ld.layout.train_pad, dtype=np.int64)
+    labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
+    weights = np.zeros((B, T), dtype=np.float32)
+    percept = np.zeros((B, T), dtype=bool)
+    position = np.zeros((B, T), dtype=np.int64)
+    ramp = np.arange(T)
+    for b, pieces in enumerate(rows):
+        at = 0
+        for p in pieces:
+            a, lab, w, per = ld.sample_arrays(p.row)
+            k = p.hi - p.lo
+            ids[b, at:at + k], labels[b, at:at + k] = a[p.lo:p.hi], lab[p.lo:p.hi]
+            weights[b, at:at + k], percept[b, at:at + k] = w[p.lo:p.hi], per[p.lo:p.hi]
+            position[b, at:at + k] = ramp[:k]
+            labels[b, at], weights[b, at] = IGNORE_INDEX, 0.0
+            at += k
+        position[b, at:] = ramp[:T - at] if ld.pack else ramp[at:]
+    return {"input_ids": ids, "labels": labels, "weights": weights, "percept_mask": percept, "position_ids": position}
+
+
+def assert_collate_matches_reference(ld, n_windows):
+    """Every micro-batch of a window (built together, as build_window does) and each one built alone equal the
+    reference byte for byte, in dtype, shape and C order."""
+    checked = 0
+    for _ in range(n_windows):
+        plan = ld.plan(ld.consumed)
+        window = ld.build_window(ld.consumed)
+        for k in range(0, len(plan.rows), ld.mb):
+            rows = plan.rows[k:k + ld.mb]
+            want = reference_collate(ld, rows)
+            for got in (window.micro[k // ld.mb], ld._collate(rows)):
+                for key, w in want.items():
+                    g = got[key].numpy()
+                    assert g.dtype == w.dtype and g.shape == w.shape and g.flags.c_contiguous, key
+                    assert g.tobytes() == w.tobytes(), key
+            checked += len(rows)
+        ld.consumed = plan.end
+    assert checked
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("policy", [LossPolicy(), LossPolicy(on="assistant", transcript_weight=0.5)])
+def test_batched_collate_is_byte_identical_to_the_reference_on_the_demo(shards, pack, policy):
+    ld = loader(shards, micro_batch=3, train_batch=6, pack=pack, policy=policy, max_len=2100)
+    assert_collate_matches_reference(ld, 14)     # past the end of the demo: windows span epochs and row groups
+
+
+def test_batched_collate_is_byte_identical_to_the_reference_on_random_rows(tmp_path):
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(60):
+        kind = i % 3
+        head = [0] + _text(int(rng.integers(1, 30)))
+        if kind == 0:
+            samples.append(_sample(i, "text_to_text", [("assistant", "text", head + _text(int(rng.integers(1, 900)))
+                                                        + [2])]))
+        elif kind == 1:
+            samples.append(_sample(i, "text_to_image", [("user", "text", head + [L.eoh]),
+                                                        ("assistant", "image", IMAGE), ("assistant", "text", [2])]))
+        else:
+            speech = [L.boa] + [L.speech_code_start + int(x) for x in rng.integers(0, 4096, int(rng.integers(5, 300)))]
+            samples.append(_sample(i, "speech_to_text", [("user", "text", head), ("user", "speech", speech + [L.eoa]),
+                                                         ("assistant", "text", [L.eoh] + _text(20) + [2])]))
+    s = ShardSet(str(_write(tmp_path, samples)))
+    for pack, long_samples, max_len in ((True, "split", 700), (True, "drop", 1100), (False, "split", 1100)):
+        ld = loader(s, micro_batch=2, train_batch=8, pack=pack, long_samples=long_samples, max_len=max_len)
+        assert_collate_matches_reference(ld, 12)
