@@ -23,7 +23,8 @@ def build(
     recipe: Path = typer.Argument(..., help="the recipe YAML (see recipes/demo.yaml)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. mixing.seed=7 "
                                                                "sources[0].path=/data/laion"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder: data/, rejects/, parts/, manifest.json"),
+    out: str = typer.Option(..., "--out", "-o", help="output folder or URL (s3://bucket/prefix, gs://...): data/, "
+                                                    "rejects/, parts/, manifest.json"),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="parallel units (default: all CPUs)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="join a running Ray cluster (e.g. 127.0.0.1:6379)"),
@@ -40,6 +41,7 @@ def build(
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         # A local build is one node: keep Ray on loopback instead of the machine's public interface.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from aromni.io.paths import InputError
     from aromni.pipeline.build import BuildError, build as run_build
     from aromni.pipeline.mix import MixError
     from aromni.recipe import RecipeError, load_recipe
@@ -54,6 +56,8 @@ def build(
     except RecipeError as e:
         fail(f"{recipe}: {e}")
     except (BuildError, MixError) as e:
+        fail(str(e), WORK_FAILED)
+    except InputError as e:  # a missing object, an unreachable endpoint, a listing over its budget: named by URL
         fail(str(e), WORK_FAILED)
     except OSError as e:  # disk full, no permission, ...: finished units are kept, nothing half-written is used
         fail(f"cannot write the build: {e.strerror or e} ({e.filename or out}). Finished units are kept; fix the "
@@ -88,12 +92,26 @@ def _units(m: dict, out, rep) -> list[str]:
     return [f"units: {rep.units_total} ({rep.units_skipped} already done), {rep.seconds:.1f} s"]
 
 
+def _losses(m: dict, out, rep) -> list[str]:
+    """What a reader of the accounting table does not see: dialog exchanges cut to fit, and what the voice did."""
+    if rep is None:
+        return []
+    lines = []
+    if rep.dropped_turns:
+        lines.append(f"dialogs: {rep.dropped_turns} turn(s) dropped to fit max_chat_tokens or unpaired")
+    v = rep.voice or {}
+    if v.get("synthesised") or v.get("cache_hits"):
+        lines.append(f"voice: {v.get('synthesised', 0)} synthesised ({v.get('synthesised_seconds', 0):.1f} s of "
+                     f"speech), {v.get('cache_hits', 0)} cache hit(s)")
+    return lines
+
+
 def _where(m: dict, out, rep) -> list[str]:
     return [f"shards:   {out}/data/*.parquet", f"manifest: {out}/manifest.json", f"rejects:  {out}/rejects/"]
 
 
 # (manifest, out, report) -> lines printed under the accounting table, in this order
-SUMMARY_LINES: list[Callable[[dict, Path, object], list[str]]] = [_circuit_breakers, _mixing, _units, _where]
+SUMMARY_LINES: list[Callable[[dict, Path, object], list[str]]] = [_circuit_breakers, _mixing, _losses, _units, _where]
 
 
 def print_summary(m: dict, out: Path, rep=None) -> None:
@@ -106,7 +124,7 @@ def print_summary(m: dict, out: Path, rep=None) -> None:
 
 
 @app.command()
-def validate(out: Path = typer.Argument(..., help="a build folder (holding manifest.json)"),
+def validate(out: str = typer.Argument(..., help="a build folder or URL (holding manifest.json)"),
              max_findings: int = typer.Option(50, help="print at most this many findings")):
     """Check every row's grammar (ids, markers, 1024-code images, speech spans, segments, final stop id) and every
     shard against the manifest (sha256, rows, tokens); exit 1 when anything is wrong.
@@ -140,7 +158,7 @@ def readers(name: Optional[str] = typer.Argument(None, help="show one reader onl
     names = [name] if name else sorted(READERS)
     if name and name not in READERS:
         fail(f"unknown reader {name!r}; known: {sorted(READERS)}")
-    info = {n: {"layout": READERS[n].layout_doc.strip(),
+    info = {n: {"layout": READERS[n].describe(), "carries": sorted(READERS[n].carries),
                 "options": {k: {"default": f.default, "description": f.description or ""}
                             for k, f in READERS[n].Options.model_fields.items()}} for n in names}
     if as_json:

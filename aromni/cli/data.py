@@ -28,6 +28,8 @@ def _table(title: str, header: list[str], rows: list[list]) -> Table:
 
 
 def print_stats(st: dict) -> None:
+    from aromni.dataset.stats import loss_lines
+
     if st["stand_in"]:
         out_console.print(f"[bold yellow]{st['warning']}[/]")
     out_console.print(f"[bold]{st['name']}[/]: {st['rows']:,} rows, {st['tokens']:,} tokens in {st['shards']} shard(s)")
@@ -51,6 +53,8 @@ def print_stats(st: dict) -> None:
                                                                            "repeated"],
                              [[g, v.get("ratio", ""), v["available"], v["used"], v.get("repeated", 0)]
                               for g, v in groups.items()]))
+    for line in loss_lines(st):
+        out_console.print(line, highlight=False)
     for c in st["checks"]:
         out_console.print(f"[red]check failed:[/] {c}", highlight=False)
     for p in st.get("plots", []):
@@ -156,7 +160,7 @@ def card(out: Path = typer.Argument(..., help=DIR_HELP),
 
 
 @app.command()
-def publish(out: Path = typer.Argument(..., help=DIR_HELP),
+def publish(out: str = typer.Argument(..., help=DIR_HELP + " (or its URL: s3://...)"),
             repo: str = typer.Option(..., "--repo", help="dataset repo ORG/NAME on the Hub (created if missing)"),
             private: bool = typer.Option(False, "--private", help="create the repo private"),
             revision: Optional[str] = typer.Option(None, "--revision", help="branch to push to (created if "

@@ -179,7 +179,7 @@ def infer(
     from aromni.infer.state import IMAGE_SAMPLING, TEXT_SAMPLING, DecodeError
     from aromni.infer.tasks import TASKS, Omni
     from aromni.model.meta_checkpoint import MetaCheckpointError, is_meta_checkpoint
-    from aromni.templates import TemplateError
+    from aromni.tasks import TemplateError
     from aromni.voice import VoiceError
 
     if task not in TASKS:

@@ -9,7 +9,6 @@ loaders ignore), so a loader reports ``stand_in`` even when a recipe forgets to.
 - ``write_meta_vqgan(dir)``: ``vqgan.yaml`` + ``vqgan.ckpt`` (Meta's Chameleon release layout).
 - ``meta_vqgan_to_hf(meta_dir, out_dir)``: the HF layout the same weights get through transformers' conversion
   (``model.vqmodel.<key>`` for every non-decoder key, ``vq_config`` renamed as the conversion renames it).
-- ``write_hf_chameleon(dir)``: a tiny random ``ChameleonForConditionalGeneration`` saved by transformers.
 - ``write_wavtokenizer(dir)``: the 40 Hz yaml + a Lightning ckpt.
 - ``write_demo_checkpoints(dir)``: what ``recipes/demo_realformat.yaml`` points at.
 - ``write_full_size(dir)``: full-size architectures (random weights) for ``bench/tokenizers.py``.
@@ -120,17 +119,6 @@ def meta_vqgan_to_hf(meta_dir, out_dir) -> Path:
         conf.update(STAND_IN)
     (out / "config.json").write_text(json.dumps(conf, indent=2))
     return out
-
-
-def write_hf_chameleon(out_dir, seed: int = 0) -> Path:
-    """A tiny random Chameleon model saved by transformers itself (config.json + model.safetensors with
-    ``model.vqmodel.*``): the HF layout exactly as the library writes it."""
-    from aromni.model.chameleon import write_tiny_chameleon
-    out = write_tiny_chameleon(out_dir, seed=seed)
-    conf = json.loads((Path(out) / "config.json").read_text())
-    conf.update(STAND_IN)
-    (Path(out) / "config.json").write_text(json.dumps(conf, indent=2))
-    return Path(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_reply_json_takes_the_text_tokenizers_stand_in_flag_from_the_builds_mani
     import warnings
 
     from aromni.infer.tasks import Omni
-    from aromni.model.text import file_sha256
+    from aromni.hashing import file_sha256
     model = tmp_path / "final"
     shutil.copytree(tiny_model_dir, model)
     build = tmp_path / "build"

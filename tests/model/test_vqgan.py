@@ -12,9 +12,10 @@ import torch
 import yaml
 from PIL import Image
 
+from aromni.model.chameleon import write_tiny_chameleon
 from aromni.model.checkpoint import CheckpointError, sha256_file
-from aromni.model.random_checkpoints import (copy_with_edited_state, meta_vqgan_to_hf, tiny_vqgan_config, write_hf_chameleon,
-                                             write_meta_vqgan)
+from aromni.model.random_checkpoints import (STAND_IN, copy_with_edited_state, meta_vqgan_to_hf,
+                                             tiny_vqgan_config, write_meta_vqgan)
 from aromni.model.vqgan import (META_CKPT, META_CONFIG, center_square, load_image_tokenizer, pixels_to_tensor,
                                 to_rgb8)
 
@@ -29,6 +30,16 @@ def photos():
     import skimage.data as sd
     return [Image.fromarray(sd.astronaut()), Image.fromarray(sd.coffee()), Image.fromarray(sd.camera()),
             Image.fromarray(sd.chelsea())]
+
+
+def write_hf_chameleon(out_dir, seed: int = 0):
+    """A tiny random Chameleon model saved by transformers itself (config.json + model.safetensors with
+    ``model.vqmodel.*``): the HF layout exactly as the library writes it."""
+    out = write_tiny_chameleon(out_dir, seed=seed)
+    conf = json.loads((out / "config.json").read_text())
+    conf.update(STAND_IN)
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
+    return out
 
 
 def _rand_pixels(n, side, seed=0):

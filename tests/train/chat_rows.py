@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from aromni.layout import AR_OMNI_V0_1 as L
 from aromni.sample import Sample, rows_to_table
-from aromni.templates.dialog import DialogTurn, render_dialog
+from aromni.tasks import DialogTurn, render_dialog
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "demo_data" / "tokenizer" / "tokenizer.json"
