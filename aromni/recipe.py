@@ -316,5 +316,9 @@ def check_paths(recipe: Recipe) -> None:
         elif t is not None and t.path is not None and not paths.is_url(recipe.resolve(t.path)) \
                 and not recipe.resolve(t.path).exists():
             problems.append(f"tokenizers.{kind}.path: {recipe.resolve(t.path)} does not exist")
+    for i, st in enumerate(recipe.steps):  # filter steps: unknown sources, missing/malformed eval sets, CLIP folders
+        check = getattr(STEPS[st.name], "recipe_problems", None)
+        if check is not None:
+            problems += check(STEPS[st.name].Options(**st.options), recipe, f"steps[{i}].options")
     if problems:
         raise RecipeError("; ".join(problems))
