@@ -44,6 +44,8 @@ def _table(title: str, header: list[str], rows: list[list]) -> Table:
 
 
 def print_stats(st: dict) -> None:
+    from aromni.dataset.stats import loss_lines
+
     if st["stand_in"]:
         out_console.print(f"[bold yellow]{st['warning']}[/]")
     out_console.print(f"[bold]{st['name']}[/]: {st['rows']:,} rows, {st['tokens']:,} tokens in {st['shards']} shard(s)")
@@ -67,6 +69,8 @@ def print_stats(st: dict) -> None:
                                                                            "repeated"],
                              [[g, v.get("ratio", ""), v["available"], v["used"], v.get("repeated", 0)]
                               for g, v in groups.items()]))
+    for line in loss_lines(st):  # losses without a reject row, and each filter step's counts per source
+        out_console.print(line, highlight=False)
     for c in st["checks"]:
         out_console.print(f"[red]check failed:[/] {c}", highlight=False)
     for p in st.get("plots", []):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from aromni.dataset.folder import BuildFolder
 from aromni.dataset.stats import compute, stats
-from tests.dataset.conftest import PLOTS, edit_manifest
+from tests.dataset.conftest import FILTER_PLOTS, PLOTS, edit_manifest
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_reconciles_with_manifest_and_rejects(build_dir, computed):
 
 
 def test_plots_are_readable_pngs(build_dir, computed):
-    assert sorted(computed["plots"]) == PLOTS
+    assert sorted(computed["plots"]) == sorted(PLOTS + FILTER_PLOTS)
     for p in computed["plots"]:
         img = Image.open(build_dir / p)
         assert img.format == "PNG" and img.width >= 700 and img.height >= 300
