@@ -139,6 +139,9 @@ class FiltersConfig(Strict):
                                                          "AR-Omni SFT: 3456")
     min_text_chars: int = Field(1, ge=0, description="captions/transcripts/documents shorter than this: empty_text")
     max_text_chars: int = Field(20000, ge=1, description="documents longer than this are cut at a word boundary")
+    split_long: Literal["drop", "paragraphs"] = Field(
+        "drop", description="text_to_text rows over max_tokens: drop (the paper's rule: too_long) or paragraphs (one "
+                            "row per run of paragraphs within max_tokens, ids <key>#k; docs/pipeline.md)")
     min_audio_seconds: float = Field(0.2, ge=0, description="shorter clips: audio_too_short")
     max_audio_seconds: float = Field(30.0, gt=0, description="longer clips: audio_too_long")
     min_image_side: int = Field(32, ge=1, description="images with a smaller side: image_too_small")
