@@ -91,8 +91,9 @@ def test_stats_show_dropped_turns_and_voice_counts_of_a_real_build(tmp_path):
     root, _ = fixture_tree()
     noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE",), seconds=2.0)
     recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
-        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[0].options.path={noise}",
-        f"steps[1].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
+        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[3].options.path={noise}",
+        f"steps[4].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
+    recipe = recipe.model_copy(update={"steps": recipe.steps[3:]})  # noise + voice: the tree has no eval sets
     out = tmp_path / "out"
     build(recipe, out, workers=1, progress=False)
     from aromni.pipeline.validate import validate

@@ -172,7 +172,8 @@ def test_same_id_in_two_units_is_rejected_once(demo_corpus, tmp_path):
     (root / "tokenizer").mkdir()
     shutil.copy(demo_corpus / "tokenizer" / "tokenizer.json", root / "tokenizer" / "tokenizer.json")
     shutil.copy(root / "laion" / "00000.tar", root / "laion" / "00001.tar")   # same keys in a second shard
-    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={root}", "filters.dedup=false"])
+    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={root}", "filters.dedup=false",
+                                                          "steps=[]"])  # ids only: no quality filters
     rep = build(r, tmp_path / "out", progress=False)
     a = rep.manifest["accounting"]["laion"]
     assert a["rejected"]["duplicate_id"] == 24 and a["written"] == 24
@@ -188,7 +189,7 @@ def test_a_source_that_yields_no_rows_fails_the_build_naming_it(demo_corpus, tmp
     (exit 1); allow_empty: true on a source leaves it out of the error. In-process executor: no Ray start."""
     from aromni.recipe import load_recipe
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={demo_corpus}", "filters.max_tokens=5",
-                                                          "sources[0].allow_empty=true"])
+                                                          "sources[0].allow_empty=true", "steps=[]"])
     with pytest.raises(BuildError) as e:
         build(recipe, tmp_path / "out", progress=False, executor="local")
     msg = str(e.value)
