@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | system-deps
 
 # The built-in demo corpus (real photos, speech and text in the sources' published formats), made once.
 demo-data:
-	@test -f demo_data/tokenizer/vqgan/vqgan.ckpt || $(AROMNI) demo-corpus --out demo_data
+	@test -f demo_data/tokenizer/vqgan/vqgan.ckpt -a -f demo_data/eval/README.txt || $(AROMNI) demo-corpus --out demo_data
 
 demo: install demo-data
 	$(AROMNI) build recipes/demo.yaml --out runs/demo

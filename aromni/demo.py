@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aromni.model.text import write_chameleon_style_bpe
+from aromni.pipeline.steps.filters.demo_eval import write_demo_eval_sets
 from aromni.voice.demand import write_demo_noise
 from aromni.voice.espeak import espeak_speak
 from aromni.voice.harvard import HARVARD
@@ -168,6 +169,9 @@ def stdlib_paragraphs(limit: int = 60) -> list[str]:
     return paras[:limit]
 
 
+NEAR_DUPLICATES = 2
+
+
 def write_ultrafineweb(root: Path) -> Path:
     d = root / "ultrafineweb" / "data" / "ultrafineweb_en"
     d.mkdir(parents=True, exist_ok=True)
@@ -175,6 +179,12 @@ def write_ultrafineweb(root: Path) -> Path:
     rows = [{"content": p, "score": round(0.5 + 0.5 * (i % 10) / 10, 2), "source": "python-stdlib-docstrings"}
             for i, p in enumerate(paras)]
     rows.append({"content": "   \n\t ", "score": 0.9, "source": "empty"})  # an empty document: rejected, counted
+    # planted near-duplicates (a web crawl's reposts): the first two documents again, a word or two changed, so the
+    # near-duplicate stages (docs/quality.md) have something to find
+    for i, p in enumerate(paras[:NEAR_DUPLICATES]):
+        words = p.split()
+        words[len(words) // 2] = "indeed"
+        rows.append({"content": " ".join(words) + " (reposted)", "score": 0.6, "source": f"near-duplicate-of-{i}"})
     pq.write_table(pa.Table.from_pylist(rows), d / "part-00000.parquet", row_group_size=32)
     return d.parent.parent
 
@@ -198,5 +208,8 @@ def make_demo_corpus(out: str | Path) -> dict[str, Path]:
     paths.update(write_demo_checkpoints(root / "tokenizer"))
     # DEMAND-format noise for the noise step: espeak-ng babble, NOT DEMAND (its STAND_IN.txt says so)
     paths["noise (DEMAND format, STAND-IN babble)"] = write_demo_noise(root / "demand")
+    # STAND-IN evaluation sets (LibriSpeech / COCO layouts) holding a few demo items, for the decontaminate step
+    paths.update(write_demo_eval_sets(out=root / "eval", laion_path=paths["laion"],
+                                      gigaspeech_path=paths["gigaspeech"]))
     (root / "README.txt").write_text(__doc__)
     return paths

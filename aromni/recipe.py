@@ -141,6 +141,9 @@ class FiltersConfig(Strict):
                                                          "AR-Omni SFT: 3456")
     min_text_chars: int = Field(1, ge=0, description="captions/transcripts/documents shorter than this: empty_text")
     max_text_chars: int = Field(20000, ge=1, description="documents longer than this are cut at a word boundary")
+    split_long: Literal["drop", "paragraphs"] = Field(
+        "drop", description="text_to_text rows over max_tokens: drop (the paper's rule: too_long) or paragraphs (one "
+                            "row per run of paragraphs within max_tokens, ids <key>#k; docs/pipeline.md)")
     min_audio_seconds: float = Field(0.2, ge=0, description="shorter clips: audio_too_short")
     max_audio_seconds: float = Field(30.0, gt=0, description="longer clips: audio_too_long")
     min_image_side: int = Field(32, ge=1, description="images with a smaller side: image_too_small")
@@ -323,5 +326,9 @@ def check_paths(recipe: Recipe) -> None:
         elif t is not None and t.path is not None and not paths.is_url(recipe.resolve(t.path)) \
                 and not recipe.resolve(t.path).exists():
             problems.append(f"tokenizers.{kind}.path: {recipe.resolve(t.path)} does not exist")
+    for i, st in enumerate(recipe.steps):  # filter steps: unknown sources, missing/malformed eval sets, CLIP folders
+        check = getattr(STEPS[st.name], "recipe_problems", None)
+        if check is not None:
+            problems += check(STEPS[st.name].Options(**st.options), recipe, f"steps[{i}].options")
     if problems:
         raise RecipeError("; ".join(problems))

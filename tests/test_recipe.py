@@ -87,3 +87,37 @@ def test_missing_input_path_is_a_recipe_error(tmp_path):
     r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={tmp_path}"])
     with pytest.raises(RecipeError, match=r"sources\[0\].path"):
         build(r, tmp_path / "out", progress=False)
+
+
+def _demo_with_steps(tmp_path, steps):
+    import yaml
+    data = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    data["steps"] = steps
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize("steps,needle", [
+    ([{"name": "language", "options": {"sources": ["nope"]}}], r"steps[0].options.sources: unknown source"),
+    ([{"name": "language"}, {"name": "decontaminate", "options": {"sets": [{"kind": "vctk", "path": "no/such"}]}}],
+     "steps[1].options.sets[0].path"),
+    ([{"name": "decontaminate", "options": {"sets": [{"kind": "coco_captions", "path": "bad.json"}]}}],
+     "steps[0].options.sets[0].path: "),
+    ([{"name": "clip_score", "options": {"path": "."}}], "steps[0].options.path"),
+])
+def test_filter_step_problems_exit_2_naming_the_key(tmp_path, steps, needle):
+    """A filter's recipe problems (unknown source, missing or malformed eval set, a CLIP folder without config.json)
+    stop `aromni build` with exit 2 before any Ray start-up, naming the recipe key."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bad.json").write_text('{"images": []}')  # not a COCO captions file: no 'annotations'
+    r = _demo_with_steps(tmp_path, steps)
+    res = CliRunner().invoke(app, ["build", str(r), f"data_root={ROOT / 'demo_data'}", "--out", str(tmp_path / "o")])
+    if "sets[0].path" in needle and "bad.json" in str(steps):
+        # paths are under data_root: point it at the folder holding bad.json, sources then do not exist either
+        res = CliRunner().invoke(app, ["build", str(r), f"data_root={data}", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    if "bad.json" in str(steps):
+        assert "no 'annotations' list" in res.output

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from aromni.dataset.filtering import card_section
 from aromni.dataset.folder import BuildFolder
 from aromni.dataset.stats import PLOT_FILES, PLOTS_DIR, compute, write_plots
 from aromni.pipeline.manifest import MANIFEST
@@ -179,6 +180,7 @@ def make_card(folder: BuildFolder, st: dict, *, license: str | None = None,
           "Every input example ends in exactly one place: a row or a reject (read = written + rejected; written rows "
           "not used by the mixing are not in the shards).", "",
           _table(["reason", "count"], [[r, n] for r, n in st["rejects"]["by_reason"].items()] or [["(none)", 0]]), ""]
+    L += card_section(st.get("filtering") or {}, folder.recipe)
     if st["checks"]:
         L += ["**Checks that failed when this card was written:**", ""] + [f"- {c}" for c in st["checks"]] + [""]
     lens = st["lengths"]

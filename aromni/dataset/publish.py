@@ -34,6 +34,7 @@ import fsspec
 
 from aromni.dataset.card import CARD, write_card
 from aromni.dataset.folder import BuildFolder, DatasetError
+from aromni.dataset.filtering import filtering, plot_files
 from aromni.dataset.stats import PLOT_FILES, PLOTS_DIR
 from aromni.pipeline.manifest import MANIFEST
 from aromni.pipeline.validate import Folder, validate
@@ -71,7 +72,8 @@ def upload_files(folder: BuildFolder) -> list[tuple[str, int]]:
     """What ``publish`` uploads, as (path relative to the folder, size), in a stable order: the card, the manifest,
     the shards and rejects the manifest lists (validate has checked those paths), the plots the card links."""
     names = [CARD, MANIFEST, *sorted(s["path"] for s in folder.shards), *sorted(folder.manifest.get("rejects", [])),
-             *(f"{PLOTS_DIR}/{n}" for n in sorted(PLOT_FILES))]
+             *(f"{PLOTS_DIR}/{n}" for n in sorted(PLOT_FILES)),
+             *(f"{PLOTS_DIR}/{n}" for _, _, n in plot_files(filtering(folder.manifest)))]  # the card links them
     return [(n, (folder.path / n).stat().st_size) for n in names if (folder.path / n).is_file()]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aromni.dataset.filtering import filter_lines, filtering, is_filter, plot_files
 from aromni.dataset.folder import BuildFolder
 from aromni.pipeline.parts import read_done
 
@@ -102,6 +103,7 @@ def compute(folder: BuildFolder) -> tuple[dict, dict[str, np.ndarray]]:
         "mixing": m.get("mixing", {}),
     }
     stats["losses"] = losses(folder)
+    stats["filtering"] = filtering(m, stats["losses"]["steps"])
     stats["checks"] = _checks(m, stats)
     return stats, lens
 
@@ -137,8 +139,11 @@ def loss_lines(st: dict) -> list[str]:
                (", ".join(f"{s} {n:,}" for s, n in dropped.items()) if dropped else "none"))
     for src, steps in (lo.get("steps") or {}).items():
         for step, counts in steps.items():
+            if is_filter(step):  # shown by filter_lines, without its histogram counters
+                continue
             out.append(f"step {step} ({src}): " + ", ".join(f"{k} {round(v, 1) if isinstance(v, float) else v:,}"
                                                            for k, v in counts.items()))
+    out += filter_lines(st.get("filtering") or {})
     if lo.get("units_without_record"):
         out.append(f"step counts: {lo['units_without_record']} of {lo['units']} unit(s) have no parts/*.done.json "
                    f"here (parts/ removed or not copied): their step counts are not shown")
@@ -321,7 +326,29 @@ def write_plots(folder: BuildFolder, st: dict, lens: dict[str, np.ndarray]) -> l
     max_tokens = (folder.recipe.get("filters") or {}).get("max_tokens")
     lengths, modalities, mixing, rejects = (d / n for n in PLOT_FILES)
     return [plot_lengths(lens, st, lengths, max_tokens), plot_modalities(st, modalities), plot_mixing(st, mixing),
-            plot_rejects(st, rejects)]
+            plot_rejects(st, rejects)] + [plot_filter_hist(st, step, q, d / name)
+                                          for step, q, name in plot_files(st.get("filtering") or {})]
+
+
+def plot_filter_hist(st: dict, step: str, quantity: str, path: Path) -> Path:
+    """A filter's measured quantity over its fixed bins, with the recipe's threshold(s) drawn."""
+    e = st["filtering"][step]
+    hist = e["hist"][quantity]
+    starts = np.array([float(b) for b in hist])
+    counts = np.array(list(hist.values()))
+    width = float(np.min(np.diff(starts))) if len(starts) > 1 else 1.0
+    rejected = sum(e["rejected"].values())
+    fig = _figure(8, 4, f"{st['name']}: {step} — {quantity} ({int(counts.sum()):,} measured, "
+                        f"{rejected:,} rejected by {step})", st["stand_in"])
+    ax = fig.subplots()
+    ax.bar(starts, counts, width=width * 0.9, align="edge", color="#4C72B0")
+    for t in e["thresholds"].get(quantity, []):
+        ax.axvline(t, color="#C44E52", linestyle="--", linewidth=2)
+        ax.text(t, counts.max() * 1.02, f" threshold {t:g}", color="#C44E52", fontsize=9)
+    ax.set_xlabel(quantity)
+    ax.set_ylabel("examples")
+    ax.set_ylim(0, counts.max() * 1.15 + 1)
+    return _save(fig, path)
 
 
 def stats(path: str | Path, plots: bool = True) -> dict:

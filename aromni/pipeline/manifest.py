@@ -31,8 +31,13 @@ def accounting(recipe: Recipe, stats: list[UnitStats]) -> dict:
         a["dropped_turns"] += st.dropped_turns  # chat rows: turns cut to fit max_chat_tokens, unpaired
         if st.circuit_breaker:
             a["circuit_breakers"].append(st.circuit_breaker)
+        for step, counts in (st.steps or {}).items():  # each step's counts (filters: checked/kept/rejected.*/hist.*)
+            c = a.setdefault("steps", {}).setdefault(step, Counter())
+            # integer counts only: a float (seconds) may differ between runs and the manifest must not
+            c.update({k: v for k, v in (counts or {}).items() if isinstance(v, int) and not isinstance(v, bool)})
     for a in acc.values():
         a["rejected"] = dict(sorted(a["rejected"].items()))
+        a["steps"] = {step: dict(sorted(c.items())) for step, c in sorted(a.get("steps", {}).items())}
         a["reconciles"] = a["read"] == a["written"] + sum(a["rejected"].values())
     return acc
 

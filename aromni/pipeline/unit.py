@@ -23,6 +23,7 @@ from aromni.pipeline.steps import Drop, Step, Work, build_steps, stats_dict
 from aromni.pipeline.steps.check import Check, UniqueIds
 from aromni.pipeline.steps.prepare import ChooseTask, Clean, Decode, Dedup
 from aromni.pipeline.steps.render import Render
+from aromni.pipeline.steps.split import SplitLong
 from aromni.pipeline.steps.tokenize import Tokenize
 from aromni.recipe import Recipe, SourceConfig
 from aromni.sample import Sample
@@ -59,12 +60,17 @@ def batch_size(recipe: Recipe) -> int:
     return min(sizes) if sizes else 64
 
 
-def unit_steps(recipe: Recipe, source: SourceConfig, unit: Unit, tok, layout: Layout = AR_OMNI_V0_1) -> list[Step]:
-    """The unit's steps in order; the recipe's ``steps:`` go in at their stage."""
+def unit_steps(recipe: Recipe, source: SourceConfig, unit: Unit, tok, layout: Layout = AR_OMNI_V0_1,
+               on_split=None) -> list[Step]:
+    """The unit's steps in order; the recipe's ``steps:`` go in at their stage. ``on_split(work, pieces)``: called
+    when ``filters.split_long: paragraphs`` turns one document into several rows (the unit tracks each)."""
     extra = build_steps(recipe)
     at = {stage: [s for s in extra if s.stage == stage] for stage in ("decoded", "rendered")}
+    render = Render(source, tok, recipe, layout)
+    split = [SplitLong(recipe, render, on_split or (lambda work, pieces: None))] \
+        if recipe.filters.split_long == "paragraphs" else []
     return [ChooseTask(source, recipe), Clean(None, recipe), Decode(None, recipe), Dedup(None, recipe),
-            *at["decoded"], Tokenize(tok, batch_size(recipe), recipe), Render(source, tok, recipe, layout),
+            *at["decoded"], Tokenize(tok, batch_size(recipe), recipe), render, *split,
             *at["rendered"], Check(recipe, layout), UniqueIds(recipe, unit.label)]
 
 
@@ -76,14 +82,28 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     stats = res.stats = UnitStats(unit.label, uid, source.name, source.group)
     reasons: Counter = Counter()
     reader = READERS[source.reader](source.name, recipe.resolve(source.path), source.options)
-    steps = unit_steps(recipe, source, unit, tok, layout)
+    inflight: dict[int, Work] = {}   # read but not yet a row or a reject
+    next_seq = [0]
+
+    def on_split(work: Work, pieces: list[Work]) -> None:
+        """One document became ``pieces`` rows: each is tracked on its own; the extra ones count as read (so read =
+        written + rejected holds; split_long's extra_rows says how many)."""
+        inflight.pop(work.seq)
+        for w in pieces:
+            w.seq = next_seq[0]
+            next_seq[0] += 1
+            inflight[w.seq] = w
+        stats.read += len(pieces) - 1
+
+    steps = unit_steps(recipe, source, unit, tok, layout, on_split)
     for step in steps:
         if pools is not None and hasattr(step, "attach_pools"):
             step.attach_pools(pools)
-    inflight: dict[int, Work] = {}   # read but not yet a row or a reject
 
     def read() -> Iterator:
-        for seq, item in enumerate(reader.read(unit)):
+        for item in reader.read(unit):
+            seq = next_seq[0]
+            next_seq[0] += 1
             stats.read += 1
             if isinstance(item, Rejected):
                 yield item

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 PLOTS = ["plots/lengths_by_task.png", "plots/mixing.png", "plots/rejects_by_reason.png", "plots/tokens_by_modality.png"]
+# one histogram per quantity the demo's filter steps measure (recipes/demo.yaml: audio_quality, language)
+FILTER_PLOTS = ["plots/filter_audio_quality_clipping.png", "plots/filter_audio_quality_rate.png",
+                "plots/filter_audio_quality_snr_db.png", "plots/filter_audio_quality_speech_fraction.png",
+                "plots/filter_language_keep_confidence.png"]
 
 
 def uploaded(build: Path) -> list[str]:
     """What `aromni publish` must send for a build, in order: card, manifest, shards, rejects, plots."""
     m = json.loads((build / "manifest.json").read_text())
-    return ["README.md", "manifest.json", *sorted(s["path"] for s in m["shards"]), *sorted(m["rejects"]), *PLOTS]
+    return ["README.md", "manifest.json", *sorted(s["path"] for s in m["shards"]), *sorted(m["rejects"]), *PLOTS, *FILTER_PLOTS]
 
 
 def copy_build(src: Path, dst: Path) -> Path:

@@ -58,7 +58,7 @@ def test_declared_licenses_become_the_dataset_license(build_dir, tmp_path):
     path, st = write_card(build_dir, license="cc-by-4.0", repo_id="org/demo", plots=False)
     c = DatasetCard.load(path)
     assert c.data.license == "cc-by-4.0" and "load_dataset('org/demo'" in c.text
-    assert len(st["plots"]) == 4 and all(f"]({p})" in c.text for p in st["plots"])  # plots of the first card
+    assert len(st["plots"]) == 9 and all(f"]({p})" in c.text for p in st["plots"])  # plots of the first card
 
 
 def test_size_categories():

@@ -25,7 +25,7 @@ def test_stats_json_and_plots(build_dir, run):
     assert r.exit_code == 0, r.output
     st = json.loads(r.stdout)
     assert st["rows"] == json.loads((build_dir / "manifest.json").read_text())["rows"] and st["checks"] == []
-    assert all((build_dir / p).is_file() for p in st["plots"]) and len(st["plots"]) == 4
+    assert all((build_dir / p).is_file() for p in st["plots"]) and len(st["plots"]) == 9
     r = run("stats", build_dir, "--no-plots")
     assert r.exit_code == 0 and "by task" in r.stdout and "STAND-IN" in r.stdout
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from aromni.dataset.folder import BuildFolder
 from aromni.dataset.stats import compute, stats
-from tests.dataset.conftest import PLOTS, edit_manifest
+from tests.dataset.conftest import FILTER_PLOTS, PLOTS, edit_manifest
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_reconciles_with_manifest_and_rejects(build_dir, computed):
 
 
 def test_plots_are_readable_pngs(build_dir, computed):
-    assert sorted(computed["plots"]) == PLOTS
+    assert sorted(computed["plots"]) == sorted(PLOTS + FILTER_PLOTS)
     for p in computed["plots"]:
         img = Image.open(build_dir / p)
         assert img.format == "PNG" and img.width >= 700 and img.height >= 300
@@ -91,8 +91,9 @@ def test_stats_show_dropped_turns_and_voice_counts_of_a_real_build(tmp_path):
     root, _ = fixture_tree()
     noise = write_demo_noise(tmp_path / "demand", environments=("OOFFICE",), seconds=2.0)
     recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
-        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[0].options.path={noise}",
-        f"steps[1].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
+        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[3].options.path={noise}",
+        f"steps[4].options={{backend: espeak, cache_dir: {tmp_path / 'cache'}}}", "filters.max_chat_tokens=400"])
+    recipe = recipe.model_copy(update={"steps": recipe.steps[3:]})  # noise + voice: the tree has no eval sets
     out = tmp_path / "out"
     build(recipe, out, workers=1, progress=False)
     from aromni.pipeline.validate import validate

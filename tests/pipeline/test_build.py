@@ -41,11 +41,14 @@ def test_demo_build_is_valid_mixed_and_accounted(demo_build):
     for src, a in m["accounting"].items():
         assert a["read"] == a["written"] + sum(a["rejected"].values()) and a["read"] > 0, src
     # the demo's known bad items are rejected with their reasons, not dropped
-    assert m["accounting"]["laion"]["rejected"] == {"download_failed": 2}
-    assert m["accounting"]["gigaspeech"]["rejected"] == {"garbage_only": 2}
+    # (eval_contamination: the items demo-corpus copied into its stand-in LibriSpeech/COCO sets; language: the ALSA
+    # clip's two-word transcript "Front Center" scores below 0.2 English)
+    assert m["accounting"]["laion"]["rejected"] == {"download_failed": 2, "eval_contamination": 2}
+    assert m["accounting"]["gigaspeech"]["rejected"] == {"eval_contamination": 1, "garbage_only": 2, "language": 1}
     assert m["accounting"]["ultrafineweb"]["rejected"] == {"empty_text": 1}
     rejects = pq.read_table(out / "rejects" / "gigaspeech.parquet").to_pylist()
-    assert {r["id"] for r in rejects} == {"gigaspeech/GARB0000_S0000", "gigaspeech/GARB0001_S0000"}
+    assert {r["id"] for r in rejects} == {"gigaspeech/GARB0000_S0000", "gigaspeech/GARB0001_S0000",
+                                          "gigaspeech/ESPK0000_S0000", "gigaspeech/ALSA0000_S0000"}
     assert m["stand_in_tokenizers"] and m["tokenizers"]["image"]["stand_in"]
     assert m["layout"]["boi"] == 8197 and len(m["recipe_sha256"]) == 64
     used = {g: v["used"] for g, v in m["mixing"]["groups"].items()}
@@ -169,7 +172,8 @@ def test_same_id_in_two_units_is_rejected_once(demo_corpus, tmp_path):
     (root / "tokenizer").mkdir()
     shutil.copy(demo_corpus / "tokenizer" / "tokenizer.json", root / "tokenizer" / "tokenizer.json")
     shutil.copy(root / "laion" / "00000.tar", root / "laion" / "00001.tar")   # same keys in a second shard
-    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={root}", "filters.dedup=false"])
+    r = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={root}", "filters.dedup=false",
+                                                          "steps=[]"])  # ids only: no quality filters
     rep = build(r, tmp_path / "out", progress=False)
     a = rep.manifest["accounting"]["laion"]
     assert a["rejected"]["duplicate_id"] == 24 and a["written"] == 24
@@ -185,7 +189,7 @@ def test_a_source_that_yields_no_rows_fails_the_build_naming_it(demo_corpus, tmp
     (exit 1); allow_empty: true on a source leaves it out of the error. In-process executor: no Ray start."""
     from aromni.recipe import load_recipe
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml", [f"data_root={demo_corpus}", "filters.max_tokens=5",
-                                                          "sources[0].allow_empty=true"])
+                                                          "sources[0].allow_empty=true", "steps=[]"])
     with pytest.raises(BuildError) as e:
         build(recipe, tmp_path / "out", progress=False, executor="local")
     msg = str(e.value)

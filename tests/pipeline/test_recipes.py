@@ -38,7 +38,9 @@ def build(recipe: str, out: Path, *overrides) -> dict:
 @pytest.fixture(scope="module")
 def pretrain(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    return out, build("pretrain.yaml", out)
+    # without its quality filter steps: the published-layout tree has no evaluation sets, and its synthetic clips and
+    # short texts are not what audio_quality/language judge (tests/pipeline/steps/filters cover them on real layouts)
+    return out, build("pretrain.yaml", out, "steps=[]")
 
 
 @pytest.fixture(scope="module")
@@ -143,5 +145,6 @@ def test_shipped_recipes_parse_and_say_how_to_run_them(recipe):
         assert {s.reader for s in r.sources} == {"ultrafineweb", "laion", "journeydb", "gigaspeech", "common_voice",
                                                  "mls"}
     else:
-        assert r.filters.max_chat_tokens == 3456 and [s.name for s in r.steps] == ["noise", "voice"]
+        assert r.filters.max_chat_tokens == 3456 and [s.name for s in r.steps] == ["audio_quality", "language",
+                                                                                       "decontaminate", "noise", "voice"]
         assert {s.reader for s in r.sources} == {"anyinstruct", "voiceassistant", "ultrachat", "aromni_instruct"}

@@ -102,8 +102,10 @@ def build_instruct(root, out, noise, cache, voice_extra=""):
     from tests.pipeline.readers.published import STANDIN_TOKENIZERS
     from tests.pipeline.test_recipes import ROOT
     recipe = load_recipe(ROOT / "recipes" / "instruct.yaml", [
-        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[0].options.path={noise}",
-        f"steps[1].options={{backend: espeak, cache_dir: {cache}{voice_extra}}}"])
+        f"data_root={root}", *STANDIN_TOKENIZERS, f"steps[3].options.path={noise}",
+        f"steps[4].options={{backend: espeak, cache_dir: {cache}{voice_extra}}}"])
+    # noise and voice only: the recipe's quality filters (steps 0-2) need evaluation sets this tree does not have
+    recipe = recipe.model_copy(update={"steps": recipe.steps[3:]})
     return build(recipe, out, workers=2, progress=False)
 
 

@@ -340,7 +340,18 @@ class DecontaminateStep(FilterStep):
 
     @classmethod
     def path_problems(cls, opts, resolve, key: str) -> list[str]:
-        return eval_set_problems(opts, resolve, key)
+        missing = eval_set_problems(opts, resolve, key)
+        if missing:
+            return missing
+        out = []  # each set read once (image sets listed, not hashed) so a malformed one stops the build before Ray
+        for i, s in enumerate(opts.sets):
+            try:
+                if not any(True for _ in LOADERS[s.kind](s, str(resolve(s.path)), i)):
+                    out.append(f"{_where(i, key)}: {resolve(s.path)} holds no items (evaluation set {s.label!r}, "
+                               f"kind {s.kind})")
+            except EvalSetError as e:
+                out.append(str(e).replace(_where(i), _where(i, key), 1))
+        return out
 
     def images(self, example, media: dict):
         if media.get("image") is not None:

@@ -136,13 +136,13 @@ def build_units(root):
         for u in READERS[s.reader](s.name, recipe.resolve(s.path), s.options).units():
             r = process_unit(recipe, s, u, tok)
             o = out.setdefault(s.name, {"read": 0, "written": 0, "rejected": {}, "rows": [], "rejects": [], "steps": {}})
-            o["read"] += r.stats["read"]
-            o["written"] += r.stats["written"]
-            for k, v in r.stats["rejected"].items():
+            o["read"] += r.stats.read
+            o["written"] += r.stats.written
+            for k, v in r.stats.rejected.items():
                 o["rejected"][k] = o["rejected"].get(k, 0) + v
             o["rows"] += r.rows
             o["rejects"] += r.rejects
-            for name, st in r.stats["steps"].items():
+            for name, st in r.stats.steps.items():
                 o["steps"].setdefault(name, {})
                 for k, v in st.items():
                     o["steps"][name][k] = o["steps"][name].get(k, 0) + v
