@@ -89,11 +89,8 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
     mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
                                           u.unit.label) for u in units], ray=_ray_if_running())
     stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
-    tok_ids = dict(tok.identities)
-    if voices:
-        tok_ids["voice"] = voices
-    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok_ids, mixed.shards, stats, mixed.report, mixed.totals,
-                              [r["path"] for r in mixed.rejects.values()])
+    manifest = build_manifest(recipe, AR_OMNI_V0_1, tok.identities, mixed.shards, stats, mixed.report, mixed.totals,
+                              [r["path"] for r in mixed.rejects.values()], voices=voices)
     write_manifest(out, manifest)
     return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0,
                        dropped_turns=sum(st.dropped_turns for st in stats), voice=_voice_counts(stats))

@@ -56,7 +56,9 @@ def totals(shards_tables: list[pa.Table], recipe: Recipe) -> dict:
 
 
 def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[UnitStats],
-                   mixing: dict, totals_: dict, rejects: list[str]) -> dict:
+                   mixing: dict, totals_: dict, rejects: list[str], voices: list[dict] | None = None) -> dict:
+    """``voices``: the identity of each voice step's model (backend, model_sha256, stand_in: true | false |
+    "unverified"), in step order; beside the tokenizers, since assistant speech is made with them."""
     stand_in = any(t and t.get("stand_in") for t in tokenizer_ids.values())
     return {
         "format_version": FORMAT_VERSION,
@@ -69,6 +71,7 @@ def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: 
         "recipe": recipe.to_dict(),
         "recipe_sha256": recipe.sha256(),
         "tokenizers": tokenizer_ids,
+        "voices": voices or [],
         "shards": shards,
         "rows": sum(s["rows"] for s in shards),
         "tokens": sum(s["tokens"] for s in shards),

@@ -162,6 +162,22 @@ def _stand_in_expected(m: dict) -> tuple[bool, list[str]]:
     return any_stand_in, problems
 
 
+def _voice_problems(m: dict, recipe: dict) -> list[str]:
+    """One identity per voice step of the recipe, each naming its backend and model hash, stand_in true, false or
+    "unverified" (a model folder without aromni's marker is never reported as real)."""
+    voices = m.get("voices", [])
+    if not isinstance(voices, list):
+        return ["voices: not a list of identities"]
+    steps = [s for s in (recipe or {}).get("steps") or [] if isinstance(s, dict) and s.get("name") == "voice"]
+    out = [] if len(voices) == len(steps) else [f"voices: {len(voices)} identities for {len(steps)} voice step(s)"]
+    for i, v in enumerate(voices):
+        if not isinstance(v, dict) or not v.get("backend") or not v.get("model_sha256"):
+            out.append(f"voices[{i}]: not an identity (backend and model_sha256)")
+        elif v.get("stand_in") not in (True, False, "unverified"):
+            out.append(f"voices[{i}]: stand_in is {v.get('stand_in')!r} (true, false or \"unverified\")")
+    return out
+
+
 def _recipe_sha256(recipe: dict) -> str:
     # the same bytes as Recipe.sha256(): the manifest stores Recipe.to_dict()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
@@ -431,6 +447,8 @@ def _check_identity(m: dict, recipe: dict, f: Findings) -> None:
               f"and the recipe say {stand_in}")
     if stand_in and not m.get("warning"):
         f.add(f"{MANIFEST}: a stand-in build without its warning")
+    for p in _voice_problems(m, recipe):
+        f.add(f"{MANIFEST}: {p}")
     if recipe and m.get("recipe_sha256") != _recipe_sha256(recipe):
         f.add(f"{MANIFEST}: recipe_sha256 {str(m.get('recipe_sha256'))[:12]}... is not the sha256 of the recipe it "
               f"holds ({_recipe_sha256(recipe)[:12]}...)")

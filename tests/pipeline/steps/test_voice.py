@@ -143,7 +143,7 @@ def test_instruct_recipe_noisy_user_speech_spoken_replies_and_a_rerun_that_synth
         spoken += len(voiced)
     assert spoken >= 8
     assert first.voice["synthesised"] > 0 and first.voice["synthesised_seconds"] > 0   # what the build summary shows
-    voice_id, = first.manifest["tokenizers"]["voice"]     # the voice model's identity, beside the tokenizers'
+    voice_id, = first.manifest["voices"]     # the voice model's identity, beside the tokenizers'
     assert voice_id["backend"] == "espeak" and voice_id["model_sha256"] and voice_id["stand_in"] is not False
     assert sum(st.get("steps", {}).get("voice", {}).get("synthesised", 0) for st in _unit_stats(tmp_path / "a")) > 0
     # a second build (new output, same cache, in-process synthesis): nothing is synthesised, the shards are identical
