@@ -4,6 +4,7 @@ of the actor pools (tokenizers and voice) that units share. Each unit is ``run_u
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from aromni.pipeline.stats import UnitStats
 
@@ -12,3 +13,15 @@ from aromni.pipeline.stats import UnitStats
 class UnitsResult:
     stats: dict[str, UnitStats] = field(default_factory=dict)   # part stem -> stats, for every finished unit
     failed: list[str] = field(default_factory=list)              # "<unit label>: <error>" of units that raised
+
+    def collect(self, pu, get: Callable[[], dict], progress) -> None:
+        """Record one unit's outcome: ``get()`` returns its stats dict or raises its error. A unit's bug must not
+        lose the other units: it is kept as a failure (reported, retried on rerun) and the build goes on."""
+        try:
+            st = UnitStats.from_dict(get())
+        except Exception as e:  # noqa: BLE001 - any error of a unit's code
+            self.failed.append(f"{pu.unit.label}: {type(e).__name__}: {str(e).splitlines()[-1][:300]}")
+            progress.advance(None)
+            return
+        self.stats[pu.part_stem] = st
+        progress.advance(st)

@@ -7,7 +7,6 @@ import os
 
 from aromni.pipeline.executor import UnitsResult
 from aromni.pipeline.executor.unit_task import run_unit
-from aromni.pipeline.stats import UnitStats
 
 
 class RayStartError(RuntimeError):
@@ -61,13 +60,5 @@ def run_units(ray, recipe_dict: dict, todo: list, out: str, progress, pools=None
             pending[task.remote(recipe_dict, pu, out, pools)] = pu
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            pu = pending.pop(ref)
-            try:
-                st = UnitStats.from_dict(ray.get(ref))
-            except Exception as e:  # noqa: BLE001 - a unit's bug must not lose the other units
-                res.failed.append(f"{pu.unit.label}: {type(e).__name__}: {str(e).splitlines()[-1][:300]}")
-                progress.advance(None)
-                continue
-            res.stats[pu.part_stem] = st
-            progress.advance(st)
+            res.collect(pending.pop(ref), lambda: ray.get(ref), progress)
     return res
