@@ -1,6 +1,6 @@
 """How much does the build machinery cost on top of tokenizing? And how does it scale with workers?
 
-    .venv/bin/python bench/build.py [--scale 4] [--recipe recipes/demo.yaml]
+    .venv/bin/python bench/build.py [--scale 4] [--recipe recipes/demo.yaml] [--text-rows N]
 
 Builds the demo corpus scaled xN (every item copied with new keys) and prints:
 - bare tokenizer compute: the recipe's tokenizers encoding the same decoded inputs in one process, no pipeline;
@@ -14,6 +14,7 @@ and the ratios between them. Timings depend on the machine; the ratios are the p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -32,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=4, help="copies of the demo corpus (default 4)")
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "demo.yaml"))
+    ap.add_argument("--text-rows", type=int, default=0,
+                    help="instead of the demo: bench/vs_datasets.py's text-only Ultra-FineWeb corpus of N rows")
     args = ap.parse_args()
 
     import ray
@@ -46,8 +49,17 @@ def main() -> None:
     from tests.robustness.robust_corpus import demo_corpus, scaled_copy
 
     tmp = Path(tempfile.mkdtemp(prefix="aromni-bench-"))
-    corpus = scaled_copy(demo_corpus(tmp / "demo"), tmp / f"x{args.scale}", args.scale)
-    recipe = load_recipe(args.recipe, [f"data_root={corpus}"])
+    if args.text_rows:   # the corpus and recipe of bench/vs_datasets.py (loaded by path: bench/ is not a package)
+        spec = importlib.util.spec_from_file_location("vs_datasets", Path(__file__).with_name("vs_datasets.py"))
+        vs = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(vs)
+        corpus = vs.write_corpus(tmp / "ultrafineweb", args.text_rows, 500).parents[1]
+        recipe = vs.text_recipe(corpus, tmp)
+        what = f"text-only Ultra-FineWeb x{args.text_rows} rows"
+    else:
+        corpus = scaled_copy(demo_corpus(tmp / "demo"), tmp / f"x{args.scale}", args.scale)
+        recipe = load_recipe(args.recipe, [f"data_root={corpus}"])
+        what = f"demo x{args.scale}"
     tok = tokenizers_for(recipe)
     units = plan(recipe, tok.identities)
 
@@ -112,7 +124,7 @@ def main() -> None:
             ray.shutdown()
     samples = sum(a["written"] for a in rep.manifest["accounting"].values())
 
-    print(f"corpus: demo x{args.scale}: {len(units)} units, {len(decoded)} decodable examples, {samples} rows written")
+    print(f"corpus: {what}: {len(units)} units, {len(decoded)} decodable examples, {samples} rows written")
     print(f"tokenizers: {', '.join(k + ('(stand-in)' if v and v.get('stand_in') else '') for k, v in tok.identities.items() if v)}")
     print(f"bare tokenizer compute        {bare:8.2f} s")
     print(f"in-process pipeline (no Ray)  {inproc:8.2f} s   ratio vs bare  {inproc / bare:6.2f}")
