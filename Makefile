@@ -49,6 +49,7 @@ test-fast: install
 # slow (minutes per batch of 32 images): `make bench` runs small batches; see `bench/tokenizers.py --help`.
 bench: install
 	$(PY) bench/build.py
+	$(PY) bench/vs_datasets.py
 	$(PY) bench/loader.py
 	$(PY) bench/memory.py
 	$(PY) bench/infer.py

@@ -164,11 +164,16 @@ def image_code_positions(input_ids: Sequence[int], segments: Sequence, role: str
 # ---------------------------------------------------------------------------------------------------------------
 # Grammar check
 # ---------------------------------------------------------------------------------------------------------------
+def _where(k: int, s) -> str:
+    """A segment as check_row's messages name it (formatted only when there is a problem to report)."""
+    return f"segment {k} ({s.role}/{s.modality} {s.start}:{s.end})"
+
+
 def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_OMNI_V0_1) -> list[str]:
     """Every way this row breaks the sample grammar, as short messages; [] when it is well formed. The id classes
     (image code, speech code, text id) are computed once over the whole row as numpy masks."""
     a = np.asarray(input_ids, dtype=np.int64).reshape(-1)
-    ids = a.tolist()
+    ids = input_ids if type(input_ids) is list else a.tolist()   # a row's ids are already a list of ints
     n = len(ids)
     problems: list[str] = []
     if n == 0:
@@ -187,36 +192,36 @@ def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_
     segs = [s if isinstance(s, Segment) else Segment(**s) for s in segments]
     pos = 0
     for k, s in enumerate(segs):
-        where = f"segment {k} ({s.role}/{s.modality} {s.start}:{s.end})"
         if s.role not in ROLES or s.modality not in MODALITIES:
-            problems.append(f"{where}: role must be one of {ROLES}, modality one of {MODALITIES}")
+            problems.append(f"{_where(k, s)}: role must be one of {ROLES}, modality one of {MODALITIES}")
             continue
         if s.start != pos:
-            problems.append(f"{where}: starts at {s.start}, previous ended at {pos} (gap or overlap)")
+            problems.append(f"{_where(k, s)}: starts at {s.start}, previous ended at {pos} (gap or overlap)")
         if s.end <= s.start or s.end > n:
-            problems.append(f"{where}: bad bounds for a row of {n} tokens")
+            problems.append(f"{_where(k, s)}: bad bounds for a row of {n} tokens")
             pos = max(pos, min(s.end, n))
             continue
         pos = s.end
-        body = ids[s.start:s.end]
         if s.modality == "image":
+            body = ids[s.start:s.end]
             if body[0] != layout.boi or body[-1] != layout.eoi:
-                problems.append(f"{where}: image segment must be [{layout.boi}] codes [{layout.eoi}]")
+                problems.append(f"{_where(k, s)}: image segment must be [{layout.boi}] codes [{layout.eoi}]")
             codes = body[1:-1]
             if len(codes) != layout.image_tokens:
-                problems.append(f"{where}: {len(codes)} image codes, expected {layout.image_tokens}")
+                problems.append(f"{_where(k, s)}: {len(codes)} image codes, expected {layout.image_tokens}")
             if not image[s.start + 1:s.end - 1].all():
-                problems.append(f"{where}: non-image id inside the image span")
+                problems.append(f"{_where(k, s)}: non-image id inside the image span")
         elif s.modality == "speech":
+            body = ids[s.start:s.end]
             if body[0] != layout.boa or body[-1] != layout.eoa:
-                problems.append(f"{where}: speech segment must be [{layout.boa}] codes [{layout.eoa}]")
+                problems.append(f"{_where(k, s)}: speech segment must be [{layout.boa}] codes [{layout.eoa}]")
             if not speech[s.start + 1:s.end - 1].all():
-                problems.append(f"{where}: non-speech id inside the speech span")
+                problems.append(f"{_where(k, s)}: non-speech id inside the speech span")
         else:
             ok = text[s.start:s.end]
             if not ok.all():
                 stray = a[s.start:s.end][~ok][:3].tolist()
-                problems.append(f"{where}: image/speech codes or span markers in a text segment: {stray}")
+                problems.append(f"{_where(k, s)}: image/speech codes or span markers in a text segment: {stray}")
     if pos != n:
         problems.append(f"segments cover {pos} of {n} tokens")
     return problems
