@@ -10,9 +10,13 @@ HF_TOKEN) and are never written anywhere.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
+import json
 import os
 import posixpath
+import shutil
+import tempfile
 from typing import IO, Iterable
 
 import fsspec
@@ -296,3 +300,48 @@ def has_magic(p) -> bool:
 __all__ = ["BLOCK_SIZE", "BadURL", "InputError", "MAX_FILES", "TooLarge", "TooManyFiles", "check_url", "confine", "exists",
            "filesystem", "glob", "has_magic", "is_url", "isdir", "isfile", "join", "list_dir", "list_files", "name",
            "normalise", "open_input", "parent", "read_bytes", "resolve", "size", "stem", "suffix", "walk_entries"]
+
+
+def local_copy(p, cache_dir: str | None = None) -> str:
+    """A local path for ``p``: itself when local; for a URL (a checkpoint file or folder in a bucket or on the Hub)
+    a copy in aromni's cache, fetched once per machine. Model loaders (torch, tokenizers, yaml) read local files, and
+    checkpoints are small next to the data, so they are copied whole rather than range-read.
+
+    The cache key is the URL plus each file's size and (where the store gives one) its ETag/checksum, so a changed
+    object is fetched again; the copy is made in a temp folder and renamed, so a killed fetch leaves nothing used."""
+    s = str(p)
+    if not is_url(s):
+        return s
+    fs, root = filesystem(s)
+    try:
+        files = sorted(fs.find(root, detail=True).items()) if fs.isdir(root) else [(root, fs.info(root))]
+    except Exception as e:  # noqa: BLE001 - one message naming the URL whatever the store raised
+        raise _wrap(s, e) from None
+    if not files:
+        raise InputError(f"{s}: not found (missing file, object or bucket)")
+    sig = [(f, i.get("size"), str(i.get("ETag") or i.get("etag") or i.get("checksum") or i.get("mtime") or ""))
+           for f, i in files]
+    key = hashlib.sha256(json.dumps([s, sig], default=str).encode()).hexdigest()[:24]
+    base = os.path.join(cache_dir or os.environ.get("AROMNI_CACHE") or os.path.expanduser("~/.cache/aromni"),
+                        "inputs", key)
+    target = os.path.join(base, name(s.rstrip("/")) or "object")
+    if not os.path.exists(target):
+        os.makedirs(base, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=base, prefix=".fetch-")
+        try:
+            for f, _ in files:
+                rel = os.path.relpath(f, root) if len(files) > 1 or fs.isdir(root) else name(f)
+                dst = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                fs.get_file(f, dst)
+            src = tmp if fs.isdir(root) else os.path.join(tmp, name(root))
+            try:
+                os.rename(src, target)
+            except OSError:
+                if not os.path.exists(target):   # another process won the race: its copy is the same
+                    raise
+        except Exception as e:  # noqa: BLE001
+            raise _wrap(s, e) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aromni.io import paths
 from aromni.io.atomic import OutputError, build_lock, check_writable, normalize
 from aromni.layout import AR_OMNI_V0_1
 from aromni.pipeline.executor import UnitsResult, local
@@ -53,7 +54,8 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
     t0 = time.perf_counter()
     out = normalize(out)   # a URL that went through pathlib (a Path option) gets its slash back
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
-    run_recipe = recipe.model_copy(update={"data_root": str(Path(recipe.data_root).expanduser().resolve())})
+    root = recipe.data_root if paths.is_url(recipe.data_root) else str(Path(recipe.data_root).expanduser().resolve())
+    run_recipe = recipe.model_copy(update={"data_root": root})
     check_paths(run_recipe)
     tok = tokenizers_for(run_recipe)
     units = plan(run_recipe, tok.identities)

@@ -71,7 +71,8 @@ def unit_steps(recipe: Recipe, source: SourceConfig, unit: Unit, tok, layout: La
         if recipe.filters.split_long == "paragraphs" else []
     return [ChooseTask(source, recipe), Clean(None, recipe), Decode(None, recipe), Dedup(None, recipe),
             *at["decoded"], Tokenize(tok, batch_size(recipe), recipe), render, *split,
-            *at["rendered"], Check(recipe, layout), UniqueIds(recipe, unit.label)]
+            *at["rendered"], Check(recipe, layout), UniqueIds(recipe, unit.label.replace(
+                str(recipe.data_root).rstrip("/") + "/", ""))]
 
 
 def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str = "",
@@ -79,7 +80,12 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     """``pools``: the build's actor pools (executor.pools.Pools); steps that use one (voice) attach to it."""
     t0 = time.perf_counter()
     res = UnitResult()
-    stats = res.stats = UnitStats(unit.label, uid, source.name, source.group)
+    # Where a row or reject came from is said relative to data_root, so the same corpus on a local disk or in a
+    # bucket gives the same bytes (the unit's id, not its label, carries the full path).
+    prefix = str(recipe.data_root).rstrip("/") + "/"
+    rel = (lambda s: s.replace(prefix, "") if isinstance(s, str) else s) if prefix != "/" else (lambda s: s)
+    label = rel(unit.label)
+    stats = res.stats = UnitStats(label, uid, source.name, source.group)
     reasons: Counter = Counter()
     reader = READERS[source.reader](source.name, recipe.resolve(source.path), source.options)
     inflight: dict[int, Work] = {}   # read but not yet a row or a reject
@@ -109,12 +115,14 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
                 yield item
                 continue
             item.id = f"{source.name}/{item.key}"
+            if "path" in item.meta:
+                item.meta["path"] = rel(item.meta["path"])
             inflight[seq] = w = Work(item, seq)
             yield w
 
     def reject(ex_id: str, reason: str, message: str):
-        res.rejects.append({"id": ex_id, "source": source.name, "unit": unit.label, "reason": reason,
-                            "message": message[:500]})
+        res.rejects.append({"id": ex_id, "source": source.name, "unit": label, "reason": reason,
+                            "message": rel(message)[:500]})
         reasons[reason] += 1
 
     stream = read()
@@ -136,7 +144,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
                 reject(item.id or f"{source.name}/{item.key}", item.reason, item.message)
             consecutive = consecutive + 1 if item.reason in FAILURE_REASONS else 0
             if consecutive >= recipe.filters.max_consecutive_failures:
-                raise CircuitBreaker(f"{consecutive} consecutive failures in {unit.label}, last: {item.reason}: "
+                raise CircuitBreaker(f"{consecutive} consecutive failures in {label}, last: {item.reason}: "
                                      f"{item.message}")
     except CircuitBreaker as e:
         stats.circuit_breaker = str(e)

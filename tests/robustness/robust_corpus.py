@@ -86,6 +86,8 @@ def split_copy(src: Path, dst: Path, laion_tars: int = 3, rows_per_group: int = 
     """The demo items in more units: LAION in ``laion_tars`` tars, parquet sources in ``rows_per_group`` row groups."""
     dst = Path(dst)
     shutil.copytree(src / "tokenizer", dst / "tokenizer")
+    if (src / "eval").is_dir():   # the demo recipe's decontamination sets
+        shutil.copytree(src / "eval", dst / "eval")
     groups = _tar_groups(src / "laion" / "00000.tar")
     sidecar = pq.read_table(src / "laion" / "00000.parquet")
     per = -(-len(groups) // laion_tars)
@@ -106,6 +108,8 @@ def scaled_copy(src: Path, dst: Path, factor: int) -> Path:
     """``factor`` copies of every unit file, each with new keys (so nothing is a duplicate of another copy)."""
     dst = Path(dst)
     shutil.copytree(src / "tokenizer", dst / "tokenizer")
+    if (src / "eval").is_dir():   # the demo recipe's decontamination sets
+        shutil.copytree(src / "eval", dst / "eval")
     groups = _tar_groups(src / "laion" / "00000.tar")
     sidecar = pq.read_table(src / "laion" / "00000.parquet")
     giga = pq.read_table(src / "gigaspeech" / "data" / "train-00000-of-00001.parquet")

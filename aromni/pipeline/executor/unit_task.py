@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from aromni.io import paths
 from aromni.layout import AR_OMNI_V0_1
 from aromni.model import load_tokenizers
 from aromni.pipeline.parts import write_part
@@ -16,12 +17,13 @@ _TOKENIZER_CACHE: dict[str, object] = {}
 
 
 def tokenizers_cfg(recipe: Recipe):
-    """The recipe's tokenizers section with absolute checkpoint paths."""
+    """The recipe's tokenizers section with absolute local checkpoint paths (a checkpoint in a bucket or on the Hub is
+    fetched once per machine into aromni's cache: ``paths.local_copy``)."""
     cfg = recipe.tokenizers.model_copy(deep=True)
     for kind in ("text", "image", "speech"):
         c = getattr(cfg, kind)
         if c is not None and c.path is not None:
-            c.path = str(recipe.resolve(c.path))
+            c.path = paths.local_copy(recipe.resolve(c.path))
     return cfg
 
 

@@ -247,8 +247,15 @@ class EvalIndex:
 
 def eval_set_problems(o: DecontaminateOptions, resolve: Callable[[str], object] = str, key: str = KEY) -> list[str]:
     """Cheap check for the recipe check (exit 2): every set's path exists. One message per missing set."""
-    return [f"{_where(i, key)}: {resolve(s.path)} does not exist (evaluation set {s.label!r}, kind {s.kind})"
-            for i, s in enumerate(o.sets) if not os.path.exists(str(resolve(s.path)))]
+    out = []
+    for i, s in enumerate(o.sets):
+        where = str(resolve(s.path))
+        if "://" in where:
+            out.append(f"{_where(i, key)}: {where}: evaluation sets are read from local paths; copy the set "
+                       f"(they are small) and name the local folder (evaluation set {s.label!r}, kind {s.kind})")
+        elif not os.path.exists(where):
+            out.append(f"{_where(i, key)}: {where} does not exist (evaluation set {s.label!r}, kind {s.kind})")
+    return out
 
 
 def check_eval_sets(o: DecontaminateOptions, resolve: Callable[[str], object] = str) -> None:
