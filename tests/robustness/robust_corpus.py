@@ -34,7 +34,8 @@ SECRET = "hf_aromniTestSecretDoNotLeak0123456789"   # planted as HF_TOKEN in eve
 def demo_corpus(tmp: Path) -> Path:
     """The repository's demo corpus if ``make demo-data`` made it, else a fresh one under ``tmp``."""
     repo_copy = REPO / "demo_data"
-    if (repo_copy / "tokenizer" / "tokenizer.json").exists() and (repo_copy / "laion" / "00000.tar").exists():
+    if (repo_copy / "tokenizer" / "tokenizer.json").exists() and (repo_copy / "laion" / "00000.tar").exists() \
+            and (repo_copy / "eval" / "README.txt").exists():   # one made before the demo had eval sets: afresh
         return repo_copy
     from aromni.demo import make_demo_corpus
     make_demo_corpus(tmp)
