@@ -578,6 +578,10 @@ class WavTokenizerTokenizer:
         """[(waveform, rate), ...] -> one LongTensor of codes per clip (ceil(seconds*40) of them)."""
         return self.encode_prepared([self.preprocess(a) for a in audios])
 
+    # Batched codes equal one-by-one codes but for rare float-rounding flips (docs/tokenizers.md): a batch's make-up
+    # must therefore come from the data (a unit's own clips), never from timing: the actor pools read this flag.
+    batch_invariant = False
+
     def encode_prepared(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Mono 24 kHz clips -> codes, in forward passes of up to ``batch_size`` clips of similar length (sorted by
         length, so little is padded). Each clip is padded from its own samples at every convolution (see
