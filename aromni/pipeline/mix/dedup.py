@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, out_fs, write_bytes
+from aromni.pipeline.mix import scratch as scr
 from aromni.pipeline.mix.index import ORDER
 from aromni.pipeline.parts import parquet_bytes
 
@@ -60,7 +61,7 @@ def _write_drops(fs, path: str, t: pa.Table) -> dict:
 
 def dedup_ids(out: str, scratch: str, j: int, n: int, row_files: list[str]) -> dict:
     fs, _ = out_fs(out)
-    t = read_range(fs, row_files, ["_k", "id", "_pr", "n_tokens"], key_range("_k", j, n))
+    t = scr.read_range(fs, row_files, ["_k", "id", "_pr", "n_tokens"], "_k", *scr.range_bounds(j, n))
     if t is None or t.num_rows == 0:
         t = DROP_SCHEMA.empty_table().drop_columns(["kept", "reason"])
     t = t.take(pc.sort_indices(t, sort_keys=ORDER))
@@ -73,7 +74,7 @@ def dedup_ids(out: str, scratch: str, j: int, n: int, row_files: list[str]) -> d
 
 def dedup_content(out: str, scratch: str, c: int, n: int, content_files: list[str], id_drop_files: list[str]) -> dict:
     fs, _ = out_fs(out)
-    t = read_range(fs, content_files, ["_cb", "_ch", "_k", "id", "_pr", "n_tokens"], key_range("_cb", c, n))
+    t = scr.read_range(fs, content_files, ["_cb", "_ch", "_k", "id", "_pr", "n_tokens"], "_cb", *scr.range_bounds(c, n))
     if t is None or t.num_rows == 0:
         return _write_drops(fs, join(scratch, "drops", f"content-{c:06d}.parquet"), DROP_SCHEMA.empty_table())
     gone = read_range(fs, id_drop_files, ["_pr"], None)

@@ -15,12 +15,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aromni.io.atomic import join, out_fs, write_bytes
-from aromni.pipeline.parts import parquet_bytes, part_paths
+from aromni.io.atomic import join, out_fs
+from aromni.pipeline.mix.scratch import hex_bucket_keys, write_sorted
+from aromni.pipeline.parts import part_paths
 
-ROW_GROUP = 2048          # scratch row groups: the granularity of a range read
-SCRATCH_CODEC = "lz4"     # scratch is written once and read once: the fastest codec, not the smallest
+ROW_GROUP = 2048          # scratch record batches: the granularity of a range read
 ORDER = [("_k", "ascending"), ("id", "ascending"), ("_pr", "ascending")]
+
+
+def rows_path(scratch: str, batch: int) -> str:
+    return join(scratch, "rows", f"{batch:06d}.arrow")
+
+
+def content_path(scratch: str, batch: int) -> str:
+    return join(scratch, "content", f"{batch:06d}.arrow")
 
 
 def order_keys(seed, ids: list[str]) -> pa.Array:
@@ -31,6 +39,9 @@ def order_keys(seed, ids: list[str]) -> pa.Array:
 
 
 def _bucket_keys(ch: pa.Array) -> pa.Array:
+    fast = hex_bucket_keys(ch)
+    if fast is not None:
+        return fast
     return pa.array([None if c is None else int.from_bytes(hashlib.sha256(c.encode("utf-8", "surrogatepass"))
                                                             .digest()[:8], "big") for c in ch.to_pylist()],
                     pa.uint64())
@@ -64,12 +75,10 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
     ch = pa.concat_arrays(chs)
     order = pc.sort_indices(t, sort_keys=ORDER)
     t, ch = t.take(order), ch.take(order)
-    write_bytes(fs, join(scratch, "rows", f"{batch:06d}.parquet"),
-                parquet_bytes(t, compression=SCRATCH_CODEC, row_group_size=ROW_GROUP))
+    write_sorted(fs, rows_path(scratch, batch), t, "_k", ROW_GROUP)
     if content:
         c = pa.table({"_cb": _bucket_keys(ch), "_ch": ch, "_k": t.column("_k"), "id": t.column("id"), "_pr": t.column("_pr"),
                       "n_tokens": t.column("n_tokens")}).filter(pc.is_valid(ch))
         c = c.take(pc.sort_indices(c, sort_keys=[("_cb", "ascending"), ("_ch", "ascending")] + ORDER))
-        write_bytes(fs, join(scratch, "content", f"{batch:06d}.parquet"),
-                    parquet_bytes(c, compression=SCRATCH_CODEC, row_group_size=ROW_GROUP * 4))
+        write_sorted(fs, content_path(scratch, batch), c, "_cb", ROW_GROUP * 4)
     return {"rows": t.num_rows}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix.dedup import dedup_content, dedup_ids
-from aromni.pipeline.mix.index import index_batch
+from aromni.pipeline.mix.index import content_path, index_batch, rows_path
 from aromni.pipeline.mix.order import Ranks, block_tokens, order_range, shard_bounds
 from aromni.pipeline.mix.shards import remove_other_shards, shard_name, write_shard, write_source_rejects
 from aromni.pipeline.parts import PARTS, part_paths, remove_manifest
@@ -94,9 +94,8 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     batches = _batches(fs, out, parts)
     idx = run(index_batch, [(out, scratch, b, bp, m.seed, content) for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
-    row_files = [join(scratch, "rows", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]]
-    content_files = [join(scratch, "content", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]] \
-        if content else []
+    row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
+    content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
     n_ranges = max(1, math.ceil(total / RANGE_ROWS))
     lap("index")
 

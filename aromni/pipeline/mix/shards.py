@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, open_atomic, out_fs, write_bytes
+from aromni.pipeline.mix import scratch as scr
 from aromni.pipeline.mix.dedup import read_range
+from aromni.pipeline.mix.index import ROW_GROUP
 from aromni.pipeline.mix.order import bucket_path
 from aromni.pipeline.parts import DATA, REJECTS, parquet_bytes, part_paths
 from aromni.sample import REJECT_SCHEMA
@@ -27,20 +29,17 @@ def shard_name(s: int, n: int) -> str:
 
 
 def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Table:
-    """Rows [a, b) of bucket j, reading only the row groups that hold them, each at most once per shard (a small
+    """Rows [a, b) of bucket j, reading only the batches that hold them, each at most once per shard (a small
     group repeated under ``all_exhausted`` asks for the same rows many times)."""
     if j not in files:
-        pf = pq.ParquetFile(fs.open(bucket_path(scratch, j), "rb"))
-        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-        files[j] = (pf, list(itertools.accumulate([0] + sizes)), {})
-    pf, starts, cache = files[j]
-    first = bisect.bisect_right(starts, a) - 1
-    last = bisect.bisect_left(starts, b) - 1
+        files[j] = (scr.Reader(fs, bucket_path(scratch, j)), {})
+    reader, cache = files[j]
+    first, last = a // ROW_GROUP, (b - 1) // ROW_GROUP
     for i in range(first, last + 1):
         if i not in cache:
-            cache[i] = pf.read_row_group(i)
+            cache[i] = reader.batches([i])
     t = pa.concat_tables([cache[i] for i in range(first, last + 1)])
-    return t.slice(a - starts[first], b - a)
+    return t.slice(a - first * ROW_GROUP, b - a)
 
 
 def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
@@ -58,15 +57,15 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
                     t.column("id"), pa.scalar(f"@rep{rep}"), ""))
             pieces.append(t)
         per_group.append(pa.concat_tables(pieces))
-    for pf, _, _ in files.values():
-        pf.close()
+    for reader, _ in files.values():
+        reader.close()
     base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
     take = []
     rs = list(ratio.values())
     for blk in range(b1 - b0):
         for i in range(max(rs)):  # interleave: g1 g2 g3 g1 g2 g3 ...
             take += [base[gi] + blk * r + i for gi, r in enumerate(rs) if i < r]
-    table = pa.concat_tables(per_group).take(pa.array(take, pa.int64()))
+    table = pa.concat_tables(per_group).combine_chunks().take(pa.array(take, pa.int64()))
     keep = [c for c in table.column_names if not c.startswith("_")]
     sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
     table = table.select(keep).combine_chunks()
