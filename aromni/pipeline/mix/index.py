@@ -1,11 +1,11 @@
 """Index stage: read each part once, add the order key, and write the batch's rows sorted by it.
 
-One task per batch of parts (a few tens of MB). Its outputs, in the mix's scratch folder:
-``rows/<batch>.parquet``: every row of the batch, all columns plus ``_k`` (hash(seed, id), uint64), ``_pr`` (part
-index << 32 | row) and ``_g`` (the group), sorted by (``_k``, id, ``_pr``) in small row groups, so any range of the
-order key is a few row groups of it; ``content/<batch>.parquet``: (``_ch``, ``_k``, id, ``_pr``, n_tokens) sorted
-by ``_cb`` (a uniform 64-bit hash of the content hash: its ranges partition the content dedup whatever the
-content hash looks like).
+One task per batch of parts (a few tens of MB). Its outputs, in the mix's scratch folder (Arrow IPC, see scratch.py):
+``rows/<batch>.arrow``: every row of the batch, all columns plus ``_k`` (hash(seed, id), uint64), ``_pr`` (part
+index << 32 | row) and ``_g`` (the group), sorted by (``_k``, id, ``_pr``) in small record batches, so any range of the
+order key is a few batches of it; ``content/<batch>.arrow``: (``_ch``, ``_k``, id, ``_pr``, n_tokens) sorted by
+``_cb`` (a uniform 64-bit key of the content hash: its ranges partition the content dedup; taken from the hash's own
+hex digits, or a sha256 of it when it is not hex).
 """
 from __future__ import annotations
 

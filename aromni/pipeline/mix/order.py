@@ -9,9 +9,7 @@ from __future__ import annotations
 import bisect
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix import scratch as scr

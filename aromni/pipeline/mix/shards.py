@@ -7,7 +7,6 @@ content-addressed storage such as the Hub's) and returns its manifest entry and 
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 
