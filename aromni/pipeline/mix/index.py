@@ -59,7 +59,8 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
     fs, _ = out_fs(out)
     tables, chs = [], []
     for k, stem, group in parts:
-        t = pq.read_table(part_paths(out, stem)["rows"], filesystem=fs)
+        with fs.open(part_paths(out, stem)["rows"], "rb") as f:  # ParquetFile: see dedup.read_parquet
+            t = pq.ParquetFile(f).read()
         n = t.num_rows
         if n == 0:
             continue

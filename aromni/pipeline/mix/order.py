@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix import scratch as scr
-from aromni.pipeline.mix.dedup import key_range, read_range
+from aromni.pipeline.mix.dedup import in_range, read_parquet
 from aromni.pipeline.mix.index import ORDER, ROW_GROUP
 
 
@@ -24,11 +24,11 @@ def bucket_path(scratch: str, j: int) -> str:
 def order_range(out: str, scratch: str, j: int, n: int, row_files: list[str], drop_files: list[str]) -> dict:
     """Returns {group: rows} for range j."""
     fs, _ = out_fs(out)
-    where = key_range("_k", j, n)
     t = scr.read_range(fs, row_files, None, "_k", *scr.range_bounds(j, n))
     if t is None or t.num_rows == 0:
         return {}
-    gone = read_range(fs, drop_files, ["_pr"], where)
+    gone = read_parquet(fs, drop_files, ["_pr", "_k"])
+    gone = in_range(gone, "_k", j, n) if gone is not None else None
     if gone is not None and gone.num_rows:
         t = t.filter(pc.invert(pc.is_in(t.column("_pr"), value_set=gone.column("_pr").combine_chunks())))
     t = t.take(pc.sort_indices(t, sort_keys=[("_g", "ascending")] + ORDER))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, open_atomic, out_fs, write_bytes
 from aromni.pipeline.mix import scratch as scr
-from aromni.pipeline.mix.dedup import read_range
+from aromni.pipeline.mix.dedup import read_parquet
 from aromni.pipeline.mix.index import ROW_GROUP
 from aromni.pipeline.mix.order import bucket_path
 from aromni.pipeline.parts import DATA, REJECTS, parquet_bytes, part_paths
@@ -89,11 +89,12 @@ def write_source_rejects(out: str, source: str, stems: list[str], units: dict[in
     rows = 0
     with open_atomic(fs, join(root, path)) as f, pq.ParquetWriter(f, REJECT_SCHEMA, compression="zstd") as w:
         for stem in stems:  # streamed part by part: millions of rejects (LAION's failed downloads) never all in memory
-            t = pq.read_table(part_paths(out, stem)["rejects"], filesystem=fs, schema=REJECT_SCHEMA)
+            with fs.open(part_paths(out, stem)["rejects"], "rb") as pf:   # ParquetFile: see dedup.read_parquet
+                t = pq.ParquetFile(pf).read().cast(REJECT_SCHEMA)
             if t.num_rows:
                 w.write_table(t)
                 rows += t.num_rows
-        d = read_range(fs, drop_files, ["_pr", "id", "kept", "reason"], None) if units else None
+        d = read_parquet(fs, drop_files, ["_pr", "id", "kept", "reason"]) if units else None
         if d is not None and d.num_rows:
             part = pc.shift_right(d.column("_pr"), pa.scalar(32, pa.uint64()))
             d = d.filter(pc.is_in(part, value_set=pa.array(sorted(units), pa.uint64())))
