@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import yaml
 
 from aromni.pipeline.mix import MixError, PartRef, run
 from aromni.pipeline.mix import run_mix
-from aromni.pipeline.mix.index import order_keys
+from aromni.hashing import stable_hash
+from aromni.pipeline.mix import scratch
+from aromni.pipeline.mix.index import _bucket_keys, order_keys
+from aromni.pipeline.mix.scratch import hex_bucket_keys
 from aromni.pipeline.parts import parquet_bytes, part_paths
 from aromni.recipe import parse_recipe
 from aromni.sample import REJECT_SCHEMA, ROW_SCHEMA
@@ -155,13 +159,45 @@ def test_dedup_keeps_first_in_mixing_order_and_writes_rejects(tmp_path):
     assert res.dropped["ultrafineweb/u999"] == {"duplicate_id": {"rows": 1, "tokens": 1}}
 
 
-def test_bytes_do_not_depend_on_partitioning(tmp_path, monkeypatch):
+def _sha1_hex(g, i):  # content hashes as the build writes them (32 hex digits), every 7th text row a duplicate
+    return hashlib.sha1(f"{g}/{i - i % 7 if g == 'text' else i}".encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize("content", [None, _sha1_hex], ids=["short-hashes", "hex-hashes"])
+def test_bytes_do_not_depend_on_partitioning(tmp_path, monkeypatch, content):
     sizes = {"text": 300, "image_text": 120, "speech_text": 200}
     a, b = tmp_path / "a", tmp_path / "b"
     r = recipe("mixing.shard_rows=30", "mixing.stop=all_exhausted")
-    ra = run_mix(r, str(a), make_parts(a, sizes, units=5))
+    ra = run_mix(r, str(a), make_parts(a, sizes, units=5, content=content))
     monkeypatch.setattr(run, "RANGE_ROWS", 37)     # 17 order ranges, 17 content ranges
     monkeypatch.setattr(run, "BATCH_BYTES", 1)     # one index task per part
-    rb = run_mix(r, str(b), make_parts(b, sizes, units=5))
+    rb = run_mix(r, str(b), make_parts(b, sizes, units=5, content=content))
+    if content:  # the dedup really ran on the hex fast path (bucket keys from the hashes' own digits)
+        assert sum(d["duplicate"]["rows"] for d in ra.dropped.values() if "duplicate" in d) == 300 - 300 // 7 - 1
+        assert ra.dropped == rb.dropped
     assert hashes(a) == hashes(b) and len(hashes(a)) == len(ra.shards) > 5
     assert ra.shards == rb.shards and ra.totals == rb.totals and ra.report == rb.report
+
+
+def test_content_bucket_key_is_the_hashs_own_hex_digits():
+    ch = pa.array([hashlib.sha1(str(i).encode()).hexdigest()[:32] for i in range(50)] + [None])
+    assert hex_bucket_keys(ch).to_pylist() == [int(c[:16], 16) for c in ch.to_pylist()[:-1]] + [None]
+    # anything else (imported ids, short hashes) is hashed: still a uniform key, never a crash
+    odd = pa.array(["0a", "not-hex-but-long-enough", "ABCDEF0123456789abcd"])
+    assert hex_bucket_keys(odd) is None
+    assert _bucket_keys(odd).to_pylist() == [stable_hash(c) for c in odd.to_pylist()]
+
+
+def test_scratch_range_read_equals_a_filter(tmp_path):
+    import fsspec
+    fs = fsspec.filesystem("file")
+    keys = sorted(random.Random(1).getrandbits(64) for _ in range(5000))
+    t = pa.table({"_k": pa.array(keys, pa.uint64()), "v": list(range(5000))})
+    path = str(tmp_path / "x.arrow")
+    scratch.write_sorted(fs, path, t, "_k", 256)
+    for j, n in ((0, 3), (1, 3), (2, 3), (5, 7)):
+        lo, hi = scratch.range_bounds(j, n)
+        got = scratch.read_range(fs, [path], ["v"], "_k", lo, hi)
+        want = [v for k, v in zip(keys, range(5000)) if k >= lo and (hi is None or k < hi)]
+        assert (got.column("v").to_pylist() if got is not None else []) == want
+    assert scratch.read_all(fs, path).schema.metadata is None   # the bounds never leak into the rows

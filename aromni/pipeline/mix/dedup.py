@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, out_fs, write_bytes
+from aromni.pipeline.mix import scratch as scr
 from aromni.pipeline.mix.index import ORDER
 from aromni.pipeline.parts import parquet_bytes
 
@@ -22,20 +22,24 @@ DROP_SCHEMA = pa.schema([("_pr", pa.uint64()), ("_k", pa.uint64()), ("id", pa.st
                          ("kept", pa.string()), ("reason", pa.string())])
 
 
-def key_range(field: str, j: int, n: int) -> ds.Expression:
-    """Rows whose uint64 ``field`` lies in the j-th of n equal ranges of [0, 2**64)."""
-    lo, hi = j * (1 << 64) // n, (j + 1) * (1 << 64) // n
-    e = ds.field(field) >= pa.scalar(lo, pa.uint64())
-    if j < n - 1:
-        e = e & (ds.field(field) < pa.scalar(hi, pa.uint64()))
-    return e
+def read_parquet(fs, files: list[str], columns: list[str]) -> pa.Table | None:
+    """``columns`` of the small parquet files ``files`` (drop lists), or None when there are none. Read with
+    ParquetFile, not pq.read_table: that one loads pyarrow.dataset, whose import (~0.4 s) every Ray worker would pay
+    on its first mix task."""
+    pieces = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            pieces.append(pq.ParquetFile(f).read(columns=columns))
+    return pa.concat_tables(pieces).combine_chunks() if pieces else None
 
 
-def read_range(fs, files: list[str], columns: list[str], where: ds.Expression | None) -> pa.Table:
-    """The rows of ``files`` matching ``where``, reading only the row groups whose statistics can match."""
-    if not files:
-        return None
-    return pq.read_table(files, filesystem=fs, columns=columns, filters=where)
+def in_range(t: pa.Table, field: str, j: int, n: int) -> pa.Table:
+    """The rows of ``t`` whose uint64 ``field`` lies in the j-th of n equal ranges of [0, 2**64)."""
+    lo, hi = scr.range_bounds(j, n)
+    keep = pc.greater_equal(t.column(field), pa.scalar(lo, pa.uint64()))
+    if hi is not None:
+        keep = pc.and_(keep, pc.less(t.column(field), pa.scalar(hi, pa.uint64())))
+    return t.filter(keep)
 
 
 def _first_of_runs(keys: pa.Array) -> np.ndarray:
@@ -60,7 +64,7 @@ def _write_drops(fs, path: str, t: pa.Table) -> dict:
 
 def dedup_ids(out: str, scratch: str, j: int, n: int, row_files: list[str]) -> dict:
     fs, _ = out_fs(out)
-    t = read_range(fs, row_files, ["_k", "id", "_pr", "n_tokens"], key_range("_k", j, n))
+    t = scr.read_range(fs, row_files, ["_k", "id", "_pr", "n_tokens"], "_k", *scr.range_bounds(j, n))
     if t is None or t.num_rows == 0:
         t = DROP_SCHEMA.empty_table().drop_columns(["kept", "reason"])
     t = t.take(pc.sort_indices(t, sort_keys=ORDER))
@@ -73,10 +77,10 @@ def dedup_ids(out: str, scratch: str, j: int, n: int, row_files: list[str]) -> d
 
 def dedup_content(out: str, scratch: str, c: int, n: int, content_files: list[str], id_drop_files: list[str]) -> dict:
     fs, _ = out_fs(out)
-    t = read_range(fs, content_files, ["_cb", "_ch", "_k", "id", "_pr", "n_tokens"], key_range("_cb", c, n))
+    t = scr.read_range(fs, content_files, ["_cb", "_ch", "_k", "id", "_pr", "n_tokens"], "_cb", *scr.range_bounds(c, n))
     if t is None or t.num_rows == 0:
         return _write_drops(fs, join(scratch, "drops", f"content-{c:06d}.parquet"), DROP_SCHEMA.empty_table())
-    gone = read_range(fs, id_drop_files, ["_pr"], None)
+    gone = read_parquet(fs, id_drop_files, ["_pr"])
     if gone is not None and gone.num_rows:
         t = t.filter(pc.invert(pc.is_in(t.column("_pr"), value_set=gone.column("_pr").combine_chunks())))
     t = t.take(pc.sort_indices(t, sort_keys=[("_cb", "ascending"), ("_ch", "ascending")] + ORDER))

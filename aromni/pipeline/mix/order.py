@@ -1,7 +1,7 @@
 """Order stage: per range of the order key, the surviving rows sorted by (group, key, id, unit order, row).
 
 Because the key is a uniform hash, equal ranges are balanced partitions with no sampling. Each task writes
-``buckets/<j>.parquet`` and returns its per-group row counts; prefix sums of the counts over the ranges give every row
+``buckets/<j>.arrow`` and returns its per-group row counts; prefix sums of the counts over the ranges give every row
 its rank within its group (rank = rows of its group in earlier ranges + its position in its own), with no global sort.
 """
 from __future__ import annotations
@@ -9,33 +9,30 @@ from __future__ import annotations
 import bisect
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from aromni.io.atomic import join, out_fs, write_bytes
-from aromni.pipeline.mix.dedup import key_range, read_range
-from aromni.pipeline.mix.index import ORDER, ROW_GROUP, SCRATCH_CODEC
-from aromni.pipeline.parts import parquet_bytes
+from aromni.io.atomic import join, out_fs
+from aromni.pipeline.mix import scratch as scr
+from aromni.pipeline.mix.dedup import in_range, read_parquet
+from aromni.pipeline.mix.index import ORDER, ROW_GROUP
 
 
 def bucket_path(scratch: str, j: int) -> str:
-    return join(scratch, "buckets", f"{j:06d}.parquet")
+    return join(scratch, "buckets", f"{j:06d}.arrow")
 
 
 def order_range(out: str, scratch: str, j: int, n: int, row_files: list[str], drop_files: list[str]) -> dict:
     """Returns {group: rows} for range j."""
     fs, _ = out_fs(out)
-    where = key_range("_k", j, n)
-    t = read_range(fs, row_files, None, where)
+    t = scr.read_range(fs, row_files, None, "_k", *scr.range_bounds(j, n))
     if t is None or t.num_rows == 0:
         return {}
-    gone = read_range(fs, drop_files, ["_pr"], where)
+    gone = read_parquet(fs, drop_files, ["_pr", "_k"])
+    gone = in_range(gone, "_k", j, n) if gone is not None else None
     if gone is not None and gone.num_rows:
         t = t.filter(pc.invert(pc.is_in(t.column("_pr"), value_set=gone.column("_pr").combine_chunks())))
     t = t.take(pc.sort_indices(t, sort_keys=[("_g", "ascending")] + ORDER))
-    write_bytes(fs, bucket_path(scratch, j), parquet_bytes(t, compression=SCRATCH_CODEC,
-                                                           row_group_size=ROW_GROUP))
+    scr.write_sorted(fs, bucket_path(scratch, j), t, None, ROW_GROUP)
     g, c = np.unique(t.column("_g").to_numpy(zero_copy_only=False), return_counts=True)
     return {str(a): int(b) for a, b in zip(g, c)}
 
@@ -87,7 +84,7 @@ def block_tokens(out: str, scratch: str, ranks_off: dict, ratio: dict, n_blocks:
         path = bucket_path(scratch, j)
         if not fs.exists(path):
             continue
-        t = pq.read_table(path, filesystem=fs, columns=["_g", "n_tokens"])
+        t = scr.read_all(fs, path, ["_g", "n_tokens"])
         for g in ratio:
             tokens[g].append(t.filter(pc.equal(t.column("_g"), g)).column("n_tokens").to_numpy().astype(np.int64))
     per_block = np.zeros(n_blocks, dtype=np.int64)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix.dedup import dedup_content, dedup_ids
-from aromni.pipeline.mix.index import index_batch
+from aromni.pipeline.mix.index import content_path, index_batch, rows_path
 from aromni.pipeline.mix.order import Ranks, block_tokens, order_range, shard_bounds
 from aromni.pipeline.mix.shards import remove_other_shards, shard_name, write_shard, write_source_rejects
 from aromni.pipeline.parts import PARTS, part_paths, remove_manifest
@@ -37,19 +37,31 @@ class MixResult:
     totals: dict
     dropped: dict = field(default_factory=dict)    # stem -> reason -> {"rows", "tokens"}
     rejects: dict = field(default_factory=dict)    # source -> {"path", "rows"}
-    seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order, shards, rejects)
+    seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order + rejects, shards, cleanup)
 
 
 def _runner(ray):
-    """map(fn, argument tuples) in-process, or as Ray tasks (1 CPU each, retried: every task rewrites whole files)."""
+    """map(fn, argument tuples) in-process, or as Ray tasks (1 CPU each, retried: every task rewrites whole files).
+    ``run.together([(fn, args), ...])`` runs independent stages as one wave (one round trip, no idle worker between)."""
     if ray is None:
-        return lambda fn, args: [fn(*a) for a in args]
+        def run(fn, args):
+            return [fn(*a) for a in args]
+        run.together = lambda stages: [run(fn, args) for fn, args in stages]
+        return run
     cache = {}
 
-    def run(fn, args):
+    def remote(fn):
         if fn not in cache:
             cache[fn] = ray.remote(num_cpus=1, max_retries=3)(fn)
-        return ray.get([cache[fn].remote(*a) for a in args])
+        return cache[fn]
+
+    def together(stages):
+        refs = [[remote(fn).remote(*a) for a in args] for fn, args in stages]
+        return [ray.get(r) for r in refs]
+
+    def run(fn, args):
+        return together([(fn, args)])[0]
+    run.together = together
     return run
 
 
@@ -94,9 +106,8 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     batches = _batches(fs, out, parts)
     idx = run(index_batch, [(out, scratch, b, bp, m.seed, content) for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
-    row_files = [join(scratch, "rows", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]]
-    content_files = [join(scratch, "content", f"{b:06d}.parquet") for b, r in enumerate(idx) if r["rows"]] \
-        if content else []
+    row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
+    content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
     n_ranges = max(1, math.ceil(total / RANGE_ROWS))
     lap("index")
 
@@ -118,7 +129,15 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     lap("dedup")
 
     # 3. order: surviving rows per range sorted by group; counts -> ranks
-    per_range = run(order_range, [(out, scratch, j, n_ranges, row_files, drop_files) for j in range(n_ranges)])
+    # (the per-source rejects need only the drops: they run in the same wave as the order tasks)
+    by_source: dict[str, list[int]] = {}
+    for k, p in enumerate(parts):
+        by_source.setdefault(p.source, []).append(k)
+    per_range, rej = run.together([
+        (order_range, [(out, scratch, j, n_ranges, row_files, drop_files) for j in range(n_ranges)]),
+        (write_source_rejects, [(out, s.name, [parts[k].stem for k in by_source.get(s.name, [])],
+                                 {k: parts[k].unit for k in by_source.get(s.name, [])}, drop_files)
+                                for s in recipe.sources])])
     ranks = Ranks(per_range, ratio)
     lap("order")
     avail = {g: ranks.available(g) for g in ratio}
@@ -148,15 +167,9 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     written = run(write_shard, args)
     lap("shards")
 
-    # 5. rejects per source; totals and drops from the tasks' stats
-    by_source: dict[str, list[int]] = {}
-    for k, p in enumerate(parts):
-        by_source.setdefault(p.source, []).append(k)
-    rej = run(write_source_rejects, [(out, s.name, [parts[k].stem for k in by_source.get(s.name, [])],
-                                      {k: parts[k].unit for k in by_source.get(s.name, [])}, drop_files)
-                                     for s in recipe.sources])
+    # 5. totals and drops from the tasks' stats
     fs.rm(scratch, recursive=True)
-    lap("rejects")
+    lap("cleanup")
     return MixResult(shards=[w["shard"] for w in written], report=report,
                      totals=_totals(w["totals"] for w in written),
                      dropped={parts[k].stem: dict(sorted(v.items())) for k, v in sorted(dropped.items())},

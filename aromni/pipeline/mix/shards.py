@@ -7,7 +7,6 @@ content-addressed storage such as the Hub's) and returns its manifest entry and 
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 
@@ -16,7 +15,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, open_atomic, out_fs, write_bytes
-from aromni.pipeline.mix.dedup import read_range
+from aromni.pipeline.mix import scratch as scr
+from aromni.pipeline.mix.dedup import read_parquet
+from aromni.pipeline.mix.index import ROW_GROUP
 from aromni.pipeline.mix.order import bucket_path
 from aromni.pipeline.parts import DATA, REJECTS, parquet_bytes, part_paths
 from aromni.sample import REJECT_SCHEMA
@@ -27,20 +28,17 @@ def shard_name(s: int, n: int) -> str:
 
 
 def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Table:
-    """Rows [a, b) of bucket j, reading only the row groups that hold them, each at most once per shard (a small
+    """Rows [a, b) of bucket j, reading only the batches that hold them, each at most once per shard (a small
     group repeated under ``all_exhausted`` asks for the same rows many times)."""
     if j not in files:
-        pf = pq.ParquetFile(fs.open(bucket_path(scratch, j), "rb"))
-        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-        files[j] = (pf, list(itertools.accumulate([0] + sizes)), {})
-    pf, starts, cache = files[j]
-    first = bisect.bisect_right(starts, a) - 1
-    last = bisect.bisect_left(starts, b) - 1
+        files[j] = (scr.Reader(fs, bucket_path(scratch, j)), {})
+    reader, cache = files[j]
+    first, last = a // ROW_GROUP, (b - 1) // ROW_GROUP
     for i in range(first, last + 1):
         if i not in cache:
-            cache[i] = pf.read_row_group(i)
+            cache[i] = reader.batches([i])
     t = pa.concat_tables([cache[i] for i in range(first, last + 1)])
-    return t.slice(a - starts[first], b - a)
+    return t.slice(a - first * ROW_GROUP, b - a)
 
 
 def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
@@ -58,15 +56,15 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
                     t.column("id"), pa.scalar(f"@rep{rep}"), ""))
             pieces.append(t)
         per_group.append(pa.concat_tables(pieces))
-    for pf, _, _ in files.values():
-        pf.close()
+    for reader, _ in files.values():
+        reader.close()
     base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
     take = []
     rs = list(ratio.values())
     for blk in range(b1 - b0):
         for i in range(max(rs)):  # interleave: g1 g2 g3 g1 g2 g3 ...
             take += [base[gi] + blk * r + i for gi, r in enumerate(rs) if i < r]
-    table = pa.concat_tables(per_group).take(pa.array(take, pa.int64()))
+    table = pa.concat_tables(per_group).combine_chunks().take(pa.array(take, pa.int64()))
     keep = [c for c in table.column_names if not c.startswith("_")]
     sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
     table = table.select(keep).combine_chunks()
@@ -91,11 +89,12 @@ def write_source_rejects(out: str, source: str, stems: list[str], units: dict[in
     rows = 0
     with open_atomic(fs, join(root, path)) as f, pq.ParquetWriter(f, REJECT_SCHEMA, compression="zstd") as w:
         for stem in stems:  # streamed part by part: millions of rejects (LAION's failed downloads) never all in memory
-            t = pq.read_table(part_paths(out, stem)["rejects"], filesystem=fs, schema=REJECT_SCHEMA)
+            with fs.open(part_paths(out, stem)["rejects"], "rb") as pf:   # ParquetFile: see dedup.read_parquet
+                t = pq.ParquetFile(pf).read().cast(REJECT_SCHEMA)
             if t.num_rows:
                 w.write_table(t)
                 rows += t.num_rows
-        d = read_range(fs, drop_files, ["_pr", "id", "kept", "reason"], None) if units else None
+        d = read_parquet(fs, drop_files, ["_pr", "id", "kept", "reason"]) if units else None
         if d is not None and d.num_rows:
             part = pc.shift_right(d.column("_pr"), pa.scalar(32, pa.uint64()))
             d = d.filter(pc.is_in(part, value_set=pa.array(sorted(units), pa.uint64())))
