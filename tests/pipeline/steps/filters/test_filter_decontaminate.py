@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from filter_pictures import jpeg
+from filter_pictures import picture as _picture
 
 from aromni.pipeline.readers.base import Example, Turn
 from aromni.pipeline.steps import STEPS
@@ -23,18 +25,7 @@ KARPATHY_CAP = "Two giraffes standing next to each other in a field."
 
 
 def picture(seed, size=96):
-    r = np.random.default_rng(seed)
-    acc = np.zeros((size, size, 3))
-    for k in (4, 8, 16):
-        acc += np.asarray(Image.fromarray(r.integers(0, 256, (k, k, 3), dtype=np.uint8)).resize((size, size),
-                                                                                                Image.BICUBIC), float)
-    return Image.fromarray((255 * (acc - acc.min()) / (acc.max() - acc.min())).astype(np.uint8))
-
-
-def jpeg(im, q=90):
-    b = io.BytesIO()
-    im.save(b, "JPEG", quality=q)
-    return b.getvalue()
+    return _picture(seed, size)
 
 
 @pytest.fixture(scope="module")

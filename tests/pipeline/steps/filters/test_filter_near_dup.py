@@ -2,12 +2,12 @@
 the same whatever the split into tables or partitions."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
+
+from filter_pictures import jpeg, picture  # noqa: E402 - the shared test pictures
 
 from aromni.pipeline.steps.filters.near_dup import (NearDupOptions, candidate_pairs, drop_table, find_near_duplicates,
                                                     hamming, image_phash, normalise_text, partition_keys,
@@ -82,21 +82,6 @@ def test_char_shingles_and_explicit_bands():
     o = NearDupOptions(shingle="char", ngram=3, bands=32, rows=4)
     drops = find_near_duplicates(tables(rows, 1), 0, o).to_pylist()
     assert [(r["id"], r["kept_id"]) for r in drops] == [tuple(sorted(("a", "b"), key=lambda i: (stable_hash(0, i), i)))[::-1]]
-
-
-def picture(seed, size=128):
-    r = np.random.default_rng(seed)
-    acc = np.zeros((size, size, 3))
-    for k in (4, 8, 16):
-        acc += np.asarray(Image.fromarray(r.integers(0, 256, (k, k, 3), dtype=np.uint8)).resize((size, size),
-                                                                                                Image.BICUBIC), float)
-    return Image.fromarray((255 * (acc - acc.min()) / (acc.max() - acc.min())).astype(np.uint8))
-
-
-def jpeg(im, q=90):
-    b = io.BytesIO()
-    im.save(b, "JPEG", quality=q)
-    return b.getvalue()
 
 
 def test_image_copies_by_perceptual_hash():
