@@ -84,6 +84,8 @@ def test_full_disk_while_mixing_is_a_clear_error_and_resumes(reference, tmp_path
     import aromni.pipeline.build as b
     out = _parts_only_copy(reference, tmp_path / "out")
     monkeypatch.setattr(b, "_init_ray", lambda *a, **k: pytest.fail("no unit should need redoing"))
+    # the mix in this process even if an earlier test left a Ray running here (its workers would not see the patch)
+    monkeypatch.setattr(b, "_ray_if_running", lambda: None)
     real = _failing_writes(monkeypatch, lambda p: "train-00001" in p)
     args = ["build", str(reference.recipe), "--out", str(out), "--no-progress"]
     r = CliRunner().invoke(app, args)
