@@ -60,6 +60,16 @@ def batch_size(recipe: Recipe) -> int:
     return min(sizes) if sizes else 64
 
 
+def relative_to_root(recipe: Recipe):
+    """A function that says paths relative to data_root inside a string (rows' meta.path, rejects' unit and message):
+    the same corpus on a local disk or in a bucket then gives the same bytes (the unit's id, not its label, carries
+    the full path)."""
+    prefix = str(recipe.data_root).rstrip("/") + "/"
+    if prefix == "/":
+        return lambda s: s
+    return lambda s: s.replace(prefix, "") if isinstance(s, str) else s
+
+
 def unit_steps(recipe: Recipe, source: SourceConfig, unit: Unit, tok, layout: Layout = AR_OMNI_V0_1,
                on_split=None) -> list[Step]:
     """The unit's steps in order; the recipe's ``steps:`` go in at their stage. ``on_split(work, pieces)``: called
@@ -71,8 +81,7 @@ def unit_steps(recipe: Recipe, source: SourceConfig, unit: Unit, tok, layout: La
         if recipe.filters.split_long == "paragraphs" else []
     return [ChooseTask(source, recipe), Clean(None, recipe), Decode(None, recipe), Dedup(None, recipe),
             *at["decoded"], Tokenize(tok, batch_size(recipe), recipe), render, *split,
-            *at["rendered"], Check(recipe, layout), UniqueIds(recipe, unit.label.replace(
-                str(recipe.data_root).rstrip("/") + "/", ""))]
+            *at["rendered"], Check(recipe, layout), UniqueIds(recipe, relative_to_root(recipe)(unit.label))]
 
 
 def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str = "",
@@ -80,10 +89,7 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
     """``pools``: the build's actor pools (executor.pools.Pools); steps that use one (voice) attach to it."""
     t0 = time.perf_counter()
     res = UnitResult()
-    # Where a row or reject came from is said relative to data_root, so the same corpus on a local disk or in a
-    # bucket gives the same bytes (the unit's id, not its label, carries the full path).
-    prefix = str(recipe.data_root).rstrip("/") + "/"
-    rel = (lambda s: s.replace(prefix, "") if isinstance(s, str) else s) if prefix != "/" else (lambda s: s)
+    rel = relative_to_root(recipe)
     label = rel(unit.label)
     stats = res.stats = UnitStats(label, uid, source.name, source.group)
     reasons: Counter = Counter()
