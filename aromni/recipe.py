@@ -230,6 +230,10 @@ class Recipe(Strict):
         missing = sorted(set(self.mixing.ratio) - groups)
         if missing:
             raise ValueError(f"mixing.ratio names group(s) {missing} that no source feeds (sources feed {sorted(groups)})")
+        near = [i for i, st in enumerate(self.steps) if st.name == "near_dup"]
+        if len(near) > 1:  # one build-wide clustering: two would each keep "the first" of different clusters
+            raise ValueError(f"steps[{near[1]}]: near_dup appears twice (steps[{near[0]}] too); give it once, with "
+                             f"sources: to limit it")
         unmixed = sorted(groups - set(self.mixing.ratio))
         if unmixed:
             raise ValueError(f"source group(s) {unmixed} have no mixing.ratio entry")

@@ -27,6 +27,7 @@ from aromni.pipeline.mix import PartRef, run_mix
 from aromni.pipeline.parts import check_existing, read_done, remove_build  # noqa: F401 - remove_build: API
 from aromni.pipeline.plan import PlannedUnit, plan
 from aromni.pipeline.stats import UnitStats
+from aromni.pipeline.unit import relative_to_root
 from aromni.recipe import Recipe, RecipeError, check_paths
 
 __all__ = ["build", "BuildError", "BuildReport", "RecipeError", "tokenizers_for"]
@@ -88,8 +89,9 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
              for u in units]
     check_not_empty(recipe, stats)
 
+    rel = relative_to_root(recipe)   # rejects name units relative to data_root, as the units' own rejects do
     mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
-                                          u.unit.label) for u in units], ray=_ray_if_running())
+                                          rel(u.unit.label)) for u in units], ray=_ray_if_running())
     stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
     manifest = build_manifest(recipe, AR_OMNI_V0_1, tok.identities, mixed.shards, stats, mixed.report, mixed.totals,
                               [r["path"] for r in mixed.rejects.values()], voices=voices)

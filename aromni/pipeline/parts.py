@@ -1,7 +1,8 @@
 """Per-unit part files and the state of an out folder (local path or URL).
 
-A unit writes ``parts/<stem>.parquet`` (rows), ``parts/<stem>.rejects.parquet`` and, last, ``parts/<stem>.done.json``:
-the unit's stats plus the size and sha256 of both files. Only a marker whose files match is "done"; anything else
+A unit writes ``parts/<stem>.parquet`` (rows), ``parts/<stem>.rejects.parquet``, with a ``near_dup`` step also
+``parts/<stem>.near_dup.parquet`` (the rows' fingerprints, for the mix), and, last, ``parts/<stem>.done.json``: the
+unit's stats plus the size and sha256 of each file. Only a marker whose files match is "done"; anything else
 (a missing file, a zero-length part after a power cut, a torn write) makes the unit redo, never a crash.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ PARTS = "parts"
 DATA = "data"
 REJECTS = "rejects"
 MANIFEST = "manifest.json"
-FILES = "part_files"   # the marker's record of its files: {"rows": {"size", "sha256"}, "rejects": {...}}
+FILES = "part_files"   # the marker's record of its files: {"rows": {"size", "sha256"}, "rejects": {...}, ...}
 
 
 class OutError(OutputError):
@@ -31,7 +32,8 @@ def part_paths(out: str, stem: str) -> dict[str, str]:
     """Paths inside the out filesystem (no scheme) of a unit's files."""
     _, root = out_fs(out)
     base = join(root, PARTS, stem)
-    return {"rows": base + ".parquet", "rejects": base + ".rejects.parquet", "done": base + ".done.json"}
+    return {"rows": base + ".parquet", "rejects": base + ".rejects.parquet", "near_dup": base + ".near_dup.parquet",
+            "done": base + ".done.json"}
 
 
 def parquet_bytes(table: pa.Table, **kw) -> bytes:
@@ -41,13 +43,18 @@ def parquet_bytes(table: pa.Table, **kw) -> bytes:
 
 
 def write_part(out: str, stem: str, result, recipe) -> None:
-    """Rows and rejects first (each durable), the done marker last: a unit without a valid marker is redone."""
+    """Rows and rejects (and fingerprints) first, each durable; the done marker last: a unit without a valid marker is
+    redone."""
     fs, _ = out_fs(out)
     p = part_paths(out, stem)
     o = recipe.output
     files = {}
-    for kind, table in (("rows", rows_to_table(result.rows)),
-                        ("rejects", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))):
+    tables = [("rows", rows_to_table(result.rows)),
+              ("rejects", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))]
+    if getattr(result, "signatures", None) is not None:
+        from aromni.pipeline.steps.filters.near_dup import sidecar_table
+        tables.append(("near_dup", sidecar_table(result.signatures)))
+    for kind, table in tables:
         data = parquet_bytes(table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None)
         write_bytes(fs, p[kind], data)
         files[kind] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -56,14 +63,15 @@ def write_part(out: str, stem: str, result, recipe) -> None:
 
 
 def read_done(out: str, stem: str) -> dict | None:
-    """The unit's stats when its marker and both files are present and match the marker, else None (redo it)."""
+    """The unit's stats when its marker and all its files are present and match the marker, else None (redo it)."""
     fs, _ = out_fs(out)
     p = part_paths(out, stem)
     try:
         marker = json.loads(fs.cat_file(p["done"]))
         files = marker.pop(FILES)
-        for kind in ("rows", "rejects"):
-            want = files[kind]
+        if not {"rows", "rejects"} <= set(files):
+            return None
+        for kind, want in files.items():
             if fs.size(p[kind]) != want["size"] or sha256_of(fs, p[kind]) != want["sha256"]:
                 return None
     except (FileNotFoundError, OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -49,6 +49,7 @@ class UnitResult:
     rows: list[Sample] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     stats: UnitStats | None = None
+    signatures: list | None = None   # with a near_dup step: each row's (keys, image hash) or None, aligned with rows
 
 
 class CircuitBreaker(Exception):
@@ -108,6 +109,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
         stats.read += len(pieces) - 1
 
     steps = unit_steps(recipe, source, unit, tok, layout, on_split)
+    if any(s.name == "near_dup" for s in recipe.steps):
+        res.signatures = []
     for step in steps:
         if pools is not None and hasattr(step, "attach_pools"):
             step.attach_pools(pools)
@@ -140,6 +143,8 @@ def process_unit(recipe: Recipe, source: SourceConfig, unit: Unit, tok, uid: str
             if isinstance(item, Work):
                 inflight.pop(item.seq)
                 res.rows.append(item.row)
+                if res.signatures is not None:
+                    res.signatures.append(item.signature)
                 consecutive = 0
                 continue
             if isinstance(item, Drop):

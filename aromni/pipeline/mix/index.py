@@ -5,12 +5,14 @@ One task per batch of parts (a few tens of MB). Its outputs, in the mix's scratc
 index << 32 | row) and ``_g`` (the group), sorted by (``_k``, id, ``_pr``) in small record batches, so any range of the
 order key is a few batches of it; ``content/<batch>.arrow``: (``_ch``, ``_k``, id, ``_pr``, n_tokens) sorted by
 ``_cb`` (a uniform 64-bit key of the content hash: its ranges partition the content dedup; taken from the hash's own
-hex digits, or a sha256 of it when it is not hex).
+hex digits, or a sha256 of it when it is not hex); with a ``near_dup`` step, ``near/<batch>.arrow``: the parts'
+fingerprints, one row per bucket key (key, ``_k``, id, ``_pr``, n_tokens, image_hash), sorted by key (mix/near.py).
 """
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -20,6 +22,7 @@ from aromni.pipeline.mix.scratch import hex_bucket_keys, write_sorted
 from aromni.pipeline.parts import part_paths
 
 ROW_GROUP = 2048          # scratch record batches: the granularity of a range read
+KEY_ROWS = 8192           # near-dup key files: the granularity of a key-range read
 ORDER = [("_k", "ascending"), ("id", "ascending"), ("_pr", "ascending")]
 
 
@@ -29,6 +32,36 @@ def rows_path(scratch: str, batch: int) -> str:
 
 def content_path(scratch: str, batch: int) -> str:
     return join(scratch, "content", f"{batch:06d}.arrow")
+
+
+def keys_path(scratch: str, batch: int) -> str:
+    return join(scratch, "near", f"{batch:06d}.arrow")
+
+
+def part_keys(fs, out: str, stem: str, k: int, t: pa.Table, order: pa.Array) -> pa.Table | None:
+    """One part's fingerprints as key rows. ``t``: the part's rows (in part order), ``order``: their order keys."""
+    with fs.open(part_paths(out, stem)["near_dup"], "rb") as f:  # ParquetFile: see dedup.read_parquet
+        sig = pq.ParquetFile(f).read().combine_chunks()
+    if sig.num_rows == 0:
+        return None
+    rows = sig.column("row").chunk(0)
+    if pc.max(rows).as_py() >= t.num_rows:
+        raise ValueError(f"{stem}: fingerprints name row {pc.max(rows).as_py()} of a part of {t.num_rows} rows")
+    n = pc.list_value_length(sig.column("keys")).fill_null(0).to_numpy(zero_copy_only=False)
+    each = pa.array(np.repeat(np.arange(sig.num_rows), n))        # one entry per key: its fingerprint row
+    at = rows.take(each).cast(pa.int64())                         # ... and its row in the part
+    return pa.table({"key": pc.list_flatten(sig.column("keys")), "_k": order.take(at), "id": t.column("id").take(at),
+                     "_pr": pc.bit_wise_or(pa.scalar(k << 32, pa.uint64()), at.cast(pa.uint64())),
+                     "n_tokens": t.column("n_tokens").take(at), "image_hash": sig.column("image_hash").take(each)})
+
+
+def write_keys(fs, scratch: str, batch: int, pieces: list[pa.Table]) -> int:
+    if not pieces:
+        return 0
+    t = pa.concat_tables(pieces).combine_chunks()
+    t = t.take(pc.sort_indices(t, sort_keys=[("key", "ascending"), ("_k", "ascending"), ("id", "ascending")]))
+    write_sorted(fs, keys_path(scratch, batch), t, "key", KEY_ROWS)
+    return t.num_rows
 
 
 def order_keys(seed, ids: list[str]) -> pa.Array:
@@ -54,10 +87,12 @@ def content_hashes(t: pa.Table) -> pa.Array:
                       t.column("content_hash")).combine_chunks()
 
 
-def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, str]], seed, content: bool) -> dict:
-    """``parts``: (part index, stem, group). Returns {"rows": n, "bytes": size of rows written}."""
+def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, str]], seed, content: bool,
+                near: bool = False) -> dict:
+    """``parts``: (part index, stem, group). Returns {"rows": rows written, "keys": near-dup key rows written}.
+    With ``near`` (a near_dup step), also the parts' fingerprints as key rows (mix/near.py)."""
     fs, _ = out_fs(out)
-    tables, chs = [], []
+    tables, chs, keys = [], [], []
     for k, stem, group in parts:
         with fs.open(part_paths(out, stem)["rows"], "rb") as f:  # ParquetFile: see dedup.read_parquet
             t = pq.ParquetFile(f).read()
@@ -70,8 +105,11 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
               .append_column("_g", pa.array([group] * n, pa.string())))
         tables.append(t)
         chs.append(ch)
+        if near and (kt := part_keys(fs, out, stem, k, t, t.column("_k"))) is not None:
+            keys.append(kt)
+    n_keys = write_keys(fs, scratch, batch, keys)
     if not tables:
-        return {"rows": 0}
+        return {"rows": 0, "keys": 0}
     t = pa.concat_tables(tables, promote_options="default").combine_chunks()  # take on one chunk: ~3x faster
     ch = pa.concat_arrays(chs)
     order = pc.sort_indices(t, sort_keys=ORDER)
@@ -82,4 +120,4 @@ def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, 
                       "n_tokens": t.column("n_tokens")}).filter(pc.is_valid(ch))
         c = c.take(pc.sort_indices(c, sort_keys=[("_cb", "ascending"), ("_ch", "ascending")] + ORDER))
         write_sorted(fs, content_path(scratch, batch), c, "_cb", ROW_GROUP * 4)
-    return {"rows": t.num_rows}
+    return {"rows": t.num_rows, "keys": n_keys}

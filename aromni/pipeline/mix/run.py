@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix.dedup import dedup_content, dedup_ids
-from aromni.pipeline.mix.index import content_path, index_batch, rows_path
+from aromni.pipeline.mix.index import content_path, index_batch, keys_path, rows_path
+from aromni.pipeline.mix.near import RANGE_KEYS, near_drops_path, near_pairs, near_resolve, pairs_path
 from aromni.pipeline.mix.order import Ranks, block_tokens, order_range, shard_bounds
 from aromni.pipeline.mix.shards import remove_other_shards, shard_name, write_shard, write_source_rejects
 from aromni.pipeline.parts import PARTS, part_paths, remove_manifest
+from aromni.pipeline.steps.filters.near_dup import NearDupStepOptions
 
 SCRATCH = ".mix"
 BATCH_BYTES = 16 << 20      # parts read together by one index task (compressed bytes) ...
@@ -91,6 +93,7 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     m = recipe.mixing
     ratio = dict(m.ratio)
     content = bool(recipe.filters.dedup)
+    near = near_options(recipe)
     if fs.exists(scratch):  # a killed mix's leftovers: everything below is recomputed
         fs.rm(scratch, recursive=True)
     remove_manifest(out)
@@ -104,7 +107,7 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
 
     # 1. index: each part read once, rows sorted by order key
     batches = _batches(fs, out, parts)
-    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content) for b, bp in enumerate(batches)])
+    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None) for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
     row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
     content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
@@ -119,14 +122,23 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     if content:
         counts += run(dedup_content, [(out, scratch, c, n_ranges, content_files, id_drops) for c in range(n_ranges)])
         drop_files += [join(scratch, "drops", f"content-{c:06d}.parquet") for c in range(n_ranges)]
+    lap("dedup")
+
+    # 2b. near-duplicates (a near_dup step): pairs per key range among the rows exact dedup kept, then clusters
+    if near is not None:
+        key_files = [keys_path(scratch, b) for b, r in enumerate(idx) if r.get("keys")]
+        n_key_ranges = max(1, math.ceil(sum(r.get("keys", 0) for r in idx) / RANGE_KEYS))
+        run(near_pairs, [(out, scratch, j, n_key_ranges, key_files, drop_files, near.max_hamming)
+                         for j in range(n_key_ranges)])
+        counts += run(near_resolve, [(out, scratch, [pairs_path(scratch, j) for j in range(n_key_ranges)])])
+        drop_files.append(near_drops_path(scratch))
+        lap("near_dup")
     for c in counts:
         for k, reasons in c.items():
             for reason, (rows, tokens) in reasons.items():
                 d = dropped.setdefault(k, {}).setdefault(reason, {"rows": 0, "tokens": 0})
                 d["rows"] += rows
                 d["tokens"] += tokens
-
-    lap("dedup")
 
     # 3. order: surviving rows per range sorted by group; counts -> ranks
     # (the per-source rejects need only the drops: they run in the same wave as the order tasks)
@@ -174,6 +186,14 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
                      totals=_totals(w["totals"] for w in written),
                      dropped={parts[k].stem: dict(sorted(v.items())) for k, v in sorted(dropped.items())},
                      rejects={s.name: r for s, r in zip(recipe.sources, rej)}, seconds=seconds)
+
+
+def near_options(recipe):
+    """The options of the recipe's near_dup step, or None without one."""
+    for s in recipe.steps:
+        if s.name == "near_dup":
+            return NearDupStepOptions(**(s.options or {}))
+    return None
 
 
 def _totals(per_shard) -> dict:

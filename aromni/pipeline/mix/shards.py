@@ -102,7 +102,7 @@ def write_source_rejects(out: str, source: str, stems: list[str], units: dict[in
             recs = []
             for pr, i, kept, reason in zip(*(d.column(c).to_pylist() for c in ("_pr", "id", "kept", "reason"))):
                 what = ("the same id as a row of an earlier unit" if reason == "duplicate_id"
-                        else f"same content as {kept}")
+                        else f"near-duplicate of {kept}" if reason == "near_duplicate" else f"same content as {kept}")
                 recs.append({"id": i, "source": source, "unit": units[pr >> 32], "reason": reason,
                              "message": f"{what}, which is kept (first in mixing order)"})
             if recs:

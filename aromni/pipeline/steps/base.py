@@ -68,6 +68,7 @@ class Work:
     codes: dict = field(default_factory=dict)    # tokenized, shaped like media: {"image": [...]} | {"turns": [...]}
     content_hash: str = ""
     row: Sample | None = None
+    signature: tuple | None = None               # near_dup: (bucket keys, image hash), for the mix's near-dedup
 
 
 @dataclass

@@ -30,11 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
+from aromni.hashing import stable_hash
+from aromni.pipeline.steps.base import register_step
+from aromni.pipeline.steps.filters.base import FilterOptions, FilterStep, source_of
 from aromni.pipeline.steps.filters.fingerprints import (hamming, image_chunk_keys, image_phash,  # noqa: F401
                                                         normalise_text, shingles)
 from aromni.registry import StrictOptions
-
-from aromni.hashing import stable_hash
 
 REASON = "near_duplicate"
 IMAGE_BIT = np.uint64(1)  # keys of image chunks are odd, of text bands even: one key space, never confused
@@ -62,7 +63,8 @@ class NearDupOptions(StrictOptions):
     minhash_seed: int = Field(1, description="MinHash permutation seed (part of what decides; keep it fixed)")
     image_hash: Literal["phash", "dhash", "average_hash", "whash"] = "phash"
     max_hamming: int = Field(10, ge=0, le=31, description="images within this many of 64 bits are near-duplicates")
-    partitions: int = Field(16, ge=1, description="key partitions for stage (b): memory per task ~ keys/partitions")
+    partitions: int = Field(16, ge=1, description="key partitions of the in-process driver (find_near_duplicates); "
+                            "a build sizes its key ranges from the data, like exact dedup")
 
     @model_validator(mode="after")
     def _bands(self):
@@ -116,6 +118,21 @@ def fingerprint_inputs(example, group: str) -> tuple[str | None, bytes | None]:
     if group == "image_text":
         return None, example.image
     return None, None
+
+
+def example_keys(text: str | None, image, o: NearDupOptions) -> tuple[list[int], int | None]:
+    """Stage (a) for one example: its bucket keys (LSH bands of the text, pigeonhole chunks of the image hash) and
+    its image hash (None without an image)."""
+    keys: list[int] = []
+    h = None
+    if o.text and text:
+        sig = minhashes([text], o)[0]
+        if sig is not None:
+            keys += band_keys(sig, *o.band_layout())
+    if o.image and image is not None:
+        h = image_phash(image, o.image_hash)
+        keys += image_chunk_keys(h, o.max_hamming)
+    return keys, h
 
 
 # ---- stage (a) -----------------------------------------------------------------------------------------------------
@@ -229,3 +246,48 @@ def find_near_duplicates(tables: Sequence[pa.Table], order_seed, o: NearDupOptio
             parts[p].append(k)
     pairs = [candidate_pairs(pa.concat_tables(p), o.max_hamming) for p in parts if p]
     return drop_table(resolve_clusters(pairs))
+
+
+# ---- the recipe step: stage (a) inside each unit ------------------------------------------------------------------
+SIDECAR_SCHEMA = pa.schema([("row", pa.uint32()), ("keys", pa.list_(pa.uint64())), ("image_hash", pa.uint64())])
+
+
+class NearDupStepOptions(FilterOptions, NearDupOptions):
+    pass
+
+
+@register_step
+class NearDupStep(FilterStep):
+    """``steps: [{name: near_dup, options: {...}}]``: fingerprints every row in its unit (stage (a)); the mix then
+    finds the clusters across the whole build (stages (b)-(d), ``aromni.pipeline.mix.near``) and rejects every row
+    but the first in mixing order as ``near_duplicate``, naming the kept id. Runs at ``rendered`` so each row that
+    ``split_long`` made is fingerprinted on its own text. Never rejects here: a unit cannot see the other units."""
+    name = "near_dup"
+    Options = NearDupStepOptions
+    stage = "rendered"
+    uses_rng = False
+
+    def __init__(self, options, recipe=None):
+        super().__init__(options, recipe)
+        self._groups = {s.name: s.group for s in recipe.sources} if recipe is not None else {}
+
+    def process(self, work, rng) -> None:
+        ex = work.example
+        if not self.applies_to(ex):
+            return
+        text, image = fingerprint_inputs(ex, self._groups.get(source_of(ex), ""))
+        if text is None and image is None:
+            self.stats.skip("nothing_to_compare")
+            return
+        self.stats["checked"] += 1
+        work.signature = example_keys(text, image, self.opts)
+        self.stats["fingerprinted.text" if text is not None else "fingerprinted.image"] += 1
+
+
+def sidecar_table(signatures: Sequence[tuple[list[int], int | None] | None]) -> pa.Table:
+    """The unit's ``parts/<stem>.near_dup.parquet``: (row index in the part, keys, image hash) of each row that has
+    keys (aligned with the part's rows by index)."""
+    rows = [(i, k, h) for i, sig in enumerate(signatures) if sig is not None for k, h in [sig] if k]
+    return pa.table({"row": pa.array([r[0] for r in rows], pa.uint32()),
+                     "keys": pa.array([r[1] for r in rows], pa.list_(pa.uint64())),
+                     "image_hash": pa.array([r[2] for r in rows], pa.uint64())}, schema=SIDECAR_SCHEMA)
