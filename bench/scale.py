@@ -4,8 +4,10 @@
 
 The corpus: synthetic Ultra-FineWeb-format text (parquet files of --rows-per-file rows, deterministic words) at
 N, 4N, 16N rows, plus a small fixed image and speech slice (the demo corpus's LAION tar and GigaSpeech parquet, with
-the demo's STAND-IN tokenizers). The recipe mixes text:image:speech 8:1:1 with ``all_exhausted``, so every text row
-reaches a shard. Each size is built by a fresh process (so peaks do not carry over) that times the phases
+the demo's STAND-IN tokenizers). The recipe (recipes/demo.yaml) mixes text:image:speech 8:1:1 with ``all_exhausted``,
+so every text row reaches a shard; its quality steps are off (``steps=[]``: they are measured by bench/dedup.py and
+their own tests) unless ``--with-steps`` (then near_dup adds its two mix waves and every row its fingerprint).
+Each size is built by a fresh process (so peaks do not carry over) that times the phases
 (plan, units, dedup = the mix's index + dedup stages, mix = the whole mix stage, manifest) and samples, every 0.1 s,
 the driver's RSS and the largest Ray worker's RSS per phase. In the same process, after the build, the baseline
 reads every part once and writes the same rows once, in shards of the same size with the same compression.
@@ -103,7 +105,7 @@ def child(args) -> None:
     b.plan = timed("plan", b.plan)
     b.run_mix = timed("mix", run_mix)
     b.write_manifest = timed("manifest", b.write_manifest)
-    recipe = load_recipe(REPO / "recipes" / "demo.yaml", [
+    recipe = load_recipe(REPO / "recipes" / "demo.yaml", ([] if args.with_steps else ["steps=[]"]) + [
         f"data_root={args.corpus}", "mixing.stop=all_exhausted", "mixing.ratio={text: 8, image_text: 1, speech_text: 1}",
         f"mixing.shard_rows={args.shard_rows}"])
     t0 = time.perf_counter()
@@ -115,7 +117,7 @@ def child(args) -> None:
     sampler.phase = "baseline"
     t = time.perf_counter()
     o = recipe.output
-    parts = sorted(Path(args.out, "parts").glob("*/*[!s].parquet"))
+    parts = sorted(p for p in Path(args.out, "parts").glob("*/*.parquet") if p.name.count(".") == 1)  # rows only
     buf, n_out, k = [], 0, 0
     base_dir = Path(args.out) / "baseline"
     base_dir.mkdir()
@@ -158,6 +160,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rows-per-file", type=int, default=5000)
     ap.add_argument("--shard-rows", type=int, default=10_000)
+    ap.add_argument("--with-steps", action="store_true", help="keep the demo recipe's quality steps (near_dup, ...)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -181,7 +184,8 @@ def main():
             env.pop("RAY_ADDRESS", None)
             r = subprocess.run([sys.executable, __file__, "--child", "--corpus", str(corpus), "--out",
                                 str(tmp / f"out{m}"), "--workers", str(args.workers),
-                                "--shard-rows", str(args.shard_rows)], env=env, capture_output=True, text=True)
+                                "--shard-rows", str(args.shard_rows)] + (["--with-steps"] if args.with_steps else []),
+                               env=env, capture_output=True, text=True)
             if r.returncode:
                 sys.exit(f"build of {rows} rows failed:\n{r.stderr[-3000:]}")
             results[m] = json.loads(r.stdout.strip().splitlines()[-1])

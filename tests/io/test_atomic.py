@@ -11,7 +11,7 @@ import pytest
 
 from aromni.io.atomic import LockedError, OutputError, build_lock, check_writable, open_atomic, out_fs
 from aromni.pipeline.parts import part_paths, read_done, write_part
-from tests.io.s3server import s3  # noqa: F401 - fixture
+from tests.io.s3server import S3Server, s3  # noqa: F401 - fixture
 
 HOLD = """
 import sys, time
@@ -119,3 +119,21 @@ def test_bad_output_urls_give_one_clear_message(s3, tmp_path):
         check_writable("s3://any/x")
     assert time.monotonic() - t0 < 60
     os.environ.pop("AWS_MAX_ATTEMPTS")
+
+
+def test_a_denied_write_is_one_clear_message_and_writes_nothing(monkeypatch):
+    """A bucket the credentials may read but not write (a real IAM policy, enforced by the S3 server)."""
+    srv = S3Server(enforce_iam_after=4)
+    try:
+        env = srv.read_only_user("read-only-out")
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        import s3fs
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(OutputError, match=r"cannot write to --out s3://read-only-out/run: .*Access Denied"):
+            check_writable("s3://read-only-out/run")
+        assert s3fs.S3FileSystem(endpoint_url=srv.url).ls("read-only-out") == []    # reading is allowed; nothing there
+    finally:
+        srv.stop()
+        import s3fs
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -78,6 +78,22 @@ def test_bad_output_urls_exit_1_naming_the_url(demo_corpus, s3):
     assert r.returncode == 1 and "s3://builds/x" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_denied_write_exits_1_naming_the_url_and_writes_nothing(demo_corpus, monkeypatch):
+    """Credentials that may read the bucket but not write it (an IAM policy the S3 server enforces)."""
+    from tests.io.s3server import S3Server
+    srv = S3Server(enforce_iam_after=4)
+    try:
+        for k, v in srv.read_only_user("read-only-out").items():
+            monkeypatch.setenv(k, v)
+        r = build_url("s3://read-only-out/run", demo_corpus)
+        assert r.returncode == 1 and "s3://read-only-out/run" in r.stderr and "Access Denied" in r.stderr \
+            and "Traceback" not in r.stderr, r.stderr
+        import s3fs
+        assert s3fs.S3FileSystem(endpoint_url=srv.url, skip_instance_cache=True).ls("read-only-out") == []
+    finally:
+        srv.stop()
+
+
 def _paths_module():
     try:
         from aromni.io import paths

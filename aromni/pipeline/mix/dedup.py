@@ -91,3 +91,10 @@ def dedup_content(out: str, scratch: str, c: int, n: int, content_files: list[st
     d = t.filter(lose).append_column("kept", kept.filter(lose))
     d = d.append_column("reason", pa.array(["duplicate"] * d.num_rows, pa.string()))
     return _write_drops(fs, join(scratch, "drops", f"content-{c:06d}.parquet"), d)
+
+
+def dedup_all(out: str, scratch: str, row_files: list[str], content_files: list[str]) -> list[dict]:
+    """Both passes over the whole key space in one task (a build small enough for one range): the same drop lists
+    as one ``dedup_ids`` task and one ``dedup_content`` task."""
+    ids = dedup_ids(out, scratch, 0, 1, row_files)
+    return [ids, dedup_content(out, scratch, 0, 1, content_files, [join(scratch, "drops", "id-000000.parquet")])]

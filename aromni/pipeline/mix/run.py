@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from aromni.io.atomic import join, out_fs
-from aromni.pipeline.mix.dedup import dedup_content, dedup_ids
+from aromni.pipeline.mix.dedup import dedup_all, dedup_content, dedup_ids
 from aromni.pipeline.mix.index import content_path, index_batch, keys_path, rows_path
 from aromni.pipeline.mix.near import RANGE_KEYS, near_drops_path, near_pairs, near_resolve, pairs_path
 from aromni.pipeline.mix.order import Ranks, block_tokens, order_range, shard_bounds
@@ -17,7 +17,8 @@ from aromni.pipeline.steps.filters.near_dup import NearDupStepOptions
 SCRATCH = ".mix"
 BATCH_BYTES = 16 << 20      # parts read together by one index task (compressed bytes) ...
 BATCH_PARTS = 16            # ... and at most this many, so even a small build has tasks for every worker
-RANGE_ROWS = 50_000         # rows per order-key range: what one dedup / order task holds
+RANGE_ROWS = 50_000         # rows per order-key range: what one dedup / order task holds (at most) ...
+MIN_RANGE_ROWS = 5_000      # ... and at least, when splitting finer only to give every CPU a task
 
 
 class MixError(RuntimeError):
@@ -40,6 +41,11 @@ class MixResult:
     dropped: dict = field(default_factory=dict)    # stem -> reason -> {"rows", "tokens"}
     rejects: dict = field(default_factory=dict)    # source -> {"path", "rows"}
     seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order + rejects, shards, cleanup)
+
+
+def _cpus(ray) -> int:
+    """How many tasks can run at once: the cluster's CPUs (1 in-process)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray is not None else 1
 
 
 def _runner(ray):
@@ -67,17 +73,22 @@ def _runner(ray):
     return run
 
 
-def _batches(fs, out: str, parts: list[PartRef]) -> list[list[tuple[int, str, str]]]:
-    """Consecutive parts of about BATCH_BYTES each (sizes from one listing per source folder, not per part)."""
+def _batches(fs, out: str, parts: list[PartRef], cpus: int = 1) -> list[list[tuple[int, str, str]]]:
+    """Consecutive parts of about BATCH_BYTES each, smaller when that would leave CPUs idle (at least two batches per
+    CPU while there are parts for them). Sizes come from one listing per source folder, not per part. The batching
+    changes only the scratch layout, never the shards (tested)."""
     sizes = {}
     for folder in sorted({p.stem.rsplit("/", 1)[0] for p in parts}):
         for info in fs.ls(join(out_fs(out)[1], PARTS, folder), detail=True):
             sizes[info["name"]] = info.get("size") or 0
+    size = [sizes.get(part_paths(out, p.stem)["rows"], 0) for p in parts]
+    max_bytes = min(BATCH_BYTES, max(1, sum(size) // (2 * cpus))) if cpus > 1 else BATCH_BYTES
+    max_parts = min(BATCH_PARTS, max(1, math.ceil(len(parts) / (2 * cpus)))) if cpus > 1 else BATCH_PARTS
     batches, cur, acc = [], [], 0
     for k, p in enumerate(parts):
         cur.append((k, p.stem, p.group))
-        acc += sizes.get(part_paths(out, p.stem)["rows"], 0)
-        if acc >= BATCH_BYTES or len(cur) >= BATCH_PARTS:
+        acc += size[k]
+        if acc >= max_bytes or len(cur) >= max_parts:
             batches.append(cur)
             cur, acc = [], 0
     if cur:
@@ -106,21 +117,27 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
         seconds[stage], clock = round(now - clock, 3), now
 
     # 1. index: each part read once, rows sorted by order key
-    batches = _batches(fs, out, parts)
+    cpus = _cpus(ray)
+    batches = _batches(fs, out, parts, cpus)
     idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None) for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
     row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
     content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
-    n_ranges = max(1, math.ceil(total / RANGE_ROWS))
+    n_ranges = max(1, math.ceil(total / RANGE_ROWS), min(cpus, total // MIN_RANGE_ROWS))
     lap("index")
 
     # 2. dedup: ids per order-key range, then content per content-bucket range
     dropped: dict[int, dict] = {}
-    counts = run(dedup_ids, [(out, scratch, j, n_ranges, row_files) for j in range(n_ranges)])
     id_drops = [join(scratch, "drops", f"id-{j:06d}.parquet") for j in range(n_ranges)]
     drop_files = list(id_drops)
+    if content and n_ranges == 1:   # one task does both passes: one wave of tasks fewer
+        counts = run(dedup_all, [(out, scratch, row_files, content_files)])[0]
+    else:
+        counts = run(dedup_ids, [(out, scratch, j, n_ranges, row_files) for j in range(n_ranges)])
+        if content:
+            counts += run(dedup_content, [(out, scratch, c, n_ranges, content_files, id_drops)
+                                          for c in range(n_ranges)])
     if content:
-        counts += run(dedup_content, [(out, scratch, c, n_ranges, content_files, id_drops) for c in range(n_ranges)])
         drop_files += [join(scratch, "drops", f"content-{c:06d}.parquet") for c in range(n_ranges)]
     lap("dedup")
 
