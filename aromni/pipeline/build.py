@@ -7,6 +7,8 @@ completion order).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 import time
 from collections import Counter
@@ -27,6 +29,7 @@ from aromni.pipeline.mix import PartRef, run_mix
 from aromni.pipeline.parts import check_existing, read_done, remove_build  # noqa: F401 - remove_build: API
 from aromni.pipeline.plan import PlannedUnit, plan
 from aromni.pipeline.stats import UnitStats
+from aromni.pipeline.steps.filters.near_dup import REASON as NEAR_DUP_REASON
 from aromni.pipeline.unit import relative_to_root
 from aromni.recipe import Recipe, RecipeError, check_paths
 
@@ -143,9 +146,16 @@ def check_not_empty(recipe: Recipe, stats: list[UnitStats]) -> None:
 
 
 def _move_dropped(st: UnitStats, dropped: dict) -> UnitStats:
-    """Rows the mix dropped (duplicates across units) move from written to rejected: read = written + rejected."""
+    """Rows the mix dropped (duplicates across units) move from written to rejected: read = written + rejected. The
+    near_dup step's own counts take its decisions too (kept -> rejected.near_duplicate), so the step shows in stats
+    and the card like every filter: checked = kept + rejected."""
     for reason, d in sorted(dropped.items()):
         st = st.moved_to_rejected(reason, d["rows"], d["tokens"])
+        if reason == NEAR_DUP_REASON and "near_dup" in st.steps:
+            c = dict(st.steps["near_dup"])
+            c["kept"] = c.get("kept", 0) - d["rows"]
+            c[f"rejected.{reason}"] = c.get(f"rejected.{reason}", 0) + d["rows"]
+            st = dataclasses.replace(st, steps={**st.steps, "near_dup": dict(sorted((k, v) for k, v in c.items() if v))})
     return st
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from aromni.dataset.card import write_card
 from aromni.dataset.stats import stats
 
-FILTER_REASONS = {"language": "language", "decontaminate": "eval_contamination"}
+FILTER_REASONS = {"language": "language", "decontaminate": "eval_contamination", "near_dup": "near_duplicate"}
 
 
 def reject_rows(build) -> Counter:
@@ -35,7 +35,7 @@ def test_manifest_step_counts_equal_the_reject_rows(build_dir):
         for step, reason in FILTER_REASONS.items():
             c = a["steps"][step]
             assert c.get(f"rejected.{reason}", 0) == rows[(src, reason)], (src, step)
-            assert c["checked"] == c["kept"] + sum(v for k, v in c.items() if k.startswith("rejected."))
+            assert c.get("checked", 0) == c.get("kept", 0) + sum(v for k, v in c.items() if k.startswith("rejected."))
     hits = sum(a["steps"]["decontaminate"].get(f"hits.{s}", 0) for a in m["accounting"].values()
                for s in ("librispeech", "coco_captions", "coco_images"))
     assert hits == 3
@@ -44,7 +44,8 @@ def test_manifest_step_counts_equal_the_reject_rows(build_dir):
 def test_stats_histograms_with_threshold_and_counts(build_dir):
     st = stats(build_dir)
     flt = st["filtering"]
-    assert set(flt) == {"audio_quality", "language", "decontaminate"}
+    assert set(flt) == {"audio_quality", "language", "decontaminate", "near_dup"}
+    assert flt["near_dup"]["rejected"] == {"near_duplicate": 1}   # the mix's decision, in the step's counts
     rows = reject_rows(build_dir)
     for step, reason in FILTER_REASONS.items():
         assert flt[step]["rejected"].get(reason, 0) == sum(n for (s, r), n in rows.items() if r == reason)
@@ -63,7 +64,7 @@ def test_card_has_a_filtering_section(build_dir):
     path, st = write_card(build_dir, plots=True)
     text = path.read_text()
     sec = text.split("## Filtering", 1)[1].split("\n## ", 1)[0]
-    for step in ("audio_quality", "language", "decontaminate"):
+    for step in ("audio_quality", "language", "decontaminate", "near_dup"):
         assert f"- **{step}**" in sec
     assert "librispeech `eval/LibriSpeech`" in sec
     dec = st["filtering"]["decontaminate"]["sources"]["laion"]

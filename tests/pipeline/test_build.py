@@ -45,7 +45,8 @@ def test_demo_build_is_valid_mixed_and_accounted(demo_build):
     # clip's two-word transcript "Front Center" scores below 0.2 English)
     assert m["accounting"]["laion"]["rejected"] == {"download_failed": 2, "eval_contamination": 2}
     assert m["accounting"]["gigaspeech"]["rejected"] == {"eval_contamination": 1, "garbage_only": 2, "language": 1}
-    assert m["accounting"]["ultrafineweb"]["rejected"] == {"empty_text": 1}
+    # near_duplicate: the demo's reposted copy of one Ultra-FineWeb document (the first in mixing order is kept)
+    assert m["accounting"]["ultrafineweb"]["rejected"] == {"empty_text": 1, "near_duplicate": 1}
     rejects = pq.read_table(out / "rejects" / "gigaspeech.parquet").to_pylist()
     assert {r["id"] for r in rejects} == {"gigaspeech/GARB0000_S0000", "gigaspeech/GARB0001_S0000",
                                           "gigaspeech/ESPK0000_S0000", "gigaspeech/ALSA0000_S0000"}

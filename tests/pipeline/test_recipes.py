@@ -144,7 +144,9 @@ def test_shipped_recipes_parse_and_say_how_to_run_them(recipe):
         assert r.mixing.ratio == {"text": 1, "image_text": 1, "speech_text": 1} and r.filters.max_tokens == 1300
         assert {s.reader for s in r.sources} == {"ultrafineweb", "laion", "journeydb", "gigaspeech", "common_voice",
                                                  "mls"}
+        assert [s.name for s in r.steps] == ["audio_quality", "language", "decontaminate", "clip_score", "near_dup"]
     else:
         assert r.filters.max_chat_tokens == 3456 and [s.name for s in r.steps] == ["audio_quality", "language",
-                                                                                       "decontaminate", "noise", "voice"]
+                                                                                       "decontaminate", "noise", "voice",
+                                                                                       "near_dup"]
         assert {s.reader for s in r.sources} == {"anyinstruct", "voiceassistant", "ultrachat", "aromni_instruct"}

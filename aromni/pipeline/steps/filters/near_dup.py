@@ -282,6 +282,7 @@ class NearDupStep(FilterStep):
         self.stats["checked"] += 1
         work.signature = example_keys(text, image, self.opts)
         self.stats["fingerprinted.text" if text is not None else "fingerprinted.image"] += 1
+        self.stats["kept"] += 1   # for now: the build moves the mix's drops to rejected.near_duplicate
 
 
 def sidecar_table(signatures: Sequence[tuple[list[int], int | None] | None]) -> pa.Table:
