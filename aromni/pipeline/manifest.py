@@ -56,9 +56,12 @@ def totals(shards_tables: list[pa.Table], recipe: Recipe) -> dict:
 
 
 def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: list[dict], stats: list[UnitStats],
-                   mixing: dict, totals_: dict, rejects: list[str], voices: list[dict] | None = None) -> dict:
+                   mixing: dict, totals_: dict, rejects: list[str], voices: list[dict] | None = None,
+                   pools: list[dict] | None = None) -> dict:
     """``voices``: the identity of each voice step's model (backend, model_sha256, stand_in: true | false |
-    "unverified"), in step order; beside the tokenizers, since assistant speech is made with them."""
+    "unverified"), in step order; beside the tokenizers, since assistant speech is made with them. ``pools``: what
+    each actor pool of this run got (pool, kind, actors, requested, num_cpus, num_gpus, device[, sized_from]); it
+    describes the run, not the data (a rerun with every unit done starts none: [])."""
     stand_in = any(t and t.get("stand_in") for t in tokenizer_ids.values())
     return {
         "format_version": FORMAT_VERSION,
@@ -72,6 +75,7 @@ def build_manifest(recipe: Recipe, layout: Layout, tokenizer_ids: dict, shards: 
         "recipe_sha256": recipe.sha256(),
         "tokenizers": tokenizer_ids,
         "voices": voices or [],
+        "pools": pools or [],
         "shards": shards,
         "rows": sum(s["rows"] for s in shards),
         "tokens": sum(s["tokens"] for s in shards),
