@@ -16,7 +16,7 @@ AUTO = "auto"
 
 
 def _actors(minimum: int):
-    """A recipe field ``actors: N`` (N >= ``minimum``) or ``actors: auto``, with one plain message when it is neither."""
+    """A recipe field ``actors: N`` (N >= ``minimum``) or ``actors: auto``; one plain message when it is neither."""
     def check(v):
         if v == AUTO or (isinstance(v, int) and not isinstance(v, bool) and v >= minimum):
             return v

@@ -187,9 +187,9 @@ def cpu_demand(cfg, tok) -> float:
 
 def sized(cfg, tok, resources: dict):
     """``cfg`` with every ``actors: auto`` of a pooled modality replaced by its count for ``resources``."""
-    mods = [m for m in MODALITIES if (c := getattr(cfg, m)) is not None and pooled(getattr(tok, m))]
-    counts = size_all([(getattr(cfg, m).actors, getattr(cfg, m).num_cpus, getattr(cfg, m).num_gpus,
-                        getattr(cfg, m).cpus_per_actor) for m in mods], resources)
+    mods = [m for m in MODALITIES if getattr(cfg, m) is not None and pooled(getattr(tok, m))]
+    cs = [getattr(cfg, m) for m in mods]
+    counts = size_all([(c.actors, c.num_cpus, c.num_gpus, c.cpus_per_actor) for c in cs], resources)
     return cfg.model_copy(update={m: getattr(cfg, m).model_copy(update={"actors": n}) for m, n in zip(mods, counts)})
 
 

@@ -149,7 +149,7 @@ def test_voice_identity_of_a_model_dir_without_marker_is_not_stand_in_false(tmp_
     assert unmarked["stand_in"] == "unverified" and unmarked["model_sha256"] == marked["model_sha256"]  # same weights
 
 
-# ---- actors: auto (issue 13 item 3): pure sizing over fake cluster resources ------------------------------------------
+# ---- actors: auto (issue 13 item 3): pure sizing over fake cluster resources -----------------------------------------
 
 @pytest.mark.parametrize("actors,num_cpus,num_gpus,per_actor,res,want", [
     (3, 1, 0, 8, {"CPU": 2}, 3),                          # a number is a number (the resource check says if it fits)

@@ -73,7 +73,7 @@ def test_path_problems_name_the_key(clip_dir, tmp_path):
         f"steps[1].options.path: {tmp_path} is not a CLIP checkpoint folder (no config.json)"]
 
 
-# ---- batching in run() ------------------------------------------------------------------------------------------------
+# ---- batching in run() -----------------------------------------------------------------------------------------------
 
 def _stream(n_model=5):
     """A unit's items in read order: pairs the model must score, one with LAION's similarity, a text row, another
@@ -162,7 +162,7 @@ def test_run_holds_at_most_a_few_batches_of_items(clip_dir):
     assert first.seq == 0 and len(seen) == 8
 
 
-# ---- the CLIP actor pool (Ray) ----------------------------------------------------------------------------------------
+# ---- the CLIP actor pool (Ray) ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ray_session():
