@@ -227,8 +227,8 @@ def _outputs(out):
 
 @pytest.mark.slow
 def test_pooled_build_equals_in_process_build_for_any_worker_count(clip_dir, ray_session, tmp_path_factory):
-    """recompute: true with the tiny CLIP: actors 1 (workers 1 and 2) and in-process scoring (actors 0) give the same
-    shard and reject bytes; some pairs are rejected as low_clip_score, the rest kept; the manifest says what the pool
+    """recompute: true with the tiny CLIP: actors 1 (workers 1), actors auto (workers 2) and in-process scoring
+    (actors 0) give the same shard and reject bytes; some pairs are rejected as low_clip_score, the rest kept; the manifest says what the pool
     got."""
     import json
 
@@ -248,13 +248,19 @@ def test_pooled_build_equals_in_process_build_for_any_worker_count(clip_dir, ray
     assert inproc.manifest["rows"] == len(scores) - 3 and acc["rejected"]["low_clip_score"] in (3, 4)
     assert acc["reconciles"] and acc["steps"]["clip_score"]["from.model"] == acc["steps"]["clip_score"]["checked"]
     assert inproc.manifest["pools"] == []
-    for workers in (1, 2):
-        rep = build(_recipe(root, clip_dir, min_score=cut, actors=1), tmp / f"a1w{workers}", workers=workers,
+    from aromni.pipeline.pool_sizing import size_actors
+    res = ray_session.cluster_resources()
+    for workers, actors in ((1, 1), (2, "auto")):    # auto: CPUs / cpus_per_actor (8) of this Ray, at least 1
+        rep = build(_recipe(root, clip_dir, min_score=cut, actors=actors), tmp / f"a1w{workers}", workers=workers,
                     progress=False)
         assert _outputs(tmp / f"a1w{workers}") == _outputs(tmp / "a0w2") and _outputs(tmp / "a0w2")
         assert rep.manifest["accounting"] == inproc.manifest["accounting"]
-        assert rep.manifest["pools"] == [{"pool": "steps[0] (clip_score)", "kind": "clip", "actors": 1,
-                                          "requested": 1, "num_cpus": 0.25, "num_gpus": 0.0, "device": "cpu"}]
+        got = {"pool": "steps[0] (clip_score)", "kind": "clip", "actors": 1, "requested": 1, "num_cpus": 0.25,
+               "num_gpus": 0.0, "device": "cpu"}
+        if actors == "auto":
+            got.update(actors=size_actors("auto", 0.25, 0, 8, res), requested="auto",
+                       sized_from=f"{res['CPU']:g} CPU(s) / 8 per actor")
+        assert rep.manifest["pools"] == [got]
 
 
 @pytest.mark.slow
