@@ -157,7 +157,8 @@ class ClipScoreStep(FilterStep):
         limit = self.opts.batch_size
         for item in items:
             held.append(item)
-            if isinstance(item, Work) and self.applies_to(item.example) and self.needs_model(item.example, item.media):
+            if isinstance(item, Work) and self.applies_to(item.example) \
+                    and self.is_image_text(item.example, item.media) and self.needs_model(item.example, item.media):
                 wanting += 1
             if wanting >= limit or len(held) >= HOLD_FACTOR * limit:
                 yield from self._flush(held)
