@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aromni import config
 from aromni.io import paths
 from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
+from aromni.pipeline.pool_sizing import CPUS_PER_ACTOR, PooledActors
 from aromni.pipeline.readers import READERS
 from aromni.pipeline.steps import STEPS
 from aromni.tasks import get_task, task_names, tasks_needing
@@ -40,7 +41,9 @@ class ModelTokenizerConfig(Strict):
     path: str | None = None
     stand_in: bool = False
     batch_size: int = Field(8, ge=1)
-    actors: int = Field(1, ge=1, description="Ray actors in the tokenizer pool")
+    actors: PooledActors = Field(1, description="Ray actors in the tokenizer pool; auto: one per GPU (num_gpus > 0), "
+                                                "else one per cpus_per_actor CPUs of the cluster")
+    cpus_per_actor: float = Field(CPUS_PER_ACTOR, gt=0, description="actors: auto without GPUs: one per this many CPUs")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     precision: Literal["fp32", "tf32", "bf16"] = Field(

@@ -8,7 +8,7 @@ completion order).
 from __future__ import annotations
 
 import dataclasses
-
+import os
 import sys
 import time
 from collections import Counter
@@ -20,7 +20,8 @@ from aromni.io.atomic import OutputError, build_lock, check_writable, normalize
 from aromni.layout import AR_OMNI_V0_1
 from aromni.pipeline.executor import UnitsResult, local
 from aromni.pipeline.executor import ray as ray_executor
-from aromni.pipeline.executor.pools import PoolError, check_voices, cpu_demand, pools_stopped, start_pools
+from aromni.pipeline.executor.pools import (PoolError, check_voices, cpu_demand, plan_pools, pool_line, pools_stopped,
+                                            start_pools)
 from aromni.pipeline.executor.ray import RayStartError
 from aromni.pipeline.executor.ray import init_ray as _init_ray
 from aromni.pipeline.executor.unit_task import tokenizers_cfg, tokenizers_for
@@ -28,6 +29,7 @@ from aromni.pipeline.manifest import build_manifest, write_manifest
 from aromni.pipeline.mix import PartRef, run_mix
 from aromni.pipeline.parts import check_existing, read_done, remove_build  # noqa: F401 - remove_build: API
 from aromni.pipeline.plan import PlannedUnit, plan
+from aromni.pipeline.pool_sizing import local_resources
 from aromni.pipeline.stats import UnitStats
 from aromni.pipeline.steps.filters.near_dup import REASON as NEAR_DUP_REASON
 from aromni.pipeline.unit import relative_to_root
@@ -49,6 +51,10 @@ class BuildReport:
     seconds: float
     dropped_turns: int = 0                          # chat: turns cut to fit max_chat_tokens or unpaired, all sources
     voice: dict = field(default_factory=dict)       # the voice steps' counts: synthesised, cache_hits, seconds, ...
+    # what this run's actor pools got (pool, kind, actors, requested, num_cpus, num_gpus, device[, sized_from]); also
+    # printed. Not in the manifest: it describes the run (cluster, rerun), not the data, and the manifest of the
+    # same recipe and inputs stays the same on any cluster
+    pools: list = field(default_factory=list)
 
 
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
@@ -76,6 +82,7 @@ def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_ad
 def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, progress, console, executor, t0):
     done = {u.part_stem: st for u in units if (st := read_done(out, u.part_stem)) is not None}
     todo = [u for u in units if u.part_stem not in done]
+    pool_report: list[dict] = []   # what this run's actor pools got (none when nothing is left to do)
     try:  # a voice model that cannot load fails here, before any unit, not inside one
         voices = check_voices(run_recipe)
     except PoolError as e:
@@ -84,7 +91,8 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
         with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
             result = local.run_units(run_recipe.to_dict(), todo, out, bar)
     else:
-        result = run_units(run_recipe, todo, out, tok, workers, ray_address, progress, console, len(units))
+        result = run_units(run_recipe, todo, out, tok, workers, ray_address, progress, console, len(units),
+                           pool_report=pool_report)
     if result.failed:
         raise BuildError(f"{len(result.failed)} unit(s) failed (their inputs are not accounted for yet); finished "
                          f"units are kept, rerun the same command to retry them:\n  " + "\n  ".join(result.failed[:10]))
@@ -100,24 +108,41 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
                               [r["path"] for r in mixed.rejects.values()], voices=voices)
     write_manifest(out, manifest)
     return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0,
-                       dropped_turns=sum(st.dropped_turns for st in stats), voice=_voice_counts(stats))
+                       dropped_turns=sum(st.dropped_turns for st in stats), voice=_voice_counts(stats),
+                       pools=pool_report)
 
 
 def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, ray_address, progress, console,
-              total: int) -> UnitsResult:
-    """The units still to do, on Ray (with the actor pools every unit shares); nothing to do starts nothing."""
+              total: int, pool_report: list | None = None) -> UnitsResult:
+    """The units still to do, on Ray (with the actor pools every unit shares); nothing to do starts nothing.
+    ``pool_report`` gets what each pool got (printed on ``console`` too)."""
     if not todo:
         return UnitsResult()
     tok_cfg = tokenizers_cfg(recipe)
-    pool_cpus = cpu_demand(recipe, tok_cfg, tok)
     try:
-        ray = _init_ray(workers, ray_address, pool_cpus)
-        pools = start_pools(recipe, tok_cfg, tok, ray)
+        # actors: auto is sized from the cluster: the one joined (or already running), else this machine, for which
+        # the local Ray is then started with the pools' CPUs on top of the workers'
+        ray = _init_ray(workers, ray_address) if _joins_cluster(ray_address) else None
+        specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources())
+        pool_cpus = cpu_demand(specs)
+        ray = ray or _init_ray(workers, ray_address, pool_cpus)
+        pools = start_pools(recipe, tok_cfg, tok, ray, specs)
     except (RayStartError, PoolError) as e:
         raise BuildError(str(e)) from None
+    if pool_report is not None:
+        pool_report.extend(pools.report)
+    if console is not None:
+        for d in pools.report:
+            console.print(pool_line(d), highlight=False, soft_wrap=True)
     limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
     with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
         return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit)
+
+
+def _joins_cluster(ray_address) -> bool:
+    """Whether _init_ray joins a cluster (an address, RAY_ADDRESS, or a Ray this process already runs) rather than
+    starting a local one sized for this build."""
+    return bool(ray_address or os.environ.get("RAY_ADDRESS")) or _ray_if_running() is not None
 
 
 def _ray_if_running():

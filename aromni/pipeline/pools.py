@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from aromni.layout import AR_OMNI_V0_1
 from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
+from aromni.pipeline.pool_sizing import size_all
 
 MODALITIES = ("image", "speech")
 READY_TIMEOUT_S = 600
@@ -161,6 +162,7 @@ class PoolProxy:
 @dataclass
 class Pools:
     handles: dict[str, list]   # modality -> actor handles
+    devices: dict[str, list] = field(default_factory=dict)   # modality -> each actor's device (cpu, cuda:0, ...)
 
     def __bool__(self) -> bool:
         return any(self.handles.values())
@@ -178,16 +180,25 @@ class Pools:
 
 
 def cpu_demand(cfg, tok) -> float:
-    """Logical CPUs the pools of this recipe reserve (``actors * num_cpus`` per pooled modality)."""
+    """Logical CPUs the pools of this recipe reserve (``actors * num_cpus`` per pooled modality; sized counts)."""
     return sum(c.actors * c.num_cpus for m in MODALITIES
                if (c := getattr(cfg, m)) is not None and pooled(getattr(tok, m)))
+
+
+def sized(cfg, tok, resources: dict):
+    """``cfg`` with every ``actors: auto`` of a pooled modality replaced by its count for ``resources``."""
+    mods = [m for m in MODALITIES if getattr(cfg, m) is not None and pooled(getattr(tok, m))]
+    cs = [getattr(cfg, m) for m in mods]
+    counts = size_all([(c.actors, c.num_cpus, c.num_gpus, c.cpus_per_actor) for c in cs], resources)
+    return cfg.model_copy(update={m: getattr(cfg, m).model_copy(update={"actors": n}) for m, n in zip(mods, counts)})
 
 
 def start_pools(cfg, tok, ray, timeout_s: float = READY_TIMEOUT_S) -> Pools:
     """Start the actors of every pooled modality of ``cfg`` (a recipe's TokenizersConfig with resolved paths) and
     wait until each has loaded its checkpoint. Raises PoolError with the loader's message, or when the cluster
-    cannot give the requested resources."""
+    cannot give the requested resources. ``actors: auto`` is sized here for the running cluster."""
     res = ray.cluster_resources()
+    cfg = sized(cfg, tok, res)
     gpus_needed = sum(c.actors * c.num_gpus for m in MODALITIES
                       if (c := getattr(cfg, m)) is not None and pooled(getattr(tok, m)))
     if gpus_needed > res.get("GPU", 0):
@@ -214,6 +225,7 @@ def start_pools(cfg, tok, ray, timeout_s: float = READY_TIMEOUT_S) -> Pools:
                 if "error" in info:
                     raise PoolError(f"{m} tokenizer ({getattr(cfg, m).kind}, {getattr(cfg, m).path}) failed to "
                                     f"load: {info['error']}")
+                pools.devices.setdefault(m, []).append(info["device"])
     except ray.exceptions.GetTimeoutError:
         pools.stop()
         raise PoolError(f"tokenizer actors did not start within {timeout_s:g} s (is the cluster short of the "

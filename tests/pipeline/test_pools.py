@@ -147,3 +147,89 @@ def test_voice_identity_of_a_model_dir_without_marker_is_not_stand_in_false(tmp_
     (model / "STAND_IN.txt").unlink()
     unmarked, = check_voices(load_recipe(ROOT / "recipes" / "instruct.yaml", over))
     assert unmarked["stand_in"] == "unverified" and unmarked["model_sha256"] == marked["model_sha256"]  # same weights
+
+
+# ---- actors: auto (issue 13 item 3): pure sizing over fake cluster resources -----------------------------------------
+
+@pytest.mark.parametrize("actors,num_cpus,num_gpus,per_actor,res,want", [
+    (3, 1, 0, 8, {"CPU": 2}, 3),                          # a number is a number (the resource check says if it fits)
+    ("auto", 1, 1, 8, {"CPU": 64, "GPU": 8}, 8),           # one per GPU
+    ("auto", 1, 0.5, 8, {"CPU": 64, "GPU": 3}, 6),         # fractional GPUs share: floor(3 / 0.5)
+    ("auto", 1, 0.3, 8, {"CPU": 64, "GPU": 1}, 3),         # floor(1 / 0.3)
+    ("auto", 4, 1, 8, {"CPU": 9, "GPU": 8}, 2),            # GPUs, but CPUs for only 2 actors and a unit task
+    ("auto", 1, 0, 8, {"CPU": 64}, 8),                     # one per cpus_per_actor CPUs
+    ("auto", 1, 0, 4, {"CPU": 10}, 2),                     # floor(10 / 4)
+    ("auto", 1, 0, 8, {"CPU": 2}, 1),                      # at least one
+    ("auto", 1, 0, 1, {"CPU": 4}, 3),                      # never the last CPU: units need one
+    ("auto", 2, 0, 1, {"CPU": 7}, 3),                      # floor((7 - 1) / 2)
+    ("auto", 0, 0, 2, {"CPU": 4}, 2),                      # actors that reserve no CPU leave all to units
+    ("auto", 1, 1, 8, {"CPU": 16}, 1),                     # asks for GPUs, cluster has none: 1 (then refused)
+])
+def test_size_actors(actors, num_cpus, num_gpus, per_actor, res, want):
+    from aromni.pipeline.pool_sizing import size_actors
+    assert size_actors(actors, num_cpus, num_gpus, per_actor, res) == want
+
+
+def test_auto_pools_share_the_cluster_and_leave_a_cpu_for_units():
+    """Fixed pools reserve first, then each auto pool is sized from what is left, in recipe order."""
+    from aromni.pipeline.pool_sizing import size_all
+    res = {"CPU": 16, "GPU": 0}
+    # 16 CPUs - 6 fixed = 10: the first auto pool gets floor(10 / 4) = 2; then 8 are left: floor(8 / 4) = 2
+    assert size_all([("auto", 1, 0, 4), (3, 2, 0, 8), ("auto", 1, 0, 4)], res) == [2, 3, 2]
+    assert size_all([("auto", 1, 0, 4), ("auto", 1, 0, 4)], res) == [4, 3]          # 16 / 4, then 12 / 4
+    assert size_all([("auto", 1, 0, 1), ("auto", 1, 0, 1)], {"CPU": 4}) == [3, 1]   # at least 1 each
+    # a GPU pool and a CPU pool: GPUs size the first, its CPUs are taken before the second is sized
+    assert size_all([("auto", 2, 1, 8), ("auto", 1, 0, 8)], {"CPU": 32, "GPU": 4}) == [4, 3]
+
+
+def _plan(recipe_over, resources, tmp_path):
+    """plan_pools for the demo_realformat recipe (pooled VQGAN + WavTokenizer) with overrides."""
+    from aromni.model import load_tokenizers
+    from aromni.pipeline.executor.pools import plan_pools
+    from aromni.pipeline.executor.unit_task import tokenizers_cfg
+    from aromni.model.random_checkpoints import write_demo_checkpoints
+    root = tmp_path / "root"
+    if not (root / "tokenizer").exists():
+        write_demo_checkpoints(root / "tokenizer")
+    r = load_recipe(ROOT / "recipes" / "demo_realformat.yaml", [f"data_root={ROOT / 'demo_data'}",
+                    f"tokenizers.image.path={root / 'tokenizer' / 'vqgan'}",
+                    f"tokenizers.speech.path={root / 'tokenizer' / 'wavtokenizer'}", *recipe_over])
+    cfg = tokenizers_cfg(r)
+    return plan_pools(r, cfg, load_tokenizers(cfg), resources)
+
+
+def test_plan_pools_sizes_tokenizer_pools_and_reports_them(tmp_path):
+    from aromni.pipeline.executor.pools import PoolError, check_resources, pool_line
+    specs = _plan(["tokenizers.image.actors=auto", "tokenizers.image.num_gpus=1",
+                   "tokenizers.speech.actors=auto", "tokenizers.speech.cpus_per_actor=4"],
+                  {"CPU": 17, "GPU": 2}, tmp_path)
+    assert [(p.name, p.actors) for p in specs] == [("tokenizers.image", 2), ("tokenizers.speech", 3)]  # 2 GPUs; 15/4
+    check_resources(specs, {"CPU": 17, "GPU": 2})
+    d = specs[0].describe({"CPU": 17, "GPU": 2}, ["cuda:0", "cuda:0"])
+    assert d == {"pool": "tokenizers.image", "kind": "tokenizer", "actors": 2, "requested": "auto", "num_cpus": 1.0,
+                 "num_gpus": 1.0, "device": "cuda", "sized_from": "2 GPU(s) / 1 per actor"}
+    assert pool_line(d) == ("pool tokenizers.image: 2 actor(s) x 1 CPU, 1 GPU on cuda "
+                            "(actors: auto, from 2 GPU(s) / 1 per actor)")
+    # a GPU pool on a cluster without GPUs gets one actor, then a message naming the pool and what to do
+    specs = _plan(["tokenizers.image.actors=auto", "tokenizers.image.num_gpus=1"], {"CPU": 8, "GPU": 0}, tmp_path)
+    with pytest.raises(PoolError, match=r"1 GPU\(s\) \(tokenizers.image 1 x 1\).*has 0; set their num_gpus: 0"):
+        check_resources(specs, {"CPU": 8, "GPU": 0})
+    specs = _plan(["tokenizers.image.actors=4"], {"CPU": 4}, tmp_path)
+    with pytest.raises(PoolError, match=r"reserve 5 CPU\(s\).*leaving no CPU for unit tasks"):
+        check_resources(specs, {"CPU": 4})
+
+
+@pytest.mark.parametrize("over,key", [
+    ("tokenizers.image.actors=many", "tokenizers.image.actors"),
+    ("tokenizers.image.actors=0", "tokenizers.image.actors"),            # a pooled tokenizer needs an actor
+    ("tokenizers.speech.cpus_per_actor=0", "tokenizers.speech.cpus_per_actor"),
+    ("steps=[{name: clip_score, options: {path: x, actors: -1}}]", "steps[0].options.actors"),
+    ("steps=[{name: clip_score, options: {path: x, actors: lots}}]", "steps[0].options.actors"),
+    ("steps=[{name: clip_score, options: {actors: 1}}]", "steps[0].options"),      # actors without a checkpoint
+    ("steps=[{name: voice, options: {actors: half}}]", "steps[0].options.actors"),
+])
+def test_bad_pool_sizes_are_recipe_errors_naming_the_key(over, key):
+    from aromni.recipe import RecipeError
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "demo_realformat.yaml", [f"data_root={ROOT / 'demo_data'}", over])
+    assert key in str(e.value), str(e.value)

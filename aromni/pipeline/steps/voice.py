@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from aromni.pipeline.pool_sizing import CPUS_PER_ACTOR, Actors
 from aromni.pipeline.steps.base import Step, StepOptions, register_step
 from aromni.pipeline.steps.text import TextError
 from aromni.voice import BACKENDS, VoiceError, get_synthesizer
@@ -39,7 +40,9 @@ class VoiceOptions(StepOptions):
     max_chars: int = Field(600, ge=20, description="longest reply to speak (after normalisation), about 40 s")
     long_replies: Literal["trim", "reject"] = "trim"
     max_removed_fraction: float = Field(0.5, ge=0, le=1, description="more code/table/URL than this: unspeakable")
-    actors: int = Field(0, ge=0, description="Ray actors for synthesis (0: synthesise in the unit's process)")
+    actors: Actors = Field(0, description="Ray actors for synthesis (0: synthesise in the unit's process; auto: "
+                                          "sized from the cluster, see docs/pipeline.md)")
+    cpus_per_actor: float = Field(CPUS_PER_ACTOR, gt=0, description="actors: auto without GPUs: one per this many CPUs")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
 
