@@ -9,12 +9,24 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.model.standin import StandInImageTokenizer, StandInSpeechTokenizer
 from aromni.model.text import TextTokenizer, load_text_tokenizer
 
+
+# Image and speech tokenizers import torch (~2.5 s per process) only when a recipe has them: a text-only build's
+# unit workers never pay for it.
+def _standin_image(path, layout, stand_in):
+    from aromni.model.standin import StandInImageTokenizer
+    return StandInImageTokenizer(layout)
+
+
+def _standin_speech(path, layout, stand_in):
+    from aromni.model.standin import StandInSpeechTokenizer
+    return StandInSpeechTokenizer(layout)
+
+
 # kind -> loader(path, layout, stand_in) ; extended by the real checkpoint loaders
-IMAGE_LOADERS: dict[str, Callable[..., Any]] = {"standin": lambda path, layout, stand_in: StandInImageTokenizer(layout)}
-SPEECH_LOADERS: dict[str, Callable[..., Any]] = {"standin": lambda path, layout, stand_in: StandInSpeechTokenizer(layout)}
+IMAGE_LOADERS: dict[str, Callable[..., Any]] = {"standin": _standin_image}
+SPEECH_LOADERS: dict[str, Callable[..., Any]] = {"standin": _standin_speech}
 
 
 def _real(kind: str, load: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from aromni.layout import AR_OMNI_V0_1
 from aromni.model import IMAGE_LOADERS, SPEECH_LOADERS
@@ -47,6 +46,7 @@ class TokenizerActor:
 
     def __init__(self, modality: str, kind: str, path: str, stand_in: bool, batch_size: int, num_cpus: float,
                  max_wait_s: float = 0.01, precision: str = "fp32"):
+        import torch   # here and below, not at the top: text-only unit workers import this module and never need torch
         torch.set_num_threads(max(1, int(num_cpus)))
         # Reproducible numerics on GPU: no TF32, no autotuned algorithm choice.
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -124,6 +124,7 @@ class TokenizerActor:
 
 
 def _compact(codes) -> np.ndarray:
+    import torch
     return np.asarray(torch.as_tensor(codes).cpu(), dtype=np.int16)  # codes < 8192: half the bytes of int32
 
 
@@ -144,6 +145,7 @@ class PoolProxy:
 
     def encode(self, items: list):
         import ray
+        import torch
         prepared = [self.tok.preprocess(x) for x in items]
         if not prepared:
             return torch.zeros(0, self.tok.layout.image_tokens, dtype=torch.long) if self.modality == "image" else []
