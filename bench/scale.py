@@ -10,7 +10,9 @@ their own tests) unless ``--with-steps`` (then near_dup adds its two mix waves a
 Each size is built by a fresh process (so peaks do not carry over) that times the phases
 (plan, units, dedup = the mix's index + dedup stages, mix = the whole mix stage, manifest) and samples, every 0.1 s,
 the driver's RSS and the largest Ray worker's RSS per phase. In the same process, after the build, the baseline
-reads every part once and writes the same rows once, in shards of the same size with the same compression.
+reads every part once and writes the same rows once, in shards of the same size with the shards' parquet options
+(compression, row groups, page index, content-defined chunking: the output format, which any writer of these shards
+pays, so the ratio measures what the mix adds).
 
 Goals (issue 13): mix(16N)/mix(N) <= 18; driver peak RSS(16N)/RSS(N) <= 1.2; mix wall <= 3 x the bare baseline.
 """
@@ -80,6 +82,7 @@ def child(args) -> None:
     import pyarrow.parquet as pq
 
     import aromni.pipeline.build as b
+    from aromni.pipeline.mix.shards import shard_parquet_options
     from aromni.recipe import load_recipe
     sampler = Sampler()
     sampler.start()
@@ -124,8 +127,7 @@ def child(args) -> None:
 
     def flush(tables):
         nonlocal k
-        pq.write_table(pa.concat_tables(tables), base_dir / f"{k:05d}.parquet", compression=o.compression,
-                       compression_level=o.compression_level, row_group_size=o.row_group_rows)
+        pq.write_table(pa.concat_tables(tables), base_dir / f"{k:05d}.parquet", **shard_parquet_options(o))
         k += 1
     rows_in_buf = 0
     for p in parts:

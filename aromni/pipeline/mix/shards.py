@@ -41,6 +41,15 @@ def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Tab
     return t.slice(a - first * ROW_GROUP, b - a)
 
 
+def shard_parquet_options(output) -> dict:
+    """pyarrow.parquet.write_table options of a shard: the recipe's compression and row groups, statistics, a page
+    index and content-defined chunking (so a rebuild dedupes on content-addressed storage such as the Hub's)."""
+    return {"compression": None if output.compression == "none" else output.compression,
+            "compression_level": output.compression_level if output.compression in ("zstd", "gzip") else None,
+            "row_group_size": output.row_group_rows, "write_statistics": True, "write_page_index": True,
+            "use_content_defined_chunking": True}
+
+
 def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
                 segments: dict, output) -> dict:
     """``segments``: group -> [(bucket, first row, end row, rep)] in rank order."""
@@ -68,10 +77,7 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
     keep = [c for c in table.column_names if not c.startswith("_")]
     sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
     table = table.select(keep).combine_chunks()
-    comp = None if output.compression == "none" else output.compression
-    level = output.compression_level if output.compression in ("zstd", "gzip") else None
-    data = parquet_bytes(table, compression=comp, compression_level=level, row_group_size=output.row_group_rows,
-                         write_statistics=True, write_page_index=True, use_content_defined_chunking=True)
+    data = parquet_bytes(table, **shard_parquet_options(output))
     name = shard_name(s, n_shards)
     write_bytes(fs, join(root, name), data)
     return {"shard": {"path": name, "rows": table.num_rows, "tokens": int(pc.sum(table.column("n_tokens")).as_py() or 0),
