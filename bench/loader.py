@@ -119,9 +119,9 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
         setattr(owner, name, timed_stage)
         return fn
 
-    collate = "_collate_many" if hasattr(Loader, "_collate_many") else "_collate"   # (older loaders: per micro-batch)
+    collate = "_collate_flat"
     saved = [(ShardSet, "row_group", wrap(ShardSet, "row_group", "read")),
-             (loader_mod, "derive", wrap(loader_mod, "derive", "derive")),
+             (loader_mod, "derive_flags", wrap(loader_mod, "derive_flags", "derive")),
              (Loader, "plan", wrap(Loader, "plan", "plan")),
              (Loader, collate, wrap(Loader, collate, "collate"))]
     try:
@@ -131,7 +131,7 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
     finally:
         for owner, name, fn in saved:
             setattr(owner, name, fn)
-    assert labels_mod.derive is loader_mod.derive
+    assert labels_mod.derive_flags is loader_mod.derive_flags
     return out
 
 
