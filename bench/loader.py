@@ -71,15 +71,20 @@ def write_shards(rows: list[Sample], d: Path, per_shard: int = 2000) -> Path:
     return d
 
 
+def one_array(col: pa.ChunkedArray) -> pa.Array:
+    """A row group's column without a copy (combine_chunks copies even one chunk; the loader does not)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def raw_read(files: list[str]) -> int:
     tokens = 0
     for f in files:
         pf = pq.ParquetFile(f)
         for i in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(i, columns=["input_ids", "segments", "task"], use_threads=False)
-            ids = t.column("input_ids").combine_chunks()
+            ids = one_array(t.column("input_ids"))
             tokens += len(ids.values.to_numpy())
-            t.column("segments").combine_chunks().values.field("start").to_numpy()
+            one_array(t.column("segments")).values.field("start").to_numpy()
     return tokens
 
 

@@ -19,6 +19,7 @@ for a whole row group at once (``aromni.train.labels``, equal to the spine's ``l
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -26,6 +27,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -227,8 +229,7 @@ class ShardSet:
 # ---------------------------------------------------------------------------------------------------------------
 # Window planning (lengths only) and materialisation (this rank's rows only)
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):          # (a named tuple: a plan makes one per sample, a dataclass costs 3x as much)
     g: int      # stream index
     row: int    # row in the shard set
     lo: int     # token range inside the sample
@@ -273,8 +274,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     rows: list[list[Piece]] = [[] for _ in range(n_rows)]
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
-    idx = shards.order(g, g + chunk, shuffle, seed).tolist()
-    lengths = shards.lengths
+    idx = shards.order(g, g + chunk, shuffle, seed)
+    lens = shards.lengths[idx].tolist()       # Python ints, read a chunk at a time
+    idx = idx.tolist()
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -285,9 +287,10 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
 
     while True:
         if g - start >= len(idx):
-            idx += shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed).tolist()
-        r = idx[g - start]
-        n = int(lengths[r])
+            more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
+            lens += shards.lengths[more].tolist()
+            idx += more.tolist()
+        r, n = idx[g - start], lens[g - start]
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -303,8 +306,10 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             where = []
             for lo, hi in pieces:
                 need = hi - lo
-                j = next((j for j, room in enumerate(trial) if room >= need), None)
-                if j is None:
+                for j, room in enumerate(trial):      # first fit
+                    if room >= need:
+                        break
+                else:
                     break
                 trial[j] -= need
                 where.append(j)
@@ -406,6 +411,7 @@ class Loader:
         self.vocab_size, self.weight_rule = vocab_size, weight_rule
         self._derived: OrderedDict[int, tuple] = OrderedDict()
         self._table = torch.from_numpy(weight_table(policy))   # the weight of each weight class
+        self._weights = self._table.tolist()
         self.derived_cache = 8           # row groups kept derived (a window touches a few)
         self.consumed = consumed
         self.layout = shards.layout
@@ -448,74 +454,68 @@ class Loader:
     def _collate_many(self, batches: list[list[list[Piece]]]) -> list[Batch]:
         return self._collate_flat(batches)[0]
 
-    def _collate_flat(self, batches: list[list[list[Piece]]]) -> tuple[list[Batch], np.ndarray]:
-        """(micro-batches, the flat flags buffer they are views of). Micro-batches, each [rows, longest row] and
-        C-contiguous, laid out one after another in one flat buffer per tensor (ids as stored, flags), so the
-        per-batch work (buffers, piece lookup, the first-token rule) is done once for all of them; the only
-        per-piece Python is one slice copy per buffer. (Building the buffers with one np.concatenate of slices and
-        vectorised bookkeeping was measured slower: a window holds ~100 pieces, numpy calls cost more there.)"""
+    def _collate_flat(self, batches: list[list[list[Piece]]]) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+        """(micro-batches, the flat flags buffer they are views of, the pieces as an [n, 4] array of Piece's
+        fields). Micro-batches, each [rows, longest row] and C-contiguous, laid out one after another in one flat
+        buffer per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token
+        rule, padding) is a few array operations for all of them; the only per-piece Python is one slice copy per
+        buffer."""
         rows = [r for batch in batches for r in batch]
         pieces = [p for r in rows for p in r]
         n = len(pieces)
-        sizes = [sum(p.hi - p.lo for p in r) for r in rows]
-        row_base, row_T, shapes, N = [], [], [], 0   # where each row starts in the flat buffers, its batch's width
-        for batch in batches:
-            T = max(sizes[len(row_T):len(row_T) + len(batch)])
-            shapes.append((N, len(batch), T))
-            row_base += range(N, N + len(batch) * T, T)
-            row_T += [T] * len(batch)
-            N += len(batch) * T
+        spec = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, 4 * n).reshape(n, 4)  # g, row, lo, hi
+        k = spec[:, 3] - spec[:, 2]
+        per_row = np.fromiter(map(len, rows), np.int64, len(rows))     # a plan's rows hold at least one piece
+        row_first = np.cumsum(per_row) - per_row                       # each row's first piece
+        sizes = np.add.reduceat(k, row_first)
+        per_batch = np.fromiter(map(len, batches), np.int64, len(batches))
+        widths = np.maximum.reduceat(sizes, np.cumsum(per_batch) - per_batch)   # each micro-batch's T
+        row_T = np.repeat(widths, per_batch)
+        row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
+        N = int(row_T.sum())
+        piece_row = np.repeat(np.arange(len(rows)), per_row)
+        ends = np.cumsum(k)
+        dst = row_base[piece_row] + ends - k - (ends - k)[row_first][piece_row]   # where each piece goes
         # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
-        at_row = np.fromiter((p.row for p in pieces), np.int64, n)
-        rgs = np.searchsorted(self.shards.rg_start, at_row, side="right") - 1
-        local = at_row - self.shards.rg_start[rgs]
-        base = np.empty(n, np.int64)
-        groups = {}
-        for rg in np.unique(rgs).tolist():
-            groups[rg] = self.derived(rg)
-            sel = rgs == rg
-            base[sel] = groups[rg][0].offsets[local[sel]]
-        stored = any(d.labels is not None for _, d in groups.values())   # imported labels that are not the ids
-        ids = np.empty(N, dtype=groups[rgs[0]][0].ids.dtype if n else np.int32)
-        flags = np.empty(N, dtype=np.uint8)
-        labels = np.empty(N, dtype=np.int64) if stored else None
-        # every element is written exactly once (a piece's slice or its row's padding): no fill pass first
-        first = []                  # flat position of each piece's first token
-        pads = []                   # flat position where a packed row's padding starts (its own piece)
-        i = 0
-        rgs, base = rgs.tolist(), base.tolist()
-        pad, pack = self.layout.train_pad, self.pack
-        for r, at, size, T in zip(rows, row_base, sizes, row_T):
-            for p in r:
-                g, d = groups[rgs[i]]
-                s, k = base[i] + p.lo, p.hi - p.lo
-                e, to = s + k, at + k
-                ids[at:to] = g.ids[s:e]
-                flags[at:to] = d.flags[s:e]
-                if stored:
-                    labels[at:to] = d.arrays(g.ids, s, e)[0]
-                if k:
-                    first.append(at)
-                at, i = to, i + 1
-            if size < T:
-                ids[at:at + T - size] = pad
-                flags[at:at + T - size] = 0
-                if stored:
-                    labels[at:at + T - size] = IGNORE_INDEX
-                # padding: its own piece when packing (restarted positions keep real tokens from seeing it;
-                # causal attention already does); a single padded sample's positions just continue
-                if pack:
-                    pads.append(at)
-        # nothing before a piece's first token predicts it: weight class 0 (no label), its positions restart
+        rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
+        local = spec[:, 1] - self.shards.rg_start[rgs]
+        src = np.empty(n, np.int64)
+        used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
+        which = np.searchsorted(used, rgs)
+        groups = [self.derived(rg) for rg in used]
+        for j, (g, _) in enumerate(groups):
+            sel = which == j
+            src[sel] = g.offsets[local[sel]]
+        src += spec[:, 2]
+        # padding first (a pass over the buffers costs less than a Python step per row), then the pieces
+        ids = np.full(N, self.layout.train_pad, dtype=groups[0][0].ids.dtype)
+        flags = np.zeros(N, dtype=np.uint8)
+        id_src, flag_src = [g.ids for g, _ in groups], [d.flags for _, d in groups]
+        for j, s, e, a, b in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist(), (dst + k).tolist()):
+            ids[a:b] = id_src[j][s:e]
+            flags[a:b] = flag_src[j][s:e]
+        # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
+        # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
+        # attention already does), a single padded sample's positions just continue
+        first = dst[k > 0]
         flags[first] = (flags[first] & PERCEPT) | PIECE_START
-        flags[pads] = PIECE_START
-        if stored:
+        if self.pack:
+            flags[(row_base + sizes)[sizes < row_T]] = PIECE_START
+        labels = None
+        if any(d.labels is not None for _, d in groups):   # imported labels that are not the ids: carried
+            labels = np.full(N, IGNORE_INDEX, dtype=np.int64)
+            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
+                g, d = groups[j]
+                labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
             labels[first] = IGNORE_INDEX
-        table = self._table
         ids_t, flags_t = torch.from_numpy(ids), torch.from_numpy(flags)
         labels_t = None if labels is None else torch.from_numpy(labels)
-        return [Batch(ids_t[a:a + B * T].view(B, T), flags_t[a:a + B * T].view(B, T), table,
-                      None if labels_t is None else labels_t[a:a + B * T].view(B, T)) for a, B, T in shapes], flags
+        out, a = [], 0
+        for B, T in zip(per_batch.tolist(), widths.tolist()):
+            out.append(Batch(ids_t[a:a + B * T].view(B, T), flags_t[a:a + B * T].view(B, T), self._table,
+                             None if labels_t is None else labels_t[a:a + B * T].view(B, T)))
+            a += B * T
+        return out, flags, spec
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -530,19 +530,17 @@ class Loader:
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
         per_micro = self.world * self.mb
-        samples, tokens, mine = [], 0, []
-        for k in range(self.train_batch // per_micro):
-            lo = k * per_micro + self.rank * self.mb
-            mine.append(plan.rows[lo:lo + self.mb])
-            samples += [p.g for r in mine[-1] for p in r]
-            tokens += sum(p.hi - p.lo for r in mine[-1] for p in r)
+        firsts = range(self.rank * self.mb, self.train_batch, per_micro)   # this rank's rows of each micro step
+        mine = [plan.rows[lo:lo + self.mb] for lo in firsts]
         filled = sum(map(bool, mine))
-        full, flags = self._collate_flat([m for m in mine if m]) if filled else ([], np.zeros(0, np.uint8))
+        full, flags, spec = self._collate_flat([m for m in mine if m]) if filled else \
+            ([], np.zeros(0, np.uint8), np.zeros((0, 4), np.int64))
         full = iter(full)
         micro = [next(full) if m else self._empty_micro() for m in mine]
+        samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
         cls = flags & WEIGHT_CLASS
-        w = sum(int(np.count_nonzero(cls == c)) * float(self._table[c]) for c in (1, 2, 3))
+        w = sum(int(np.count_nonzero(cls == c)) * self._weights[c] for c in (1, 2, 3))
         pcount = int(np.count_nonzero(flags & PERCEPT))
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
