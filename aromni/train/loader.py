@@ -14,7 +14,9 @@ ends the window (it opens the next one). Samples are never cut inside an image o
 ``max_len`` is dropped (AR-Omni's rule) or, with ``long_samples: split``, cut at points outside those spans. Each
 piece gets its own position ids from 0, so attention stays inside it (transformers builds a block-diagonal mask from
 restarting position ids), and its first token carries no label. Labels, weights and perceptual positions are derived
-for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row).
+for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row), as
+one byte of flags per token; a micro-batch (``Batch``) is the ids as stored and those flags, widened to the model's
+tensors where it is used (``Batch.to(device)``).
 """
 from __future__ import annotations
 
@@ -291,6 +293,18 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             lens += shards.lengths[more].tolist()
             idx += more.tolist()
         r, n = idx[g - start], lens[g - start]
+        if pack and n <= max_len:              # the common case, one whole sample: first fit without the lists
+            for j, room in enumerate(remaining):
+                if room >= n:
+                    remaining[j] = room - n
+                    rows[j].append(Piece(g, r, 0, n))
+                    break
+            else:
+                break                          # fits no row: the next window starts with it (rows are not empty:
+                                               # an empty window has max_len free in every row)
+            g += 1
+            since_placed = 0
+            continue
         if n > max_len:
             pieces = None
             if long_samples == "split":
