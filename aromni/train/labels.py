@@ -2,8 +2,9 @@
 
 ``aromni.sample.labels_and_weights`` is the reference definition of labels and weights, one row at a time; this module
 computes the same arrays for every row of a decoded row group with a handful of vectorised passes (a test asserts
-equality row by row on the demo shards and on random rows). The loader slices samples out of the result, so the
-per-row Python cost of the hot path is a few array slices.
+equality row by row on the demo shards and on random rows). ``derive_flags`` gives them as one byte of flags a token
+(``Derived``: the weight class, whose weights are a 4-entry table, and the perceptual mark), which is what the loader
+slices samples out of and ships; ``derive`` spells the flags out as (labels, weights, perceptual mask).
 
 Two rules for the weights (``rule``):
 
