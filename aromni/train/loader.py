@@ -522,12 +522,10 @@ class Loader:
                 g, d = groups[j]
                 labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
             labels[first] = IGNORE_INDEX
-        ids_t, flags_t = torch.from_numpy(ids), torch.from_numpy(flags)
-        labels_t = None if labels is None else torch.from_numpy(labels)
         out, a = [], 0
+        view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731  (numpy views: cheaper)
         for B, T in zip(per_batch.tolist(), widths.tolist()):
-            out.append(Batch(ids_t[a:a + B * T].view(B, T), flags_t[a:a + B * T].view(B, T), self._table,
-                             None if labels_t is None else labels_t[a:a + B * T].view(B, T)))
+            out.append(Batch(view(ids), view(flags), self._table, None if labels is None else view(labels)))
             a += B * T
         return out, flags, spec
 
