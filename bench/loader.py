@@ -5,10 +5,12 @@
 
 Goal (issue 17): <= 1.5x the raw read time (issue 8 asked >= 1M tokens/s per core and <= 1.2x). The breakdown line
 says where the loader's time goes inside one real epoch (each stage's exclusive time, so they add up to the total):
-reading + decoding row groups, deriving labels/weights/perceptual positions per row group (aromni.train.labels),
-planning windows, collating micro-batches, and the rest of building a window. Times are CPU seconds of this process
-(the machine may be shared), best of 3, with pyarrow on one thread so both sides run on one core. "raw read" reads
-the columns the loader needs (input_ids, segments, task) for every row group and touches the token buffers.
+reading + decoding row groups, deriving labels/weights/perceptual positions per row group as one byte of flags a
+token (aromni.train.labels.derive_flags), planning windows, collating micro-batches (int32 ids + flags: the trainer
+widens them on its device; the last line says what that widening would cost on this CPU), and the rest of building
+a window. Times are CPU seconds of this process (the machine may be shared), best of 3, with pyarrow on one thread
+so both sides run on one core. "raw read" reads the columns the loader needs (input_ids, segments, task) for every
+row group and touches the token buffers.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,15 +74,20 @@ def write_shards(rows: list[Sample], d: Path, per_shard: int = 2000) -> Path:
     return d
 
 
+def one_array(col: pa.ChunkedArray) -> pa.Array:
+    """A row group's column without a copy (combine_chunks copies even one chunk; the loader does not)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 def raw_read(files: list[str]) -> int:
     tokens = 0
     for f in files:
         pf = pq.ParquetFile(f)
         for i in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(i, columns=["input_ids", "segments", "task"], use_threads=False)
-            ids = t.column("input_ids").combine_chunks()
+            ids = one_array(t.column("input_ids"))
             tokens += len(ids.values.to_numpy())
-            t.column("segments").combine_chunks().values.field("start").to_numpy()
+            one_array(t.column("segments")).values.field("start").to_numpy()
     return tokens
 
 
@@ -94,9 +102,23 @@ def loader_epoch(path: str, train_batch: int, micro: int, max_len: int) -> tuple
     return tokens, windows
 
 
+def widen_cpu(path: str, train_batch: int, micro: int, max_len: int) -> float:
+    """CPU seconds to widen one epoch's compact batches into the model's tensors on the CPU (Batch.to("cpu")):
+    what the trainer does on its device instead; not part of the loader's time, printed so it is not hidden."""
+    shards = ShardSet(path)
+    ld = Loader(shards, rank=0, world=1, micro_batch=micro, train_batch=train_batch, max_len=max_len, pack=True)
+    batches = []
+    while ld.consumed < len(shards):
+        batches += ld.next_window().micro
+    t = time.process_time()
+    for m in batches:
+        m.to("cpu")
+    return time.process_time() - t
+
+
 def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
     """CPU seconds of each loader stage inside one real epoch (exclusive: a row group read inside a collate counts
-    as read); "window" is the rest of build_window (sample lists, this rank's weight sum) and the set-up."""
+    as read); "window" is the rest of build_window (micro-batch slots, this rank's weight sum) and the set-up."""
     from aromni.train import labels as labels_mod
     from aromni.train import loader as loader_mod
     out = dict.fromkeys(("read", "derive", "plan", "collate", "window"), 0.0)
@@ -119,9 +141,9 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
         setattr(owner, name, timed_stage)
         return fn
 
-    collate = "_collate_many" if hasattr(Loader, "_collate_many") else "_collate"   # (older loaders: per micro-batch)
+    collate = "_collate_flat"
     saved = [(ShardSet, "row_group", wrap(ShardSet, "row_group", "read")),
-             (loader_mod, "derive", wrap(loader_mod, "derive", "derive")),
+             (loader_mod, "derive_flags", wrap(loader_mod, "derive_flags", "derive")),
              (Loader, "plan", wrap(Loader, "plan", "plan")),
              (Loader, collate, wrap(Loader, collate, "collate"))]
     try:
@@ -131,7 +153,7 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
     finally:
         for owner, name, fn in saved:
             setattr(owner, name, fn)
-    assert labels_mod.derive is loader_mod.derive
+    assert labels_mod.derive_flags is loader_mod.derive_flags
     return out
 
 
@@ -151,6 +173,7 @@ def main() -> None:
     args = ap.parse_args()
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    torch.set_num_threads(1)       # the widening line: one core too (spinning OpenMP threads inflate CPU time)
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             path = Path(args.data)
@@ -163,6 +186,7 @@ def main() -> None:
         (tok, n_win), c_ld, w_ld = min((timed(loader_epoch, str(path), args.train_batch, args.micro, args.max_len)
                                         for _ in range(3)), key=lambda r: r[1])     # best of 3, as the raw read
         parts = breakdown(str(path), args.train_batch, args.micro, args.max_len)
+        widen = min(widen_cpu(str(path), args.train_batch, args.micro, args.max_len) for _ in range(3))
     print(f"shards: {len(files)} file(s), {tok_raw:,} tokens; packed into windows of {args.train_batch} rows x "
           f"{args.max_len} ({n_win} windows, {tok:,} tokens)")
     print(f"raw pyarrow read : {c_raw:7.3f} s CPU ({w_raw:.3f} s wall)  {tok_raw / c_raw / 1e6:8.2f} M tokens/s/core")
@@ -170,6 +194,9 @@ def main() -> None:
     print(f"ratio loader/raw : {c_ld / c_raw:.1f}x   (goal <= 1.5x: {'met' if c_ld <= 1.5 * c_raw else 'NOT met'}; "
           f"tokens/s goal >= 1M per core: {'met' if tok / c_ld >= 1e6 else 'NOT met'})")
     print("breakdown (CPU s): " + ", ".join(f"{k} {v:.3f} ({v / c_raw:.1f}x raw)" for k, v in parts.items()))
+    print(f"(batches leave the loader compact: int32 ids + 1 byte of flags a token; the trainer widens them to the "
+          f"model's int64/float32 tensors on its device. Widening on this CPU instead: +{widen:.3f} s, "
+          f"{widen / c_raw:.1f}x raw)")
 
 
 if __name__ == "__main__":

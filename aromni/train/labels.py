@@ -2,8 +2,9 @@
 
 ``aromni.sample.labels_and_weights`` is the reference definition of labels and weights, one row at a time; this module
 computes the same arrays for every row of a decoded row group with a handful of vectorised passes (a test asserts
-equality row by row on the demo shards and on random rows). The loader slices samples out of the result, so the
-per-row Python cost of the hot path is a few array slices.
+equality row by row on the demo shards and on random rows). ``derive_flags`` gives them as one byte of flags a token
+(``Derived``: the weight class, whose weights are a 4-entry table, and the perceptual mark), which is what the loader
+slices samples out of and ships; ``derive`` spells the flags out as (labels, weights, perceptual mask).
 
 Two rules for the weights (``rule``):
 
@@ -29,6 +30,13 @@ import numpy as np
 from aromni.layout import Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy
 
+# One byte of flags per token carries everything but the ids (the loader's batches and the trainer's expansion read
+# them): the weight class in the low two bits (0: no target, labels -100 and weight 0; 1: a target of weight 1;
+# 2: the response tail's weight; 3: the transcript's weight), the perceptual mark, and (set by the loader's collate)
+# the first token of a packed piece, where position ids restart.
+WEIGHT_CLASS = 3
+PERCEPT = 4
+PIECE_START = 8
 LABELS_TASK = "labels"      # the task name of rows that carry stored labels instead of segments
 EVERY_TASK = "*"
 WEIGHT_RULES = ("aromni", "upstream")
@@ -104,10 +112,37 @@ def _last_target(mask, on, off, lens, seg_row, seg_end, seg_assistant) -> np.nda
     return last
 
 
+@dataclass
+class Derived:
+    """Labels, weights and perceptual positions of a row group in one byte a token (``flags``, see WEIGHT_CLASS):
+    labels are the ids where the weight class is not 0 (``labels``: the stored labels instead, only for rows
+    imported with labels that differ from their ids), weights are ``weight_table[class]``."""
+    flags: np.ndarray             # uint8 [n]
+    weight_table: np.ndarray      # float32 [4]: the weight of each class
+    labels: np.ndarray | None = None
+
+    def arrays(self, ids: np.ndarray, lo: int = 0, hi: int | None = None):
+        """(labels, weights float32, perceptual mask bool) of positions lo..hi."""
+        f = self.flags[lo:hi]
+        cls = f & WEIGHT_CLASS
+        labels = self.labels[lo:hi] if self.labels is not None else np.where(cls != 0, ids[lo:hi], IGNORE_INDEX)
+        return labels, self.weight_table[cls], (f & PERCEPT) != 0
+
+
+def weight_table(policy: LossPolicy) -> np.ndarray:
+    return np.array([0.0, 1.0, policy.response_weight, policy.transcript_weight], dtype=np.float32)
+
+
 def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
            rule: str = "aromni") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels int, weights float32, perceptual mask bool), flat over the row group, HF convention (labels[t] is
-    the target of position t; the model shifts)."""
+    the target of position t; the model shifts): ``derive_flags`` spelled out."""
+    return derive_flags(g, policy, layout, perceptual_tasks, rule).arrays(np.asarray(g.ids))
+
+
+def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
+                 rule: str = "aromni") -> Derived:
+    """The row group's labels, weights and perceptual positions as one byte of flags a token."""
     if rule not in WEIGHT_RULES:
         raise ValueError(f"unknown weight rule {rule!r} (allowed: {', '.join(WEIGHT_RULES)})")
     ids = np.asarray(g.ids)                       # int32 as stored: no widened copy
@@ -117,10 +152,13 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
     starts = off[:-1]
     nonempty = lens > 0
 
+    stored = None
     if g.labels is not None:                       # stored labels: used as they are
         labels = np.asarray(g.labels)
         mask = labels != IGNORE_INDEX
         seg_row = None
+        if not np.array_equal(labels[mask], ids[mask]):
+            stored = labels                        # (labels that are not the ids: carried as they are)
     else:
         seg_row = np.repeat(np.arange(R), np.diff(g.seg_offsets))
         gs = starts[seg_row] + g.seg_start
@@ -132,8 +170,7 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
             mask = _cover(n, gs[g.seg_assistant], ge[g.seg_assistant])
         else:
             raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
-        labels = np.where(mask, ids, IGNORE_INDEX)
-    weights = mask.astype(np.float32)
+    flags = mask.view(np.uint8).copy()            # weight class 1 where a target, 0 elsewhere
 
     # ---- the response tail of response_tasks (segments rows: the response length comes from the segments) ----
     # (upstream: only its pretraining trainer weights the tail, only its SFT trainer the transcript)
@@ -155,7 +192,7 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
             else:                                  # upstream: every eos target leaves it
                 eligible = mask & (ids != layout.eos)
             some = resp > 0
-            weights[_last_flagged(eligible, starts[some], off[1:][some], resp[some])] = policy.response_weight
+            flags[_last_flagged(eligible, starts[some], off[1:][some], resp[some])] = 2
 
     # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
     if policy.transcript_weight != 1.0 and not (rule == "upstream" and policy.on == "all"):
@@ -172,12 +209,13 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
                 lo.append(i + 1)
                 hi.append(res[j])
         inside = _cover(n, np.asarray(lo, np.int64), np.asarray(hi, np.int64)) & mask
-        weights[inside] = policy.transcript_weight
+        flags[inside] = 3
 
     # ---- perceptual positions: the codes of every labelled image span in the chosen tasks ---------------------
     percept_rows = _task_rows(g.tasks, set(perceptual_tasks))
+    table = weight_table(policy)
     if not percept_rows.any():
-        return labels, weights, np.zeros(n, dtype=bool)
+        return Derived(flags, table, stored)
     if seg_row is not None:
         img = g.seg_image & percept_rows[seg_row]
         codes = _cover(n, gs[img] + 1, ge[img] - 1)
@@ -186,4 +224,6 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
         r = np.searchsorted(off, boi, side="right") - 1
         boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
         codes = _cover(n, boi + 1, boi + 1 + layout.image_tokens)
-    return labels, weights, codes & mask            # mask: where labels are not IGNORE_INDEX
+    codes &= mask                                  # only where labels are not IGNORE_INDEX
+    flags |= codes.view(np.uint8) << 2             # PERCEPT
+    return Derived(flags, table, stored)

@@ -14,17 +14,22 @@ ends the window (it opens the next one). Samples are never cut inside an image o
 ``max_len`` is dropped (AR-Omni's rule) or, with ``long_samples: split``, cut at points outside those spans. Each
 piece gets its own position ids from 0, so attention stays inside it (transformers builds a block-diagonal mask from
 restarting position ids), and its first token carries no label. Labels, weights and perceptual positions are derived
-for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row).
+for a whole row group at once (``aromni.train.labels``, equal to the spine's ``labels_and_weights`` row by row), as
+one byte of flags per token; a micro-batch (``Batch``) is the ids as stored and those flags, widened to the model's
+tensors where it is used (``Batch.to(device)``).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import queue
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +40,8 @@ import torch
 from aromni.hashing import stable_hash
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy, Segment
-from aromni.train.labels import FlatRows, derive
+from aromni.train.labels import PERCEPT, PIECE_START, WEIGHT_CLASS, Derived, FlatRows, derive_flags, \
+    weight_table
 
 MEDIA = ("image", "speech")
 
@@ -75,8 +81,15 @@ def discover(path: str):
     return fs, files, manifest
 
 
+def _one_array(col):
+    """The column as one array; a one-chunk column (a row group's) without the copy combine_chunks makes."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
 def _flat(col: pa.ChunkedArray):
-    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    a = _one_array(col)
     off = a.offsets.to_numpy()
     return a.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]], off - off[0]
 
@@ -159,7 +172,7 @@ class ShardSet:
             lab, _ = _flat(t.column("labels"))
             out = FlatRows(ids, off, [None] * t.num_rows, labels=lab)
         else:
-            seg = t.column("segments").combine_chunks()
+            seg = _one_array(t.column("segments"))
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
             is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
@@ -218,8 +231,7 @@ class ShardSet:
 # ---------------------------------------------------------------------------------------------------------------
 # Window planning (lengths only) and materialisation (this rank's rows only)
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):          # (a named tuple: a plan makes one per sample, a dataclass costs 3x as much)
     g: int      # stream index
     row: int    # row in the shard set
     lo: int     # token range inside the sample
@@ -264,8 +276,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     rows: list[list[Piece]] = [[] for _ in range(n_rows)]
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
-    idx = shards.order(g, g + chunk, shuffle, seed).tolist()
-    lengths = shards.lengths
+    idx = shards.order(g, g + chunk, shuffle, seed)
+    lens = shards.lengths[idx].tolist()       # Python ints, read a chunk at a time
+    idx = idx.tolist()
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -276,9 +289,22 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
 
     while True:
         if g - start >= len(idx):
-            idx += shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed).tolist()
-        r = idx[g - start]
-        n = int(lengths[r])
+            more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
+            lens += shards.lengths[more].tolist()
+            idx += more.tolist()
+        r, n = idx[g - start], lens[g - start]
+        if pack and n <= max_len:              # the common case, one whole sample: first fit without the lists
+            for j, room in enumerate(remaining):
+                if room >= n:
+                    remaining[j] = room - n
+                    rows[j].append(Piece(g, r, 0, n))
+                    break
+            else:
+                break                          # fits no row: the next window starts with it (rows are not empty:
+                                               # an empty window has max_len free in every row)
+            g += 1
+            since_placed = 0
+            continue
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -294,8 +320,10 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             where = []
             for lo, hi in pieces:
                 need = hi - lo
-                j = next((j for j, room in enumerate(trial) if room >= need), None)
-                if j is None:
+                for j, room in enumerate(trial):      # first fit
+                    if room >= need:
+                        break
+                else:
                     break
                 trial[j] -= need
                 where.append(j)
@@ -319,13 +347,60 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     return Plan(start, g, [r for r in rows if r], dropped)
 
 
+def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None
+           ) -> dict[str, torch.Tensor]:
+    """The model's tensors from a ``Batch``'s, on whatever device they are: input_ids, labels and position ids int64,
+    weights float32 (``table[weight class]``), the perceptual mask bool."""
+    cls = (flags & WEIGHT_CLASS).long()
+    input_ids = ids.long()
+    if labels is None:
+        labels = torch.where(cls != 0, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    ramp = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
+    start = torch.where((flags & PIECE_START) != 0, ramp, torch.zeros_like(ramp))
+    return {"input_ids": input_ids, "labels": labels.long(), "weights": table.to(ids.device)[cls],
+            "percept_mask": (flags & PERCEPT) != 0,
+            "position_ids": ramp - torch.cummax(start, dim=1).values}   # positions restart at each piece
+
+
+class Batch(Mapping):
+    """One micro-batch as the loader hands it over: the ids as stored (int32) and one byte of flags a token (weight
+    class, perceptual mark, piece start: aromni.train.labels), 5 bytes a token instead of the 29 of the model's
+    tensors. ``to(device)`` moves these and expands them there (``expand``: on a GPU the widening is free);
+    indexing it like the dict of model tensors expands them once on the CPU."""
+    KEYS = ("input_ids", "labels", "weights", "percept_mask", "position_ids")
+
+    def __init__(self, ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor,
+                 labels: torch.Tensor | None = None):
+        self.ids, self.flags, self.table, self.labels = ids, flags, table, labels   # labels: stored ones only
+        self._cpu: dict[str, torch.Tensor] | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    def to(self, device, non_blocking: bool = False) -> dict[str, torch.Tensor]:
+        move = lambda x: None if x is None else x.to(device, non_blocking=non_blocking)  # noqa: E731
+        return expand(move(self.ids), move(self.flags), self.table, move(self.labels))
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if self._cpu is None:
+            self._cpu = self.to("cpu")
+        return self._cpu[key]
+
+    def __iter__(self):
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+
 @dataclass
 class Window:
     """One optimizer step for one rank: ``micro`` holds gradient_accumulation_steps micro-batches."""
     start: int
     end: int
-    micro: list[dict[str, torch.Tensor]]
-    weight_sum: float        # this rank's sum of loss weights (the loop all-reduces it)
+    micro: list[Batch]
+    weight_sum: float        # this rank's sum of loss weights (the loop all-reduces it), exact in float64
     percept_count: int       # this rank's perceptual positions
     filled: int              # this rank's micro-batches that hold rows (the others are empty placeholders)
     tokens: int              # real tokens (no padding) on this rank
@@ -349,8 +424,9 @@ class Loader:
         self.long_samples, self.shuffle, self.seed = long_samples, shuffle, seed
         self.vocab_size, self.weight_rule = vocab_size, weight_rule
         self._derived: OrderedDict[int, tuple] = OrderedDict()
+        self._table = torch.from_numpy(weight_table(policy))   # the weight of each weight class
+        self._weights = self._table.tolist()
         self.derived_cache = 8           # row groups kept derived (a window touches a few)
-        self._ramp = np.arange(max_len, dtype=np.int64)   # position ids are slices of it
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -359,9 +435,9 @@ class Loader:
         self._stop = threading.Event()
 
     # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
-    def derived(self, rg: int):
-        """(flat rows, labels, weights, perceptual mask) of row group ``rg``, derived once for the whole group
-        (aromni.train.labels) and kept for the few row groups a window touches."""
+    def derived(self, rg: int) -> tuple[FlatRows, Derived]:
+        """(flat rows, their flags) of row group ``rg``, derived once for the whole group (aromni.train.labels)
+        and kept for the few row groups a window touches."""
         hit = self._derived.get(rg)
         if hit is not None:
             self._derived.move_to_end(rg)
@@ -372,116 +448,112 @@ class Loader:
             raise DataError(f"row {int(self.shards.rg_start[rg]) + bad} of {self.shards.path} has id "
                             f"{int(g.ids.max())}, outside the model's vocabulary of {self.vocab_size} (wrong model "
                             f"for this data?)")
-        out = (g, *derive(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
+        out = (g, derive_flags(g, self.policy, self.layout, self.perceptual_tasks, self.weight_rule))
         self._derived[rg] = out
         while len(self._derived) > self.derived_cache:
             self._derived.popitem(last=False)
         return out
 
     def sample_arrays(self, row: int):
+        """(ids, labels, weights, perceptual mask) of one row."""
         rg = int(np.searchsorted(self.shards.rg_start, row, side="right") - 1)
-        g, labels, weights, percept = self.derived(rg)
+        g, d = self.derived(rg)
         k = row - int(self.shards.rg_start[rg])
         lo, hi = int(g.offsets[k]), int(g.offsets[k + 1])
-        return g.ids[lo:hi], labels[lo:hi], weights[lo:hi], percept[lo:hi]
+        return (g.ids[lo:hi], *d.arrays(g.ids, lo, hi))
 
-    def _collate(self, rows: list[list[Piece]]) -> dict[str, torch.Tensor]:
+    def _collate(self, rows: list[list[Piece]]) -> Batch:
         return self._collate_many([rows])[0]
 
-    def _collate_many(self, batches: list[list[list[Piece]]]) -> list[dict[str, torch.Tensor]]:
-        """Micro-batches, each [rows, longest row] and C-contiguous, laid out one after another in one flat buffer
-        per tensor, so the per-batch work (buffers, piece lookup, the first-token rule) is done once for all of
-        them; the only per-piece Python is one slice copy per tensor (position ids: a slice of a ramp)."""
+    def _collate_many(self, batches: list[list[list[Piece]]]) -> list[Batch]:
+        return self._collate_flat(batches)[0]
+
+    def _collate_flat(self, batches: list[list[list[Piece]]]) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+        """(micro-batches, the flat flags buffer they are views of, the pieces as an [n, 4] array of Piece's
+        fields). Micro-batches, each [rows, longest row] and C-contiguous, laid out one after another in one flat
+        buffer per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token
+        rule, padding) is a few array operations for all of them; the only per-piece Python is one slice copy per
+        buffer."""
         rows = [r for batch in batches for r in batch]
         pieces = [p for r in rows for p in r]
         n = len(pieces)
-        sizes = [sum(p.hi - p.lo for p in r) for r in rows]
-        row_base, row_T, shapes, N = [], [], [], 0   # where each row starts in the flat buffers, its batch's width
-        for batch in batches:
-            T = max(sizes[len(row_T):len(row_T) + len(batch)])
-            shapes.append((N, len(batch), T))
-            row_base += range(N, N + len(batch) * T, T)
-            row_T += [T] * len(batch)
-            N += len(batch) * T
+        spec = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, 4 * n).reshape(n, 4)  # g, row, lo, hi
+        k = spec[:, 3] - spec[:, 2]
+        per_row = np.fromiter(map(len, rows), np.int64, len(rows))     # a plan's rows hold at least one piece
+        row_first = np.cumsum(per_row) - per_row                       # each row's first piece
+        sizes = np.add.reduceat(k, row_first)
+        per_batch = np.fromiter(map(len, batches), np.int64, len(batches))
+        widths = np.maximum.reduceat(sizes, np.cumsum(per_batch) - per_batch)   # each micro-batch's T
+        row_T = np.repeat(widths, per_batch)
+        row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
+        N = int(row_T.sum())
+        piece_row = np.repeat(np.arange(len(rows)), per_row)
+        ends = np.cumsum(k)
+        dst = row_base[piece_row] + ends - k - (ends - k)[row_first][piece_row]   # where each piece goes
         # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
-        at_row = np.fromiter((p.row for p in pieces), np.int64, n)
-        rgs = np.searchsorted(self.shards.rg_start, at_row, side="right") - 1
-        local = at_row - self.shards.rg_start[rgs]
-        base = np.empty(n, np.int64)
-        groups = {}
-        for rg in np.unique(rgs).tolist():
-            groups[rg] = self.derived(rg)
-            sel = rgs == rg
-            base[sel] = groups[rg][0].offsets[local[sel]]
-        if len(self._ramp) < max(row_T):
-            self._ramp = np.arange(max(row_T), dtype=np.int64)
-        ramp = self._ramp
-        # every element is written exactly once (a piece's slice or its row's padding): no fill pass first
-        ids = np.empty(N, dtype=np.int64)
-        labels = np.empty(N, dtype=np.int64)
-        weights = np.empty(N, dtype=np.float32)
-        percept = np.empty(N, dtype=bool)
-        position = np.empty(N, dtype=np.int64)
-        first = []                  # flat position of each piece's first token
-        i = 0
-        rgs, base = rgs.tolist(), base.tolist()
-        pad, pack = self.layout.train_pad, self.pack
-        for r, at, size, T in zip(rows, row_base, sizes, row_T):
-            for p in r:
-                g, lab, w, per = groups[rgs[i]]
-                s, k = base[i] + p.lo, p.hi - p.lo
-                e, to = s + k, at + k
-                ids[at:to] = g.ids[s:e]
-                labels[at:to] = lab[s:e]
-                weights[at:to] = w[s:e]
-                percept[at:to] = per[s:e]
-                position[at:to] = ramp[:k]      # each piece's positions restart at 0: attention stays inside it
-                if k:
-                    first.append(at)
-                at, i = to, i + 1
-            if size < T:
-                ids[at:at + T - size] = pad
-                labels[at:at + T - size] = IGNORE_INDEX
-                weights[at:at + T - size] = 0.0
-                percept[at:at + T - size] = False
-                # padding: its own "piece" when packing (restarted positions keep real tokens from seeing it;
-                # causal attention already does); a single padded sample's positions just continue
-                position[at:at + T - size] = ramp[:T - size] if pack else ramp[size:T]
-        labels[first] = IGNORE_INDEX     # nothing before a piece's first token predicts it
-        weights[first] = 0.0
-        out = []
-        for a, B, T in shapes:
-            view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731
-            out.append({"input_ids": view(ids), "labels": view(labels), "weights": view(weights),
-                        "percept_mask": view(percept), "position_ids": view(position)})
-        return out
+        rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
+        local = spec[:, 1] - self.shards.rg_start[rgs]
+        src = np.empty(n, np.int64)
+        used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
+        which = np.searchsorted(used, rgs)
+        groups = [self.derived(rg) for rg in used]
+        for j, (g, _) in enumerate(groups):
+            sel = which == j
+            src[sel] = g.offsets[local[sel]]
+        src += spec[:, 2]
+        # padding first (a pass over the buffers costs less than a Python step per row), then the pieces
+        ids = np.full(N, self.layout.train_pad, dtype=groups[0][0].ids.dtype)
+        flags = np.zeros(N, dtype=np.uint8)
+        id_src, flag_src = [g.ids for g, _ in groups], [d.flags for _, d in groups]
+        for j, s, e, a, b in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist(), (dst + k).tolist()):
+            ids[a:b] = id_src[j][s:e]
+            flags[a:b] = flag_src[j][s:e]
+        # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
+        # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
+        # attention already does), a single padded sample's positions just continue
+        first = dst[k > 0]
+        flags[first] = (flags[first] & PERCEPT) | PIECE_START
+        if self.pack:
+            flags[(row_base + sizes)[sizes < row_T]] = PIECE_START
+        labels = None
+        if any(d.labels is not None for _, d in groups):   # imported labels that are not the ids: carried
+            labels = np.full(N, IGNORE_INDEX, dtype=np.int64)
+            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
+                g, d = groups[j]
+                labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
+            labels[first] = IGNORE_INDEX
+        out, a = [], 0
+        view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731  (numpy views: cheaper)
+        for B, T in zip(per_batch.tolist(), widths.tolist()):
+            out.append(Batch(view(ids), view(flags), self._table, None if labels is None else view(labels)))
+            a += B * T
+        return out, flags, spec
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
                            self.shuffle, self.seed)
 
-    def _empty_micro(self) -> dict[str, torch.Tensor]:
+    def _empty_micro(self) -> Batch:
         """A one-token row with no loss: a rank whose slots are empty still runs every micro step (DeepSpeed's
         accumulation boundary and the gradient all-reduce need all ranks in step)."""
-        one = lambda v, dt: torch.full((1, 1), v, dtype=dt)
-        return {"input_ids": one(self.layout.train_pad, torch.int64), "labels": one(IGNORE_INDEX, torch.int64),
-                "weights": one(0, torch.float32), "percept_mask": one(False, torch.bool),
-                "position_ids": one(0, torch.int64)}
+        return Batch(torch.full((1, 1), self.layout.train_pad, dtype=torch.int32),
+                     torch.zeros((1, 1), dtype=torch.uint8), self._table)
 
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
         per_micro = self.world * self.mb
-        samples, tokens, mine = [], 0, []
-        for k in range(self.train_batch // per_micro):
-            lo = k * per_micro + self.rank * self.mb
-            mine.append(plan.rows[lo:lo + self.mb])
-            samples += [p.g for r in mine[-1] for p in r]
-            tokens += sum(p.hi - p.lo for r in mine[-1] for p in r)
+        firsts = range(self.rank * self.mb, self.train_batch, per_micro)   # this rank's rows of each micro step
+        mine = [plan.rows[lo:lo + self.mb] for lo in firsts]
         filled = sum(map(bool, mine))
-        full = iter(self._collate_many([m for m in mine if m]) if filled else [])
+        full, flags, spec = self._collate_flat([m for m in mine if m]) if filled else \
+            ([], np.zeros(0, np.uint8), np.zeros((0, 4), np.int64))
+        full = iter(full)
         micro = [next(full) if m else self._empty_micro() for m in mine]
-        w = sum(float(m["weights"].sum()) for m in micro)
-        pcount = sum(int(np.count_nonzero(m["percept_mask"].numpy())) for m in micro)
+        samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
+        # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
+        cls = flags & WEIGHT_CLASS
+        w = sum(int(np.count_nonzero(cls == c)) * self._weights[c] for c in (1, 2, 3))
+        pcount = int(np.count_nonzero(flags & PERCEPT))
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------

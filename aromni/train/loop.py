@@ -143,7 +143,8 @@ def train_window(run: Run, window) -> tuple[dict, dict]:
     totals = {"weight": W, "positions": P, "micro": M}
     acc = torch.zeros(len(ACC), dtype=torch.float64)
     for micro in window.micro:
-        sums = micro_sums(engine, {k: v.to(engine.device) for k, v in micro.items()}, run.shards.layout,
+        # the loader's compact batch (int32 ids, one byte of flags a token) widens to the model's tensors there
+        sums = micro_sums(engine, micro.to(engine.device), run.shards.layout,
                           loss.perceptual.align)
         engine.backward(micro_loss(sums, totals, loss.perceptual.weight, run.world, loss.normalise),
                         scale_wrt_gas=False)

@@ -270,17 +270,28 @@ def assert_collate_matches_reference(ld, n_windows):
             rows = plan.rows[k:k + ld.mb]
             want = reference_collate(ld, rows)
             for got in (window.micro[k // ld.mb], ld._collate(rows)):
-                for key, w in want.items():
-                    g = got[key].numpy()
-                    assert g.dtype == w.dtype and g.shape == w.shape and g.flags.c_contiguous, key
-                    assert g.tobytes() == w.tobytes(), key
+                # what leaves the loader is compact: the ids as stored and one byte of flags a token ...
+                assert got.ids.dtype == torch.int32 and got.flags.dtype == torch.uint8
+                assert got.labels is None or got.labels.shape == got.ids.shape
+                # ... and what the model sees after the trainer's widening (Batch.to, as the loop calls it; and
+                # indexing, which tests use) is the reference, byte for byte
+                for tensors in (got.to("cpu"), got):
+                    for key, w in want.items():
+                        g = tensors[key].numpy()
+                        assert g.dtype == w.dtype and g.shape == w.shape and g.flags.c_contiguous, key
+                        assert g.tobytes() == w.tobytes(), key
+            # the window's weight sum and perceptual count (the loss denominators) are those of the tensors
+            ws = [window.micro[j // ld.mb] for j in range(0, len(plan.rows), ld.mb)]
+            assert window.weight_sum == sum(float(m["weights"].numpy().astype(np.float64).sum()) for m in ws)
+            assert window.percept_count == sum(int(m["percept_mask"].sum()) for m in ws)
             checked += len(rows)
         ld.consumed = plan.end
     assert checked
 
 
 @pytest.mark.parametrize("pack", [True, False])
-@pytest.mark.parametrize("policy", [LossPolicy(), LossPolicy(on="assistant", transcript_weight=0.5)])
+@pytest.mark.parametrize("policy", [LossPolicy(), LossPolicy(on="assistant", transcript_weight=0.5),
+                                    LossPolicy(response_weight=0.3, transcript_weight=1.7)])
 def test_batched_collate_is_byte_identical_to_the_reference_on_the_demo(shards, pack, policy):
     ld = loader(shards, micro_batch=3, train_batch=6, pack=pack, policy=policy, max_len=2100)
     assert_collate_matches_reference(ld, 14)     # past the end of the demo: windows span epochs and row groups
@@ -306,3 +317,24 @@ def test_batched_collate_is_byte_identical_to_the_reference_on_random_rows(tmp_p
     for pack, long_samples, max_len in ((True, "split", 700), (True, "drop", 1100), (False, "split", 1100)):
         ld = loader(s, micro_batch=2, train_batch=8, pack=pack, long_samples=long_samples, max_len=max_len)
         assert_collate_matches_reference(ld, 12)
+
+
+def test_stored_labels_that_are_not_the_ids_are_carried_as_stored(tmp_path):
+    """Imported rows whose labels differ from their ids (here: already shifted, as some exporters write them) keep
+    their labels exactly; the compact batch carries them instead of deriving them from the ids."""
+    rng = np.random.default_rng(7)
+    ids, labels = [], []
+    for i in range(40):
+        row = [0] + (20000 + rng.integers(0, 3000, int(rng.integers(2, 400)))).tolist() + [2]
+        lab = row[1:] + [IGNORE_INDEX]              # labels[t] = ids[t + 1]; a prompt quarter without loss
+        lab[:len(row) // 4] = [IGNORE_INDEX] * (len(row) // 4)
+        ids.append(row)
+        labels.append(lab)
+    t = pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), "labels": pa.array(labels, pa.list_(pa.int64()))})
+    pq.write_table(t, tmp_path / "shifted.parquet", row_group_size=16)
+    s = ShardSet(str(tmp_path / "shifted.parquet"))
+    for pack, long_samples in ((True, "split"), (False, "drop")):
+        ld = loader(s, micro_batch=2, train_batch=4, pack=pack, long_samples=long_samples, max_len=300)
+        w = ld.build_window(0)
+        assert w.micro[0].labels is not None
+        assert_collate_matches_reference(ld, 6)
