@@ -202,3 +202,18 @@ def test_scratch_range_read_equals_a_filter(tmp_path):
         want = [v for k, v in zip(keys, range(5000)) if k >= lo and (hi is None or k < hi)]
         assert (got.column("v").to_pylist() if got is not None else []) == want
     assert scratch.read_all(fs, path).schema.metadata is None   # the bounds never leak into the rows
+
+
+def test_interleave_lays_out_ratio_blocks():
+    """The vectorised block layout equals the loop it replaced: per block g1 g2 g3 g1 ... while a group has rows."""
+    from aromni.pipeline.mix.shards import interleave
+    rng = random.Random(0)
+    for _ in range(200):
+        rs = [rng.randint(1, 5) for _ in range(rng.randint(1, 4))]
+        nb = rng.randint(0, 6)
+        base = [0]
+        for r in rs:
+            base.append(base[-1] + r * nb)
+        want = [base[gi] + blk * r + i for blk in range(nb) for i in range(max(rs)) for gi, r in enumerate(rs) if i < r]
+        assert interleave(base, rs, nb).tolist() == want
+    assert interleave([0, 2, 3], [2, 1], 1).tolist() == [0, 2, 1]

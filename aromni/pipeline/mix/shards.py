@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -50,6 +51,17 @@ def shard_parquet_options(output) -> dict:
             "use_content_defined_chunking": True}
 
 
+def interleave(base: list[int], rs: list[int], n_blocks: int) -> np.ndarray:
+    """Row indices of a shard's blocks in the concatenated per-group tables (group g starts at base[g], r_g rows per
+    block): in each block g1 g2 g3 g1 g2 g3 ... while a group has rows left in the block."""
+    pattern = [(gi, i) for i in range(max(rs)) for gi, r in enumerate(rs) if i < r]
+    g = np.array([p[0] for p in pattern], np.int64)
+    i = np.array([p[1] for p in pattern], np.int64)
+    blk = np.arange(n_blocks, dtype=np.int64)[:, None]
+    return (np.asarray(base[:len(rs)], np.int64)[g][None, :] + blk * np.asarray(rs, np.int64)[g][None, :]
+            + i[None, :]).ravel()
+
+
 def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int, ratio: dict,
                 segments: dict, output) -> dict:
     """``segments``: group -> [(bucket, first row, end row, rep)] in rank order."""
@@ -68,12 +80,8 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
     for reader, _ in files.values():
         reader.close()
     base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
-    take = []
-    rs = list(ratio.values())
-    for blk in range(b1 - b0):
-        for i in range(max(rs)):  # interleave: g1 g2 g3 g1 g2 g3 ...
-            take += [base[gi] + blk * r + i for gi, r in enumerate(rs) if i < r]
-    table = pa.concat_tables(per_group).combine_chunks().take(pa.array(take, pa.int64()))
+    table = pa.concat_tables(per_group).combine_chunks().take(pa.array(interleave(base, list(ratio.values()),
+                                                                                    b1 - b0)))
     keep = [c for c in table.column_names if not c.startswith("_")]
     sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
     table = table.select(keep).combine_chunks()
