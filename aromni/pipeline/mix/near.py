@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 from aromni.io.atomic import join, out_fs
 from aromni.pipeline.mix import scratch as scr
 from aromni.pipeline.mix.dedup import _write_drops, read_parquet
-from aromni.pipeline.mix.index import keys_path  # noqa: F401 - the key files' names, for the driver
 from aromni.pipeline.steps.filters.near_dup import REASON, candidate_pairs, resolve_clusters
 
 RANGE_KEYS = 400_000  # keys per range: what one pairs task holds (a few tens of MB)
