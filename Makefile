@@ -39,11 +39,17 @@ demo: install demo-data
 	@echo "The demo's tokenizers are STAND-INS (see the manifest's 'warning'); point a recipe at real checkpoints for real data."
 	@echo "Next: $(AROMNI) show runs/demo --row 1 | $(AROMNI) readers | $(AROMNI) --help"
 
+# Two pytest workers, one test file each at a time (--dist loadfile: a file's module fixtures, e.g. one shared build,
+# are made once): most tests wait on Ray, S3 or subprocesses, so two workers on two cores take ~1/3 of the serial time.
+# TEST_WORKERS=0 runs them serially in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install
-	$(VENV)/bin/pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Each script prints what it measures and ratios against its baseline. Full-size tokenizer throughput on a CPU is
 # slow (minutes per batch of 32 images): `make bench` runs small batches; see `bench/tokenizers.py --help`.
