@@ -151,7 +151,7 @@ def child(args) -> None:
         "plan": times.get("plan", 0), "units_s": units, "dedup": mix_seconds.get("index", 0) + mix_seconds.get("dedup", 0),
         "mix": times.get("mix", 0), "mix_stages": mix_seconds, "manifest": times.get("manifest", 0),
         "baseline": baseline, "total": total,
-        "driver_rss": max(d for d, _ in peaks.values()) / MiB,
+        "driver_rss": max(d for ph, (d, _) in peaks.items() if ph != "baseline") / MiB,   # the build only
         "driver_rss_mix": peaks.get("mix", (0, 0))[0] / MiB,
         "worker_rss": max(w for ph, (_, w) in peaks.items() if ph != "baseline") / MiB,
         "worker_rss_mix": peaks.get("mix", (0, 0))[1] / MiB}), flush=True)
