@@ -100,7 +100,8 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
              for u in units]
     check_not_empty(recipe, stats)
 
-    rel = relative_to_root(recipe)   # rejects name units relative to data_root, as the units' own rejects do
+    # rejects name units relative to data_root, as the units' own rejects do (the resolved root: symlinks followed)
+    rel = relative_to_root(run_recipe)
     mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
                                           rel(u.unit.label), st.written) for u, st in zip(units, stats)],
                     ray=_ray_if_running())
