@@ -10,9 +10,10 @@ their own tests) unless ``--with-steps`` (then near_dup adds its two mix waves a
 Each size is built by a fresh process (so peaks do not carry over) that times the phases
 (plan, units, dedup = the mix's index + dedup stages, mix = the whole mix stage, manifest) and samples, every 0.1 s,
 the driver's RSS and the largest Ray worker's RSS per phase. In the same process, after the build, the baseline
-reads every part once and writes the same rows once, in shards of the same size with the shards' parquet options
-(compression, row groups, page index, content-defined chunking: the output format, which any writer of these shards
-pays, so the ratio measures what the mix adds).
+reads every part once and writes the rows the shards hold once (the small image and speech groups cycled to the
+counts ``all_exhausted`` repeats them to, as the shards hold them), in files of the same size with the shards'
+parquet options (compression, row groups, page index, content-defined chunking: the output format, which any writer
+of these shards pays), without shuffling, dedup or ratio blocks: the ratio measures what the mix adds.
 
 Goals (issue 13): mix(16N)/mix(N) <= 18; driver peak RSS(16N)/RSS(N) <= 1.2; mix wall <= 3 x the bare baseline.
 """
@@ -116,40 +117,41 @@ def child(args) -> None:
     total = time.perf_counter() - t0
     import ray
     ray.shutdown()
-    # the bare baseline: every part read once, the same rows written once with the same compression
+    # the bare baseline: every part read once, the rows the shards hold written once with the same parquet options:
+    # per group its parts' rows, the small groups cycled to the count the shards hold (all_exhausted repeats them:
+    # at 16N the repeated image rows are over half of the shards' tokens), in files of --shard-rows, no shuffle
     sampler.phase = "baseline"
     t = time.perf_counter()
+    import numpy as np
     o = recipe.output
+    group_of = {s.name: s.group for s in recipe.sources}
     parts = sorted(p for p in Path(args.out, "parts").glob("*/*.parquet") if p.name.count(".") == 1)  # rows only
-    buf, n_out, k = [], 0, 0
+    by_group: dict = {}
+    for p in parts:
+        by_group.setdefault(group_of[p.parent.name], []).append(pq.read_table(p))
     base_dir = Path(args.out) / "baseline"
     base_dir.mkdir()
-
-    def flush(tables):
-        nonlocal k
-        pq.write_table(pa.concat_tables(tables), base_dir / f"{k:05d}.parquet", **shard_parquet_options(o))
-        k += 1
-    rows_in_buf = 0
-    for p in parts:
-        tb = pq.read_table(p)
-        buf.append(tb)
-        rows_in_buf += tb.num_rows
-        n_out += tb.num_rows
-        if rows_in_buf >= args.shard_rows:
-            flush(buf)
-            buf, rows_in_buf = [], 0
-    if buf:
-        flush(buf)
+    n_out = k = 0
+    for g, tables in sorted(by_group.items()):
+        tb = pa.concat_tables(tables).combine_chunks()
+        used = rep.manifest["totals"]["group"].get(g, {}).get("rows", 0)
+        for a in range(0, used, args.shard_rows):
+            idx = np.arange(a, min(used, a + args.shard_rows)) % tb.num_rows
+            chunk = tb.slice(int(idx[0]), len(idx)) if idx[-1] - idx[0] == len(idx) - 1 else tb.take(pa.array(idx))
+            pq.write_table(chunk, base_dir / f"{k:05d}.parquet", **shard_parquet_options(o))
+            n_out += chunk.num_rows
+            k += 1
     baseline = time.perf_counter() - t
+    assert n_out == rep.manifest["rows"], (n_out, rep.manifest["rows"])   # the same rows as the shards
     sampler.stop.set()
     units = total - sum(times.values())
     peaks = sampler.peaks
     print(json.dumps({
-        "rows": rep.manifest["rows"], "units": rep.units_total, "parts_rows": n_out,
+        "rows": rep.manifest["rows"], "units": rep.units_total, "baseline_rows": n_out,
         "plan": times.get("plan", 0), "units_s": units, "dedup": mix_seconds.get("index", 0) + mix_seconds.get("dedup", 0),
         "mix": times.get("mix", 0), "mix_stages": mix_seconds, "manifest": times.get("manifest", 0),
         "baseline": baseline, "total": total,
-        "driver_rss": max(d for d, _ in peaks.values()) / MiB,
+        "driver_rss": max(d for ph, (d, _) in peaks.items() if ph != "baseline") / MiB,   # the build only
         "driver_rss_mix": peaks.get("mix", (0, 0))[0] / MiB,
         "worker_rss": max(w for ph, (_, w) in peaks.items() if ph != "baseline") / MiB,
         "worker_rss_mix": peaks.get("mix", (0, 0))[1] / MiB}), flush=True)

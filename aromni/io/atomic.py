@@ -78,8 +78,9 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def open_atomic(fs, path: str):
-    """A binary file that appears at ``path`` complete and durable when the block exits, or not at all."""
+def open_atomic(fs, path: str, durable: bool = True):
+    """A binary file that appears at ``path`` complete and durable when the block exits, or not at all.
+    ``durable=False`` (scratch a rerun recomputes anyway): still complete or absent, but not fsynced."""
     if is_local(fs):
         d = path.rpartition("/")[0]
         os.makedirs(d, exist_ok=True)
@@ -87,10 +88,12 @@ def open_atomic(fs, path: str):
         try:
             with open(tmp, "wb") as f:
                 yield f
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
-            fsync_dir(d)
+            if durable:
+                fsync_dir(d)
         finally:  # a full disk or an error must not leave a temp file behind
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -110,8 +113,8 @@ def open_atomic(fs, path: str):
     f.close()
 
 
-def write_bytes(fs, path: str, data: bytes) -> None:
-    with open_atomic(fs, path) as f:
+def write_bytes(fs, path: str, data: bytes, durable: bool = True) -> None:
+    with open_atomic(fs, path, durable) as f:
         f.write(data)
 
 

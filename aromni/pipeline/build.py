@@ -100,9 +100,11 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
              for u in units]
     check_not_empty(recipe, stats)
 
-    rel = relative_to_root(recipe)   # rejects name units relative to data_root, as the units' own rejects do
+    # rejects name units relative to data_root, as the units' own rejects do (the resolved root: symlinks followed)
+    rel = relative_to_root(run_recipe)
     mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
-                                          rel(u.unit.label)) for u in units], ray=_ray_if_running())
+                                          rel(u.unit.label), st.written) for u, st in zip(units, stats)],
+                    ray=_ray_if_running())
     stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
     manifest = build_manifest(recipe, AR_OMNI_V0_1, tok.identities, mixed.shards, stats, mixed.report, mixed.totals,
                               [r["path"] for r in mixed.rejects.values()], voices=voices)

@@ -204,6 +204,36 @@ def test_scratch_range_read_equals_a_filter(tmp_path):
     assert scratch.read_all(fs, path).schema.metadata is None   # the bounds never leak into the rows
 
 
+def test_scratch_files_grouped_by_range_read_exactly_their_rows(tmp_path):
+    """write_by_range: no batch straddles a range boundary, so a range read opens only batches of its own rows (at scale
+    a range holds a few rows of each file, so a straddling batch would be read by many ranges); the rows come back as
+    a filter of the input would give them (in input order within the range); batches stay at most batch_rows rows."""
+    import fsspec
+    fs = fsspec.filesystem("file")
+    keys = [random.Random(2).getrandbits(64) for _ in range(3000)]    # unsorted: the writer partitions
+    keys = [k if i % 7 else keys[i - 1] for i, k in enumerate(keys)]  # and a few equal keys
+    t = pa.table({"_k": pa.array(keys, pa.uint64()), "v": list(range(3000))})
+    path = str(tmp_path / "x.arrow")
+    n = 40    # ~75 rows a range, batches of up to 32
+    scratch.write_by_range(fs, path, t, "_k", 32, ranges=n)
+    r = scratch.Reader(fs, path)
+    sizes = [r.ipc.get_batch(i).num_rows for i in range(r.ipc.num_record_batches)]
+    bounds = r.bounds
+    r.close()
+    assert max(sizes) <= 32 and sum(sizes) == 3000
+    read = 0
+    for j in range(n):
+        lo, hi = scratch.range_bounds(j, n)
+        mine = [i for i, (a, b) in enumerate(bounds) if b >= lo and (hi is None or a < hi)]
+        want = [v for k, v in zip(keys, range(3000)) if k >= lo and (hi is None or k < hi)]
+        assert sum(sizes[i] for i in mine) == len(want)    # exactly its rows, nothing of a neighbour's range
+        read += sum(sizes[i] for i in mine)
+        got = scratch.read_range(fs, [path], ["v"], "_k", lo, hi)
+        assert (got.column("v").to_pylist() if got is not None else []) == want
+    assert read == 3000
+    assert scratch.batch_edges(None, 600, 256) == [0, 256, 512, 600]   # sorted files: row r is in batch r // rows
+
+
 def test_interleave_lays_out_ratio_blocks():
     """The vectorised block layout equals the loop it replaced: per block g1 g2 g3 g1 ... while a group has rows."""
     from aromni.pipeline.mix.shards import interleave

@@ -39,8 +39,8 @@ def _failing_writes(monkeypatch, when, err=errno.ENOSPC):
             return getattr(self.f, name)
 
     @contextlib.contextmanager
-    def open_atomic(fs, path):
-        with real(fs, path) as f:
+    def open_atomic(fs, path, durable=True):
+        with real(fs, path, durable) as f:
             yield Half(f) if when(path) else f
     monkeypatch.setattr(atomic, "open_atomic", open_atomic)
     monkeypatch.setattr(shards_mod, "open_atomic", open_atomic)

@@ -52,7 +52,8 @@ def _first_of_runs(keys: pa.Array) -> np.ndarray:
 
 
 def _write_drops(fs, path: str, t: pa.Table) -> dict:
-    write_bytes(fs, path, parquet_bytes(t.select(DROP_SCHEMA.names).cast(DROP_SCHEMA), compression="zstd"))
+    write_bytes(fs, path, parquet_bytes(t.select(DROP_SCHEMA.names).cast(DROP_SCHEMA), compression="zstd"),
+                durable=False)   # scratch
     counts: dict[int, dict[str, list[int]]] = {}
     for pr, n, reason in zip(t.column("_pr").to_pylist(), t.column("n_tokens").to_pylist(),
                              t.column("reason").to_pylist()):

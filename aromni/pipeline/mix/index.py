@@ -1,12 +1,13 @@
-"""Index stage: read each part once, add the order key, and write the batch's rows sorted by it.
+"""Index stage: read each part once, add the order key, and write the batch's rows grouped by order-key range.
 
 One task per batch of parts (a few tens of MB). Its outputs, in the mix's scratch folder (Arrow IPC, see scratch.py):
 ``rows/<batch>.arrow``: every row of the batch, all columns plus ``_k`` (hash(seed, id), uint64), ``_pr`` (part
-index << 32 | row) and ``_g`` (the group), sorted by (``_k``, id, ``_pr``) in small record batches, so any range of the
-order key is a few batches of it; ``content/<batch>.arrow``: (``_ch``, ``_k``, id, ``_pr``, n_tokens) sorted by
-``_cb`` (a uniform 64-bit key of the content hash: its ranges partition the content dedup; taken from the hash's own
-hex digits, or a sha256 of it when it is not hex); with a ``near_dup`` step, ``near/<batch>.arrow``: the parts'
-fingerprints, one row per bucket key (key, ``_k``, id, ``_pr``, n_tokens, image_hash), sorted by key (mix/near.py).
+index << 32 | row) and ``_g`` (the group), grouped by order-key range (the ranges the dedup and order tasks read: each
+gets exactly its rows and sorts them itself); ``content/<batch>.arrow``: (``_cb``, ``_ch``, ``_k``, id, ``_pr``,
+n_tokens) grouped the same way by ``_cb`` (a uniform 64-bit key of the content hash: its ranges partition the content
+dedup; taken from the hash's own hex digits, or a sha256 of it when it is not hex); with a ``near_dup`` step,
+``near/<batch>.arrow``: the parts' fingerprints, one row per bucket key (key, ``_k``, id, ``_pr``, n_tokens,
+image_hash), sorted by key (mix/near.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import join, out_fs
-from aromni.pipeline.mix.scratch import hex_bucket_keys, write_sorted
+from aromni.pipeline.mix.scratch import hex_bucket_keys, write_by_range, write_sorted
 from aromni.pipeline.parts import part_paths
 
 ROW_GROUP = 2048          # scratch record batches: the granularity of a range read
@@ -80,44 +81,33 @@ def _bucket_keys(ch: pa.Array) -> pa.Array:
                     pa.uint64())
 
 
-def content_hashes(t: pa.Table) -> pa.Array:
-    """The rows' content hash, from the ``content_hash`` column ("" = none). Parts are always of the current row
-    format: the format is part of every unit's id, so a part written by older code is never reused."""
-    return pc.if_else(pc.equal(t.column("content_hash"), ""), pa.scalar(None, pa.string()),
-                      t.column("content_hash")).combine_chunks()
-
-
 def index_batch(out: str, scratch: str, batch: int, parts: list[tuple[int, str, str]], seed, content: bool,
-                near: bool = False) -> dict:
+                near: bool = False, ranges: int = 1) -> dict:
     """``parts``: (part index, stem, group). Returns {"rows": rows written, "keys": near-dup key rows written}.
-    With ``near`` (a near_dup step), also the parts' fingerprints as key rows (mix/near.py)."""
+    With ``near`` (a near_dup step), also the parts' fingerprints as key rows (mix/near.py). ``ranges``: how many
+    key ranges the dedup and order stages read; the files are grouped by them (each task sorts its own range)."""
     fs, _ = out_fs(out)
-    tables, chs, keys = [], [], []
+    tables, keys = [], []
     for k, stem, group in parts:
         with fs.open(part_paths(out, stem)["rows"], "rb") as f:  # ParquetFile: see dedup.read_parquet
             t = pq.ParquetFile(f).read()
         n = t.num_rows
         if n == 0:
             continue
-        ch = content_hashes(t) if content else pa.nulls(n, pa.string())
         t = (t.append_column("_k", order_keys(seed, t.column("id").to_pylist()))
-              .append_column("_pr", pa.array([(k << 32) | r for r in range(n)], pa.uint64()))
+              .append_column("_pr", pa.array(np.uint64(k << 32) | np.arange(n, dtype=np.uint64)))
               .append_column("_g", pa.array([group] * n, pa.string())))
         tables.append(t)
-        chs.append(ch)
         if near and (kt := part_keys(fs, out, stem, k, t, t.column("_k"))) is not None:
             keys.append(kt)
     n_keys = write_keys(fs, scratch, batch, keys)
     if not tables:
         return {"rows": 0, "keys": 0}
-    t = pa.concat_tables(tables, promote_options="default").combine_chunks()  # take on one chunk: ~3x faster
-    ch = pa.concat_arrays(chs)
-    order = pc.sort_indices(t, sort_keys=ORDER)
-    t, ch = t.take(order), ch.take(order)
-    write_sorted(fs, rows_path(scratch, batch), t, "_k", ROW_GROUP)
-    if content:
-        c = pa.table({"_cb": _bucket_keys(ch), "_ch": ch, "_k": t.column("_k"), "id": t.column("id"), "_pr": t.column("_pr"),
-                      "n_tokens": t.column("n_tokens")}).filter(pc.is_valid(ch))
-        c = c.take(pc.sort_indices(c, sort_keys=[("_cb", "ascending"), ("_ch", "ascending")] + ORDER))
-        write_sorted(fs, content_path(scratch, batch), c, "_cb", ROW_GROUP * 4)
+    t = pa.concat_tables(tables, promote_options="default").combine_chunks()
+    write_by_range(fs, rows_path(scratch, batch), t, "_k", ROW_GROUP, ranges)
+    if content:   # rows with a content hash ("" = none: imported rows), keyed by a uniform key of it
+        c = t.select(["content_hash", "_k", "id", "_pr", "n_tokens"]).rename_columns(
+            ["_ch", "_k", "id", "_pr", "n_tokens"]).filter(pc.not_equal(t.column("content_hash"), ""))
+        c = c.add_column(0, "_cb", _bucket_keys(c.column("_ch").combine_chunks()))
+        write_by_range(fs, content_path(scratch, batch), c, "_cb", ROW_GROUP * 4, ranges)
     return {"rows": t.num_rows, "keys": n_keys}

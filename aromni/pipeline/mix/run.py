@@ -31,6 +31,7 @@ class PartRef:
     source: str
     group: str
     unit: str      # the unit's label, for rejects
+    rows: int | None = None   # rows in the part (its unit's stats), when known: sizes the key ranges up front
 
 
 @dataclass
@@ -96,6 +97,12 @@ def _batches(fs, out: str, parts: list[PartRef], cpus: int = 1) -> list[list[tup
     return batches
 
 
+def _n_ranges(rows: int, cpus: int) -> int:
+    """Order-key ranges for the dedup and order stages: RANGE_ROWS rows each at most, and one per CPU while each
+    still holds MIN_RANGE_ROWS."""
+    return max(1, math.ceil(rows / RANGE_ROWS), min(cpus, rows // MIN_RANGE_ROWS))
+
+
 def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     out = str(out)
     fs, root = out_fs(out)
@@ -119,11 +126,19 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
     # 1. index: each part read once, rows sorted by order key
     cpus = _cpus(ray)
     batches = _batches(fs, out, parts, cpus)
-    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None) for b, bp in enumerate(batches)])
+    expected = n_ranges = None
+    if all(p.rows is not None for p in parts):   # the units' stats say how many rows: the ranges are known now, so
+        expected = sum(p.rows for p in parts)    # the index files are cut at their boundaries (exact range reads)
+        n_ranges = _n_ranges(expected, cpus)
+    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None, n_ranges or 1)
+                            for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
+    if expected is not None and total != expected:
+        raise MixError(f"the parts hold {total} rows, their units' stats say {expected}: a part changed after its "
+                       f"unit finished; rebuild with --force")
     row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
     content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
-    n_ranges = max(1, math.ceil(total / RANGE_ROWS), min(cpus, total // MIN_RANGE_ROWS))
+    n_ranges = n_ranges or _n_ranges(total, cpus)
     lap("index")
 
     # 2. dedup: ids per order-key range, then content per content-bucket range

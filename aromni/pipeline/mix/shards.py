@@ -28,18 +28,46 @@ def shard_name(s: int, n: int) -> str:
     return f"{DATA}/train-{s:05d}-of-{n:05d}.parquet"
 
 
-def _read_slice(fs, files: dict, scratch: str, j: int, a: int, b: int) -> pa.Table:
-    """Rows [a, b) of bucket j, reading only the batches that hold them, each at most once per shard (a small
-    group repeated under ``all_exhausted`` asks for the same rows many times)."""
-    if j not in files:
-        files[j] = (scr.Reader(fs, bucket_path(scratch, j)), {})
-    reader, cache = files[j]
-    first, last = a // ROW_GROUP, (b - 1) // ROW_GROUP
-    for i in range(first, last + 1):
-        if i not in cache:
-            cache[i] = reader.batches([i])
-    t = pa.concat_tables([cache[i] for i in range(first, last + 1)])
-    return t.slice(a - first * ROW_GROUP, b - a)
+def _gather(fs, scratch: str, segments: list[tuple[int, int, int, int]]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The batches of the order buckets that ``segments`` ((bucket, first row, end row, rep), any groups) touch, each
+    read once (a small group repeated under ``all_exhausted`` asks for the same rows many times), as one table, and
+    for every segment row in segment order its row in that table and its rep."""
+    need: dict[int, set[int]] = {}
+    for j, a, b, _ in segments:
+        need.setdefault(j, set()).update(range(a // ROW_GROUP, (b - 1) // ROW_GROUP + 1))
+    tables, start, n = [], {}, 0
+    for j in sorted(need):
+        reader = scr.Reader(fs, bucket_path(scratch, j))
+        try:
+            for i in sorted(need[j]):
+                t = reader.batches([i])
+                start[j, i] = n
+                n += t.num_rows
+                tables.append(t)
+        finally:
+            reader.close()
+    # every segment row's place in ``base``, for all segments at once (a repeated small group is thousands of them)
+    seg = np.array(segments, dtype=np.int64).reshape(-1, 4)
+    j, a, b, rep = seg.T
+    length = b - a
+    r = np.arange(length.sum(), dtype=np.int64) - np.repeat(np.cumsum(length) - length, length) + np.repeat(a, length)
+    jr = np.repeat(j, length)
+    keys = np.array(sorted(start), dtype=np.int64).reshape(-1, 2)
+    first = np.array([start[tuple(x)] for x in keys.tolist()], dtype=np.int64)
+    flat = keys[:, 0] * (1 << 32) + keys[:, 1]
+    at = np.searchsorted(flat, jr * (1 << 32) + r // ROW_GROUP)
+    base = pa.concat_tables(tables).combine_chunks() if tables else None
+    return base, first[at] + r % ROW_GROUP, np.repeat(rep, length)
+
+
+def _with_rep_suffix(ids: pa.Array, reps: np.ndarray) -> pa.Array:
+    """``id@repK`` for the rows a group repeats (rep K > 0), the id itself for rep 0: one vectorised join."""
+    if not reps.any():
+        return ids
+    uniq = np.unique(reps)
+    suffix = pa.DictionaryArray.from_arrays(pa.array(np.searchsorted(uniq, reps).astype(np.int32)),
+                                            pa.array(["" if r == 0 else f"@rep{r}" for r in uniq.tolist()]))
+    return pc.binary_join_element_wise(ids, suffix.cast(pa.string()), "")
 
 
 def shard_parquet_options(output) -> dict:
@@ -66,22 +94,15 @@ def write_shard(out: str, scratch: str, s: int, n_shards: int, b0: int, b1: int,
                 segments: dict, output) -> dict:
     """``segments``: group -> [(bucket, first row, end row, rep)] in rank order."""
     fs, root = out_fs(out)
-    files: dict = {}
-    per_group = []
-    for g in ratio:
-        pieces = []
-        for j, a, b, rep in segments[g]:
-            t = _read_slice(fs, files, scratch, j, a, b)
-            if rep:
-                t = t.set_column(t.column_names.index("id"), "id", pc.binary_join_element_wise(
-                    t.column("id"), pa.scalar(f"@rep{rep}"), ""))
-            pieces.append(t)
-        per_group.append(pa.concat_tables(pieces))
-    for reader, _ in files.values():
-        reader.close()
-    base = list(itertools.accumulate([0] + [t.num_rows for t in per_group]))
-    table = pa.concat_tables(per_group).combine_chunks().take(pa.array(interleave(base, list(ratio.values()),
-                                                                                    b1 - b0)))
+    order = [seg for g in ratio for seg in segments[g]]
+    base, rows, reps = _gather(fs, scratch, order)
+    counts = [sum(b - a for _, a, b, _ in segments[g]) for g in ratio]
+    at = interleave(list(itertools.accumulate([0] + counts)), list(ratio.values()), b1 - b0)
+    rows, reps = rows[at], reps[at]
+    table = base.take(pa.array(rows))
+    if reps.any():
+        table = table.set_column(table.column_names.index("id"), "id",
+                                 _with_rep_suffix(table.column("id").combine_chunks(), reps))
     keep = [c for c in table.column_names if not c.startswith("_")]
     sums = table.group_by(["task", "_g", "source"]).aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
     table = table.select(keep).combine_chunks()
