@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+_MARKERS: dict = {}   # Layout -> its markers
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,14 @@ class Layout:
         return (self.eos, self.eom)
 
     @property
-    def markers(self) -> dict[str, int]:
-        """Named structural ids (what a template may place with ``token: NAME``)."""
-        return {k: getattr(self, k) for k in ("bos", "eos", "eoi", "boi", "eoa", "boa", "eoh", "eom", "ins", "res")}
+    def markers(self) -> Mapping[str, int]:
+        """Named structural ids (what a template may place with ``token: NAME``): read-only, and built once per layout
+        (the renderer asks for it twice a row; a cache outside the instance keeps the layout picklable as it was)."""
+        got = _MARKERS.get(self)
+        if got is None:
+            got = _MARKERS[self] = types.MappingProxyType(
+                {k: getattr(self, k) for k in ("bos", "eos", "eoi", "boi", "eoa", "boa", "eoh", "eom", "ins", "res")})
+        return got
 
     def is_image_code(self, i: int) -> bool:
         return self.image_code_start <= i <= self.image_code_end

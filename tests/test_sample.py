@@ -86,3 +86,15 @@ def test_row_round_trip_through_arrow():
     t = rows_to_table([s])
     back = Sample.from_row(t.to_pylist()[0])
     assert back == s and t.schema.field("input_ids").type.value_type.bit_width == 32
+
+
+def test_check_rows_id_class_table_agrees_with_the_layout_over_the_whole_vocabulary():
+    """check_row classifies ids with one lookup table; it must say what Layout's own predicates say for every id."""
+    from aromni.layout import AR_OMNI_V0_1 as L
+    from aromni.sample import _IMAGE, _SPEECH, _TEXT, _id_classes
+    c = _id_classes(L)
+    ids = np.arange(L.vocab_size)
+    assert ((c == _TEXT) == np.array([L.is_text_id(i) for i in ids])).all()
+    assert ((c == _IMAGE) == np.array([L.is_image_code(i) for i in ids])).all()
+    assert ((c == _SPEECH) == np.array([L.is_speech_code(i) for i in ids])).all()
+    assert L.markers["boi"] == L.boi and dict(L.markers) == dict(type(L)().markers)

@@ -52,7 +52,7 @@ class SampleBuilder:
             self.segments.append(Segment(role, modality, start, len(self.ids)))
 
     def token(self, role: str, name: str) -> None:
-        markers = self.layout.markers   # a property that builds its dict: once per call
+        markers = self.layout.markers
         if name not in markers:
             raise TemplateError(f"unknown token {name!r}; allowed: {sorted(markers)}")
         self._push(role, "text", [markers[name]])
