@@ -12,7 +12,19 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_MARKERS: dict = {}   # Layout -> its markers
+_CACHE: dict = {}   # (id(layout), name) -> (layout, value): see cached
+
+
+def cached(layout: "Layout", name: str, build):
+    """A value derived from ``layout``, built once per layout object. Keyed by identity, not by the layout's hash (a
+    frozen dataclass hashes all its fields: slower than what it would cache); the entry holds the layout, so its id
+    is never reused while the entry lives."""
+    hit = _CACHE.get((id(layout), name))
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    value = build()
+    _CACHE[id(layout), name] = (layout, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,9 @@ class Layout:
     @property
     def markers(self) -> Mapping[str, int]:
         """Named structural ids (what a template may place with ``token: NAME``): read-only, and built once per layout
-        (the renderer asks for it twice a row; a cache outside the instance keeps the layout picklable as it was)."""
-        got = _MARKERS.get(self)
-        if got is None:
-            got = _MARKERS[self] = types.MappingProxyType(
-                {k: getattr(self, k) for k in ("bos", "eos", "eoi", "boi", "eoa", "boa", "eoh", "eom", "ins", "res")})
-        return got
+        (the renderer asks for it twice a row; the cache is outside the instance, so the layout pickles as before)."""
+        return cached(self, "markers", lambda: types.MappingProxyType(
+            {k: getattr(self, k) for k in ("bos", "eos", "eoi", "boi", "eoa", "boa", "eoh", "eom", "ins", "res")}))
 
     def is_image_code(self, i: int) -> bool:
         return self.image_code_start <= i <= self.image_code_end

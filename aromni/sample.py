@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from aromni.layout import AR_OMNI_V0_1, Layout
+from aromni.layout import AR_OMNI_V0_1, Layout, cached
 
 ROLES = ("user", "assistant")
 MODALITIES = ("text", "image", "speech")
@@ -191,21 +191,19 @@ def _where(k: int, s) -> str:
 
 
 _TEXT, _IMAGE, _SPEECH, _MARKER = 0, 1, 2, 3
-_CLASSES: dict = {}   # Layout -> its id class table
 
 
 def _id_classes(layout: Layout) -> np.ndarray:
     """Every vocabulary id's class: text, image code, speech code, or span marker (boi/eoi/boa/eoa), as one uint8
     table per layout (is_text_id etc. for the whole vocabulary at once)."""
-    got = _CLASSES.get(layout)
-    if got is None:
-        got = np.full(layout.vocab_size, _TEXT, dtype=np.uint8)
-        got[layout.image_code_start:layout.image_code_end + 1] = _IMAGE
-        got[layout.speech_code_start:layout.speech_code_end + 1] = _SPEECH
-        got[[layout.boi, layout.eoi, layout.boa, layout.eoa]] = _MARKER
-        got.flags.writeable = False
-        _CLASSES[layout] = got
-    return got
+    def build():
+        t = np.full(layout.vocab_size, _TEXT, dtype=np.uint8)
+        t[layout.image_code_start:layout.image_code_end + 1] = _IMAGE
+        t[layout.speech_code_start:layout.speech_code_end + 1] = _SPEECH
+        t[[layout.boi, layout.eoi, layout.boa, layout.eoa]] = _MARKER
+        t.flags.writeable = False
+        return t
+    return cached(layout, "id_classes", build)
 
 
 def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_OMNI_V0_1) -> list[str]:
