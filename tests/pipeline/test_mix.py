@@ -50,7 +50,7 @@ def make_parts(out: Path, sizes: dict[str, int], units: int = 3, content=None) -
             Path(p["rows"]).parent.mkdir(parents=True, exist_ok=True)
             Path(p["rows"]).write_bytes(parquet_bytes(t))
             Path(p["rejects"]).write_bytes(parquet_bytes(REJECT_SCHEMA.empty_table()))
-            refs.append(PartRef(stem, src, g, f"{src}:u{u}"))
+            refs.append(PartRef(stem, src, g, f"{src}:u{u}", len(rows)))
     return refs
 
 
@@ -141,7 +141,7 @@ def test_dedup_keeps_first_in_mixing_order_and_writes_rejects(tmp_path):
     p = part_paths(str(tmp_path), "ultrafineweb/u999")
     Path(p["rows"]).write_bytes(parquet_bytes(extra))
     Path(p["rejects"]).write_bytes(parquet_bytes(REJECT_SCHEMA.empty_table()))
-    parts.append(PartRef("ultrafineweb/u999", "ultrafineweb", "text", "ultrafineweb:u999"))
+    parts.append(PartRef("ultrafineweb/u999", "ultrafineweb", "text", "ultrafineweb:u999", 1))
     r = recipe()
     res = run_mix(r, str(tmp_path), parts)
     seed = r.mixing.seed

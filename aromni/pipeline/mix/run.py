@@ -31,7 +31,7 @@ class PartRef:
     source: str
     group: str
     unit: str      # the unit's label, for rejects
-    rows: int | None = None   # rows in the part (its unit's stats), when known: sizes the key ranges up front
+    rows: int      # rows in the part (its unit's stats): sizes the key ranges before the index stage
 
 
 @dataclass
@@ -123,22 +123,19 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
         now = time.perf_counter()
         seconds[stage], clock = round(now - clock, 3), now
 
-    # 1. index: each part read once, rows sorted by order key
+    # 1. index: each part read once, rows grouped by order-key range
     cpus = _cpus(ray)
     batches = _batches(fs, out, parts, cpus)
-    expected = n_ranges = None
-    if all(p.rows is not None for p in parts):   # the units' stats say how many rows: the ranges are known now, so
-        expected = sum(p.rows for p in parts)    # the index files are cut at their boundaries (exact range reads)
-        n_ranges = _n_ranges(expected, cpus)
-    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None, n_ranges or 1)
+    expected = sum(p.rows for p in parts)   # the units' stats: the ranges are known before the index, which groups
+    n_ranges = _n_ranges(expected, cpus)      # its files by them (exact range reads)
+    idx = run(index_batch, [(out, scratch, b, bp, m.seed, content, near is not None, n_ranges)
                             for b, bp in enumerate(batches)])
     total = sum(r["rows"] for r in idx)
-    if expected is not None and total != expected:
+    if total != expected:
         raise MixError(f"the parts hold {total} rows, their units' stats say {expected}: a part changed after its "
                        f"unit finished; rebuild with --force")
     row_files = [rows_path(scratch, b) for b, r in enumerate(idx) if r["rows"]]
     content_files = [content_path(scratch, b) for b, r in enumerate(idx) if r["rows"]] if content else []
-    n_ranges = n_ranges or _n_ranges(total, cpus)
     lap("index")
 
     # 2. dedup: ids per order-key range, then content per content-bucket range

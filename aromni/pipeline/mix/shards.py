@@ -32,32 +32,24 @@ def _gather(fs, scratch: str, segments: list[tuple[int, int, int, int]]) -> tupl
     """The batches of the order buckets that ``segments`` ((bucket, first row, end row, rep), any groups) touch, each
     read once (a small group repeated under ``all_exhausted`` asks for the same rows many times), as one table, and
     for every segment row in segment order its row in that table and its rep."""
-    need: dict[int, set[int]] = {}
-    for j, a, b, _ in segments:
-        need.setdefault(j, set()).update(range(a // ROW_GROUP, (b - 1) // ROW_GROUP + 1))
-    tables, start, n = [], {}, 0
-    for j in sorted(need):
-        reader = scr.Reader(fs, bucket_path(scratch, j))
-        try:
-            for i in sorted(need[j]):
-                t = reader.batches([i])
-                start[j, i] = n
-                n += t.num_rows
-                tables.append(t)
-        finally:
-            reader.close()
-    # every segment row's place in ``base``, for all segments at once (a repeated small group is thousands of them)
+    # every segment row at once (a repeated small group is thousands of segments): its bucket row, then its batch
     seg = np.array(segments, dtype=np.int64).reshape(-1, 4)
     j, a, b, rep = seg.T
     length = b - a
     r = np.arange(length.sum(), dtype=np.int64) - np.repeat(np.cumsum(length) - length, length) + np.repeat(a, length)
-    jr = np.repeat(j, length)
-    keys = np.array(sorted(start), dtype=np.int64).reshape(-1, 2)
-    first = np.array([start[tuple(x)] for x in keys.tolist()], dtype=np.int64)
-    flat = keys[:, 0] * (1 << 32) + keys[:, 1]
-    at = np.searchsorted(flat, jr * (1 << 32) + r // ROW_GROUP)
+    batch, at = np.unique(np.repeat(j, length) << 32 | r // ROW_GROUP, return_inverse=True)
+    tables, first, n = [], [], 0
+    for bucket, ks in itertools.groupby(batch.tolist(), key=lambda x: x >> 32):
+        reader = scr.Reader(fs, bucket_path(scratch, bucket))
+        try:
+            for x in ks:
+                tables.append(reader.batches([x & 0xFFFFFFFF]))
+                first.append(n)
+                n += tables[-1].num_rows
+        finally:
+            reader.close()
     base = pa.concat_tables(tables).combine_chunks() if tables else None
-    return base, first[at] + r % ROW_GROUP, np.repeat(rep, length)
+    return base, np.asarray(first, dtype=np.int64)[at.reshape(-1)] + r % ROW_GROUP, np.repeat(rep, length)
 
 
 def _with_rep_suffix(ids: pa.Array, reps: np.ndarray) -> pa.Array:
