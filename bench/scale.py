@@ -221,7 +221,7 @@ def report(res: dict, args) -> None:
     goals = [(f"mix({hi}N)/mix({lo}N) <= {18 * scale / 16:.1f}", mix_ratio <= 18 * scale / 16),
              (f"driver peak RSS({hi}N)/RSS({lo}N) <= 1.2", rss_ratio <= 1.2),
              ("mix wall <= 3 x bare baseline (worst size)", vs_base <= 3)]
-    print(f"mix / baseline per size: " + ", ".join(f"{m}N {r['mix'] / r['baseline']:.2f}" for m, r in res.items()))
+    print("mix / baseline per size: " + ", ".join(f"{m}N {r['mix'] / r['baseline']:.2f}" for m, r in res.items()))
     for text, ok in goals:
         print(f"goal {text}: {'MET' if ok else 'NOT MET'}")
 

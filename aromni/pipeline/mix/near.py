@@ -15,7 +15,6 @@ clusters only on the set of pairs, so the drops are the same for any range count
 """
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
