@@ -21,6 +21,7 @@ tensors where it is used (``Batch.to(device)``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -316,27 +317,36 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
             lens += shards.lengths[more].tolist()
             idx += more.tolist()
+        if pack:                               # the common case, whole samples that fit: first fit, tight loop
+            i0 = g - start
+            full = False
+            for r, n in zip(itertools.islice(idx, i0, None), itertools.islice(lens, i0, None)):
+                if n > max_len:
+                    break                      # (long samples: below)
+                if n > top:                    # no row in use has room: the first untouched row
+                    if fresh == n_rows:
+                        full = True            # fits no row: the next window starts with it (rows are not empty:
+                        break                  # an empty window has max_len free in every row)
+                    j, fresh, room = fresh, fresh + 1, max_len - n
+                    remaining[j] = room
+                    if room > top:
+                        top = room
+                else:                          # first fit among the rows in use: one of them has room
+                    for j, room in enumerate(remaining):
+                        if room >= n:
+                            break
+                    remaining[j] = room - n
+                    if room == top:
+                        top = max(remaining[:fresh])
+                placed.append((j, g, r, 0, n))
+                g += 1
+            if g - start > i0:
+                since_placed = 0
+            if full:
+                break
+            if g - start >= len(idx):
+                continue                       # the chunk is used up: read the next one
         r, n = idx[g - start], lens[g - start]
-        if pack and n <= max_len:              # the common case, one whole sample: first fit without the lists
-            if n > top:                        # no row in use has room: the first untouched row
-                if fresh == n_rows:
-                    break                      # fits no row: the next window starts with it (rows are not empty:
-                                               # an empty window has max_len free in every row)
-                j, fresh, room = fresh, fresh + 1, max_len - n
-                remaining[j] = room
-                if room > top:
-                    top = room
-            else:                              # first fit among the rows in use: one of them has room
-                for j, room in enumerate(remaining):
-                    if room >= n:
-                        break
-                remaining[j] = room - n
-                if room == top:
-                    top = max(remaining[:fresh])
-            placed.append((j, g, r, 0, n))
-            g += 1
-            since_placed = 0
-            continue
         if n > max_len:
             pieces = None
             if long_samples == "split":
