@@ -596,7 +596,8 @@ class Loader:
         plan = self.plan(start)
         R = len(plan.row_sizes)
         # this rank's rows of each micro step: rows lo..lo+mb of the plan (none past its last row)
-        steps = [(lo, min(lo + self.mb, R)) for lo in range(self.rank * self.mb, self.train_batch, self.world * self.mb)]
+        firsts = range(self.rank * self.mb, self.train_batch, self.world * self.mb)
+        steps = [(lo, min(lo + self.mb, R)) for lo in firsts]
         filled = sum(lo < R for lo, _ in steps)        # the filled steps come first
         if filled:
             if self.world == 1:                        # every row, in order

@@ -401,9 +401,9 @@ def test_plans_equal_the_plain_first_fit_on_random_lengths(tmp_path):
                                                          ("assistant", "text", _text(int(rng.integers(1, 40))))]))
     s = ShardSet(str(_write(tmp_path, samples)))
     checked = 0
-    for pack, long_samples, max_len, n_rows, shuffle in ((True, "split", 700, 8, False), (True, "drop", 1100, 16, True),
-                                                         (False, "split", 800, 4, False), (True, "split", 1100, 3, True),
-                                                         (False, "drop", 1030, 6, True)):
+    configs = ((True, "split", 700, 8, False), (True, "drop", 1100, 16, True), (False, "split", 800, 4, False),
+               (True, "split", 1100, 3, True), (False, "drop", 1030, 6, True))
+    for pack, long_samples, max_len, n_rows, shuffle in configs:
         ld = loader(s, micro_batch=1, train_batch=n_rows, pack=pack, long_samples=long_samples, max_len=max_len,
                     shuffle=shuffle, seed=5)
         start = 0
