@@ -177,7 +177,10 @@ class ShardSet:
             if rg in self._cache:
                 self._cache.move_to_end(rg)
                 return self._cache[rg]
-        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns)
+        # (decoding on Arrow's pool only when it has more than one thread: a pool of one adds a hand-off per column
+        # and leaves the decoded row group in another core's cache)
+        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns,
+                                                             use_threads=pa.cpu_count() > 1)
         ids, off = _flat(t.column("input_ids"))
         if self.kind == "labels":
             lab, _ = _flat(t.column("labels"))
