@@ -141,7 +141,7 @@ def breakdown(path: str, train_batch: int, micro: int, max_len: int) -> dict:
         setattr(owner, name, timed_stage)
         return fn
 
-    collate = "_collate_flat"
+    collate = "_collate_pieces"
     saved = [(ShardSet, "row_group", wrap(ShardSet, "row_group", "read")),
              (loader_mod, "derive_flags", wrap(loader_mod, "derive_flags", "derive")),
              (Loader, "plan", wrap(Loader, "plan", "plan")),

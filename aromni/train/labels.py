@@ -44,11 +44,14 @@ WEIGHT_RULES = ("aromni", "upstream")
 
 @dataclass
 class FlatRows:
-    """A decoded row group: ``ids[offsets[r]:offsets[r+1]]`` is row r. Segment fields are flat over the rows
-    (``seg_offsets`` per row; ``seg_start``/``seg_end`` relative to the row). ``labels``: stored labels instead."""
+    """A decoded row group: ``ids[offsets[r]:offsets[r+1]]`` is row r and ``task_names[task_codes[r]]`` its task
+    (None: a row with stored labels), the task column as Arrow dictionary-encodes it (a per-task test is one per
+    name, not one per row). Segment fields are flat over the rows (``seg_offsets`` per row; ``seg_start``/``seg_end``
+    relative to the row). ``labels``: stored labels instead."""
     ids: np.ndarray
     offsets: np.ndarray
-    tasks: list
+    task_codes: np.ndarray
+    task_names: list
     seg_offsets: np.ndarray | None = None
     seg_start: np.ndarray | None = None
     seg_end: np.ndarray | None = None
@@ -56,6 +59,11 @@ class FlatRows:
     seg_image: np.ndarray | None = None       # bool per segment
     seg_speech: np.ndarray | None = None      # bool per segment
     labels: np.ndarray | None = None
+
+    @property
+    def tasks(self) -> list:
+        """Each row's task name."""
+        return [self.task_names[c] for c in self.task_codes.tolist()]
 
 
 def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -75,38 +83,64 @@ def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.cumsum(d[:n], dtype=np.int32) > 0
 
 
-def _last_flagged(flag: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Positions of the last ``count[r]`` flagged positions of each row [starts[r], ends[r]) (all of the row's
-    flagged ones when it has fewer), concatenated. Works from the *unflagged* positions (a few per row when most
-    positions are flagged), so no pass over every token: rank(p) = p - #unflagged before p, and the flagged position
-    of rank k is k + #{i: unflagged[i] - i <= k}."""
-    un = np.flatnonzero(~flag)
-    rank_end = ends - np.searchsorted(un, ends)               # flagged positions before each row's end
+def _tail_starts(unflagged: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per row [starts[r], ends[r]): where its last ``count[r]`` flagged positions begin (its start when it has
+    fewer), from the sorted *unflagged* positions (a few per row when most positions are flagged), so no pass over
+    every token: rank(p) = p - #unflagged before p, and the flagged position of rank k is
+    k + #{i: unflagged[i] - i <= k}."""
+    rank_end = ends - np.searchsorted(unflagged, ends)        # flagged positions before each row's end
     k = rank_end - count                                      # rank of the first flagged position kept
-    first = k + np.searchsorted(un - np.arange(len(un)), k, side="right")
-    first = np.clip(first, starts, ends)
-    size = ends - first
+    first = k + np.searchsorted(unflagged - np.arange(len(unflagged)), k, side="right")
+    return np.clip(first, starts, ends)
+
+
+def _positions(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Every position of the ranges [lo, hi), concatenated."""
+    size = hi - lo
     total = int(size.sum())
     if not total:
         return np.zeros(0, dtype=np.int64)
-    pos = np.repeat(first - (np.cumsum(size) - size), size) + np.arange(total)
+    return np.repeat(lo - (np.cumsum(size) - size), size) + np.arange(total)
+
+
+def _last_flagged(flag: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Positions of the last ``count[r]`` flagged positions of each row [starts[r], ends[r]) (all of the row's
+    flagged ones when it has fewer), concatenated."""
+    pos = _positions(_tail_starts(np.flatnonzero(~flag), starts, ends, count), ends)
     return pos[flag[pos]]
 
 
-def _task_rows(tasks: list, wanted) -> np.ndarray:
-    names = [LABELS_TASK if t is None else t for t in tasks]
+def _task_rows(g: FlatRows, wanted) -> np.ndarray:
+    """Per row: is its task among ``wanted`` (rows with stored labels count as task ``labels``)."""
     if EVERY_TASK in wanted:
-        return np.ones(len(names), dtype=bool)
-    return np.fromiter((t in wanted for t in names), dtype=bool, count=len(names))
+        return np.ones(len(g.task_codes), dtype=bool)
+    hit = np.array([(LABELS_TASK if t is None else t) in wanted for t in g.task_names], dtype=bool)
+    return hit[g.task_codes]
 
 
-def _last_target(mask, on, off, lens, seg_row, seg_end, seg_assistant) -> np.ndarray:
+def _members(x: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """x in sorted_values, per element (np.isin builds a table as wide as the values' range: a row group's)."""
+    if not len(sorted_values):
+        return np.zeros(len(x), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
+    return sorted_values[at] == x
+
+
+def _is_any(x: np.ndarray, values) -> np.ndarray:
+    """x == any of a few values (np.isin sorts: for two stop ids, two compares are cheaper)."""
+    out = x == values[0]
+    for v in values[1:]:
+        out |= x == v
+    return out
+
+
+def _last_target(is_target, on, off, lens, seg_row, seg_end, seg_assistant) -> np.ndarray:
     """Per row: the position of its last target, -1 when none; read from the row ends or the segments, not from
-    a pass over every token."""
+    a pass over every token (``is_target(positions)``: whether those positions are targets)."""
     R = len(lens)
     if on == "all":                                # every token but a leading bos: the row's last token
         last = off[1:] - 1
-        return np.where((lens > 0) & mask[np.maximum(last, 0)], last, -1)
+        return np.where((lens > 0) & is_target(np.maximum(last, 0)), last, -1)
     last = np.full(R, -1, dtype=np.int64)          # assistant: the end of the row's last assistant segment
     np.maximum.at(last, seg_row[seg_assistant], seg_end[seg_assistant] - 1)
     return last
@@ -142,17 +176,22 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
 
 def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
                  rule: str = "aromni") -> Derived:
-    """The row group's labels, weights and perceptual positions as one byte of flags a token."""
+    """The row group's labels, weights and perceptual positions as one byte of flags a token. Pretraining rows
+    (``on: all``) never get a target mask: their only non-targets are a leading bos per row (``holes``), so each
+    step works from those, the row ends and the segments, and one pass over the tokens (writing the flags) is all
+    a row group costs. (Large temporaries cost more than their pass here: a fresh array of a row group's size is
+    fresh pages from the kernel.)"""
     if rule not in WEIGHT_RULES:
         raise ValueError(f"unknown weight rule {rule!r} (allowed: {', '.join(WEIGHT_RULES)})")
     ids = np.asarray(g.ids)                       # int32 as stored: no widened copy
     off = np.asarray(g.offsets, dtype=np.int64)
     n, R = len(ids), len(off) - 1
     lens = np.diff(off)
-    starts = off[:-1]
+    starts, ends = off[:-1], off[1:]
     nonempty = lens > 0
 
     stored = None
+    mask = holes = None                            # targets: mask, or (on all) everything but the holes
     if g.labels is not None:                       # stored labels: used as they are
         labels = np.asarray(g.labels)
         mask = labels != IGNORE_INDEX
@@ -164,35 +203,72 @@ def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tas
         gs = starts[seg_row] + g.seg_start
         ge = starts[seg_row] + g.seg_end
         if policy.on == "all":
-            mask = np.ones(n, dtype=bool)
-            mask[starts[nonempty]] = ids[starts[nonempty]] != layout.bos   # bos is never a target
+            first = starts[nonempty]
+            holes = first[ids[first] == layout.bos]   # bos is never a target
         elif policy.on == "assistant":
             mask = _cover(n, gs[g.seg_assistant], ge[g.seg_assistant])
         else:
             raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
-    flags = mask.view(np.uint8).copy()            # weight class 1 where a target, 0 elsewhere
+    if mask is None:
+        flags = np.ones(n, dtype=np.uint8)        # weight class 1 where a target, 0 elsewhere
+        is_target = lambda pos: ~_members(pos, holes)  # noqa: E731
+    else:
+        flags = mask.view(np.uint8).copy()
+        is_target = lambda pos: mask[pos]              # noqa: E731
+
+    # ---- perceptual positions: the codes of every labelled image span in the chosen tasks ---------------------
+    # (set first, while a target is a 1: the weight classes below keep the bit)
+    percept_rows = _task_rows(g, set(perceptual_tasks))
+    if percept_rows.any():
+        if seg_row is not None:
+            img = g.seg_image & percept_rows[seg_row]
+            lo, hi = gs[img] + 1, ge[img] - 1
+        else:
+            boi = np.flatnonzero((ids == layout.boi) & mask)
+            r = np.searchsorted(off, boi, side="right") - 1
+            boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
+            lo, hi = boi + 1, boi + 1 + layout.image_tokens
+        if mask is None:                           # every code is a target (the holes are cleared below)
+            for a, b in zip(lo.tolist(), hi.tolist()):
+                flags[a:b] = 1 | PERCEPT
+        else:                                      # only where labels are not IGNORE_INDEX
+            codes = _cover(n, lo, hi)
+            codes &= mask
+            bits = codes.view(np.uint8)
+            np.multiply(bits, PERCEPT, out=bits)
+            flags |= bits
+    if holes is not None:
+        flags[holes] = 0
 
     # ---- the response tail of response_tasks (segments rows: the response length comes from the segments) ----
     # (upstream: only its pretraining trainer weights the tail, only its SFT trainer the transcript)
     upstream_sft = rule == "upstream" and policy.on == "assistant"
     if seg_row is not None and policy.response_weight != 1.0 and policy.response_tasks and not upstream_sft:
-        tail_rows = _task_rows(g.tasks, set(policy.response_tasks))
+        tail_rows = _task_rows(g, set(policy.response_tasks))
         if tail_rows.any():
             asst = g.seg_assistant
             resp = np.bincount(seg_row[asst], weights=(ge - gs)[asst], minlength=R).astype(np.int64)
             last = np.full(R, -1, dtype=np.int64)
-            last[nonempty] = ids[off[1:][nonempty] - 1]
-            resp -= (resp > 0) & np.isin(last, layout.stop_ids)
+            last[nonempty] = ids[ends[nonempty] - 1]
+            resp -= (resp > 0) & _is_any(last, layout.stop_ids)
             resp[~tail_rows] = 0
             if rule == "aromni":                   # the row's last target leaves the tail if it is a stop id
-                eligible = mask.copy()
-                final = _last_target(mask, policy.on, off, lens, seg_row, ge, g.seg_assistant)
-                final = final[(final >= 0) & np.isin(ids[np.maximum(final, 0)], layout.stop_ids)]
-                eligible[final] = False
+                final = _last_target(is_target, policy.on, off, lens, seg_row, ge, g.seg_assistant)
+                leave = final[(final >= 0) & _is_any(ids[np.maximum(final, 0)], layout.stop_ids)]
             else:                                  # upstream: every eos target leaves it
-                eligible = mask & (ids != layout.eos)
+                leave = np.flatnonzero(ids == layout.eos)
             some = resp > 0
-            flags[_last_flagged(eligible, starts[some], off[1:][some], resp[some])] = 2
+            if mask is None:                       # out of the tail: the holes and those, a few per row (disjoint:
+                out = np.sort(np.concatenate([holes, leave]))   # the holes are no targets, those are)
+                keep = flags[out]                  # (they keep their flags)
+                tail = _positions(_tail_starts(out, starts[some], ends[some], resp[some]), ends[some])
+                flags[tail] = (flags[tail] & PERCEPT) | 2
+                flags[out] = keep
+            else:
+                eligible = mask.copy()
+                eligible[leave] = False
+                tail = _last_flagged(eligible, starts[some], ends[some], resp[some])
+                flags[tail] = (flags[tail] & PERCEPT) | 2
 
     # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
     if policy.transcript_weight != 1.0 and not (rule == "upstream" and policy.on == "all"):
@@ -208,22 +284,7 @@ def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tas
                 used[j] = True
                 lo.append(i + 1)
                 hi.append(res[j])
-        inside = _cover(n, np.asarray(lo, np.int64), np.asarray(hi, np.int64)) & mask
-        flags[inside] = 3
-
-    # ---- perceptual positions: the codes of every labelled image span in the chosen tasks ---------------------
-    percept_rows = _task_rows(g.tasks, set(perceptual_tasks))
-    table = weight_table(policy)
-    if not percept_rows.any():
-        return Derived(flags, table, stored)
-    if seg_row is not None:
-        img = g.seg_image & percept_rows[seg_row]
-        codes = _cover(n, gs[img] + 1, ge[img] - 1)
-    else:
-        boi = np.flatnonzero((ids == layout.boi) & mask)
-        r = np.searchsorted(off, boi, side="right") - 1
-        boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
-        codes = _cover(n, boi + 1, boi + 1 + layout.image_tokens)
-    codes &= mask                                  # only where labels are not IGNORE_INDEX
-    flags |= codes.view(np.uint8) << 2             # PERCEPT
-    return Derived(flags, table, stored)
+        inside = _cover(n, np.asarray(lo, np.int64), np.asarray(hi, np.int64))
+        inside &= (flags & WEIGHT_CLASS) != 0      # targets only
+        flags[inside] = (flags[inside] & PERCEPT) | 3
+    return Derived(flags, weight_table(policy), stored)

@@ -94,6 +94,17 @@ def _flat(col: pa.ChunkedArray):
     return a.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]], off - off[0]
 
 
+def _codes(col: pa.Array) -> tuple[np.ndarray, list]:
+    """(per-row codes, the names they index) of a string column; a null is the name None."""
+    d = col if pa.types.is_dictionary(col.type) else col.dictionary_encode()
+    names = d.dictionary.to_pylist()
+    codes = d.indices
+    if codes.null_count:
+        codes = pc.fill_null(codes, len(names))
+        names.append(None)
+    return codes.to_numpy().astype(np.int64), names
+
+
 class ShardSet:
     """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
     ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
@@ -166,17 +177,20 @@ class ShardSet:
             if rg in self._cache:
                 self._cache.move_to_end(rg)
                 return self._cache[rg]
-        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns)
+        # (decoding on Arrow's pool only when it has more than one thread: a pool of one adds a hand-off per column
+        # and leaves the decoded row group in another core's cache)
+        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns,
+                                                             use_threads=pa.cpu_count() > 1)
         ids, off = _flat(t.column("input_ids"))
         if self.kind == "labels":
             lab, _ = _flat(t.column("labels"))
-            out = FlatRows(ids, off, [None] * t.num_rows, labels=lab)
+            out = FlatRows(ids, off, np.zeros(t.num_rows, np.int64), [None], labels=lab)
         else:
             seg = _one_array(t.column("segments"))
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
             is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
-            out = FlatRows(ids, off, t.column("task").to_pylist(), seg_offsets=so - so[0],
+            out = FlatRows(ids, off, *_codes(_one_array(t.column("task"))), seg_offsets=so - so[0],
                            seg_start=flat.field("start").to_numpy().astype(np.int64),
                            seg_end=flat.field("end").to_numpy().astype(np.int64),
                            seg_assistant=is_("role", "assistant"), seg_image=is_("modality", "image"),
@@ -199,7 +213,7 @@ class ShardSet:
         segs = [Segment("assistant" if r else "user", "image" if im else "speech" if sp else "text", int(s), int(e))
                 for r, im, sp, s, e in zip(g.seg_assistant[a:b], g.seg_image[a:b], g.seg_speech[a:b],
                                            g.seg_start[a:b], g.seg_end[a:b])]
-        return g.ids[lo:hi], segs, g.tasks[k], None
+        return g.ids[lo:hi], segs, g.task_names[g.task_codes[k]], None
 
     # ---- the endless stream -----------------------------------------------------------------------------
     def order(self, g0: int, g1: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -240,10 +254,21 @@ class Piece(NamedTuple):          # (a named tuple: a plan makes one per sample,
 
 @dataclass
 class Plan:
+    """A window's layout as arrays: ``pieces`` holds every piece as (stream index, row in the shard set, lo, hi),
+    row after row (each row's pieces in the order they were placed); ``row_sizes`` the pieces of each row that holds
+    any (those are the first rows: first fit never passes an empty row)."""
     start: int                      # consumed samples before this window
     end: int                        # ... and after it
-    rows: list[list[Piece]]
+    pieces: np.ndarray              # int64 [n, 4]
+    row_sizes: np.ndarray           # int64 [rows]
     dropped: Counter = field(default_factory=Counter)
+
+    @property
+    def rows(self) -> list[list[Piece]]:
+        """The rows as lists of ``Piece`` (to read a plan; the loader itself works on the arrays)."""
+        pieces = [Piece(*p) for p in self.pieces.tolist()]
+        ends = np.cumsum(self.row_sizes).tolist()
+        return [pieces[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def safe_cuts(n: int, segments: list[Segment]) -> np.ndarray:
@@ -273,7 +298,10 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
     remaining = [max_len] * n_rows            # Python ints: first-fit over a few dozen rows beats numpy calls
     used = 0                                   # rows used (pad mode)
-    rows: list[list[Piece]] = [[] for _ in range(n_rows)]
+    # (packing) rows[fresh:] are untouched (max_len free each) and top is the most room in rows[:fresh], so a sample
+    # longer than top goes to the first untouched row without a scan: most do once a window fills up
+    fresh, top = 0, -1
+    placed: list[tuple[int, int, int, int, int]] = []   # (row, g, row in the shard set, lo, hi) per piece
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
     idx = shards.order(g, g + chunk, shuffle, seed)
@@ -292,19 +320,36 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
             lens += shards.lengths[more].tolist()
             idx += more.tolist()
-        r, n = idx[g - start], lens[g - start]
-        if pack and n <= max_len:              # the common case, one whole sample: first fit without the lists
-            for j, room in enumerate(remaining):
-                if room >= n:
+        if pack:                               # the common case, whole samples that fit: first fit, tight loop
+            i0 = g - start
+            full = False
+            for r, n in zip(itertools.islice(idx, i0, None), itertools.islice(lens, i0, None)):
+                if n > max_len:
+                    break                      # (long samples: below)
+                if n > top:                    # no row in use has room: the first untouched row
+                    if fresh == n_rows:
+                        full = True            # fits no row: the next window starts with it (rows are not empty:
+                        break                  # an empty window has max_len free in every row)
+                    j, fresh, room = fresh, fresh + 1, max_len - n
+                    remaining[j] = room
+                    if room > top:
+                        top = room
+                else:                          # first fit among the rows in use: one of them has room
+                    for j, room in enumerate(remaining):
+                        if room >= n:
+                            break
                     remaining[j] = room - n
-                    rows[j].append(Piece(g, r, 0, n))
-                    break
-            else:
-                break                          # fits no row: the next window starts with it (rows are not empty:
-                                               # an empty window has max_len free in every row)
-            g += 1
-            since_placed = 0
-            continue
+                    if room == top:
+                        top = max(remaining[:fresh])
+                placed.append((j, g, r, 0, n))
+                g += 1
+            if g - start > i0:
+                since_placed = 0
+            if full:
+                break
+            if g - start >= len(idx):
+                continue                       # the chunk is used up: read the next one
+        r, n = idx[g - start], lens[g - start]
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -332,19 +377,25 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             fits = used + len(pieces) <= n_rows
             where = list(range(used, used + len(pieces)))
         if not fits:
-            if any(rows):
+            if placed:
                 break                          # the next window starts with this sample
             g, since_placed = drop("more_pieces_than_rows")   # it would not fit an empty window either
             continue
         if pack:
             remaining = trial
+            fresh = n_rows
+            while fresh and remaining[fresh - 1] == max_len:
+                fresh -= 1
+            top = max(remaining[:fresh], default=-1)
         else:
             used += len(pieces)
-        for j, (lo, hi) in zip(where, pieces):
-            rows[j].append(Piece(g, r, lo, hi))
+        placed += [(j, g, r, lo, hi) for j, (lo, hi) in zip(where, pieces)]
         g += 1
         since_placed = 0
-    return Plan(start, g, [r for r in rows if r], dropped)
+    spec = np.array(placed, dtype=np.int64).reshape(-1, 5)
+    order = np.argsort(spec[:, 0], kind="stable")        # row by row, each row's pieces in the order placed
+    sizes = np.bincount(spec[:, 0], minlength=n_rows)
+    return Plan(start, g, spec[order, 1:], sizes[sizes > 0], dropped)
 
 
 def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None
@@ -463,51 +514,56 @@ class Loader:
         return (g.ids[lo:hi], *d.arrays(g.ids, lo, hi))
 
     def _collate(self, rows: list[list[Piece]]) -> Batch:
-        return self._collate_many([rows])[0]
+        """One micro-batch of the given rows (a plan's rows as ``Piece`` lists)."""
+        spec = np.array([p for r in rows for p in r], dtype=np.int64).reshape(-1, 4)
+        return self._collate_pieces(spec, np.array([len(r) for r in rows], np.int64),
+                                    np.array([len(rows)], np.int64))[0][0]
 
-    def _collate_many(self, batches: list[list[list[Piece]]]) -> list[Batch]:
-        return self._collate_flat(batches)[0]
-
-    def _collate_flat(self, batches: list[list[list[Piece]]]) -> tuple[list[Batch], np.ndarray, np.ndarray]:
-        """(micro-batches, the flat flags buffer they are views of, the pieces as an [n, 4] array of Piece's
-        fields). Micro-batches, each [rows, longest row] and C-contiguous, laid out one after another in one flat
-        buffer per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token
-        rule, padding) is a few array operations for all of them; the only per-piece Python is one slice copy per
-        buffer."""
-        rows = [r for batch in batches for r in batch]
-        pieces = [p for r in rows for p in r]
-        n = len(pieces)
-        spec = np.fromiter(itertools.chain.from_iterable(pieces), np.int64, 4 * n).reshape(n, 4)  # g, row, lo, hi
+    def _collate_pieces(self, spec: np.ndarray, per_row: np.ndarray, per_batch: np.ndarray
+                        ) -> tuple[list[Batch], np.ndarray]:
+        """(micro-batches, the flat flags buffer they are views of) for pieces ``spec`` ([n, 4] as ``Plan.pieces``,
+        row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
+        Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
+        per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token rule,
+        padding) is a few array operations for all of them; the only per-piece Python is one slice copy per buffer,
+        through memoryviews (a third of a numpy slice assignment's overhead)."""
+        n = len(spec)
         k = spec[:, 3] - spec[:, 2]
-        per_row = np.fromiter(map(len, rows), np.int64, len(rows))     # a plan's rows hold at least one piece
         row_first = np.cumsum(per_row) - per_row                       # each row's first piece
         sizes = np.add.reduceat(k, row_first)
-        per_batch = np.fromiter(map(len, batches), np.int64, len(batches))
         widths = np.maximum.reduceat(sizes, np.cumsum(per_batch) - per_batch)   # each micro-batch's T
         row_T = np.repeat(widths, per_batch)
         row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
         N = int(row_T.sum())
-        piece_row = np.repeat(np.arange(len(rows)), per_row)
+        piece_row = np.repeat(np.arange(len(per_row)), per_row)
         ends = np.cumsum(k)
         dst = row_base[piece_row] + ends - k - (ends - k)[row_first][piece_row]   # where each piece goes
         # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
         rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
         local = spec[:, 1] - self.shards.rg_start[rgs]
-        src = np.empty(n, np.int64)
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
-        which = np.searchsorted(used, rgs)
         groups = [self.derived(rg) for rg in used]
-        for j, (g, _) in enumerate(groups):
-            sel = which == j
-            src[sel] = g.offsets[local[sel]]
-        src += spec[:, 2]
+        if len(used) == 1:
+            which = np.zeros(n, np.int64)
+            src = groups[0][0].offsets[local]
+        else:
+            which = np.searchsorted(used, rgs)
+            src = np.empty(n, np.int64)
+            for j, (g, _) in enumerate(groups):
+                sel = which == j
+                src[sel] = g.offsets[local[sel]]
+        src = src + spec[:, 2]
         # padding first (a pass over the buffers costs less than a Python step per row), then the pieces
         ids = np.full(N, self.layout.train_pad, dtype=groups[0][0].ids.dtype)
         flags = np.zeros(N, dtype=np.uint8)
-        id_src, flag_src = [g.ids for g, _ in groups], [d.flags for _, d in groups]
+        if all(g.ids.dtype == ids.dtype for g, _ in groups):
+            id_dst, id_src = memoryview(ids), [memoryview(g.ids) for g, _ in groups]
+        else:                                        # (shards whose id types differ: numpy converts)
+            id_dst, id_src = ids, [g.ids for g, _ in groups]
+        flag_dst, flag_src = memoryview(flags), [memoryview(d.flags) for _, d in groups]
         for j, s, e, a, b in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist(), (dst + k).tolist()):
-            ids[a:b] = id_src[j][s:e]
-            flags[a:b] = flag_src[j][s:e]
+            id_dst[a:b] = id_src[j][s:e]
+            flag_dst[a:b] = flag_src[j][s:e]
         # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
         # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
         # attention already does), a single padded sample's positions just continue
@@ -527,7 +583,7 @@ class Loader:
         for B, T in zip(per_batch.tolist(), widths.tolist()):
             out.append(Batch(view(ids), view(flags), self._table, None if labels is None else view(labels)))
             a += B * T
-        return out, flags, spec
+        return out, flags
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -541,14 +597,23 @@ class Loader:
 
     def build_window(self, start: int) -> Window:
         plan = self.plan(start)
-        per_micro = self.world * self.mb
-        firsts = range(self.rank * self.mb, self.train_batch, per_micro)   # this rank's rows of each micro step
-        mine = [plan.rows[lo:lo + self.mb] for lo in firsts]
-        filled = sum(map(bool, mine))
-        full, flags, spec = self._collate_flat([m for m in mine if m]) if filled else \
-            ([], np.zeros(0, np.uint8), np.zeros((0, 4), np.int64))
-        full = iter(full)
-        micro = [next(full) if m else self._empty_micro() for m in mine]
+        R = len(plan.row_sizes)
+        # this rank's rows of each micro step: rows lo..lo+mb of the plan (none past its last row)
+        firsts = range(self.rank * self.mb, self.train_batch, self.world * self.mb)
+        steps = [(lo, min(lo + self.mb, R)) for lo in firsts]
+        filled = sum(lo < R for lo, _ in steps)        # the filled steps come first
+        if filled:
+            if self.world == 1:                        # every row, in order
+                spec, per_row = plan.pieces, plan.row_sizes
+            else:
+                first_piece = np.concatenate([[0], np.cumsum(plan.row_sizes)])
+                spec = np.concatenate([plan.pieces[first_piece[lo]:first_piece[hi]] for lo, hi in steps[:filled]])
+                per_row = np.concatenate([plan.row_sizes[lo:hi] for lo, hi in steps[:filled]])
+            per_batch = np.array([hi - lo for lo, hi in steps[:filled]], np.int64)
+            micro, flags = self._collate_pieces(spec, per_row, per_batch)
+        else:
+            micro, flags, spec = [], np.zeros(0, np.uint8), np.zeros((0, 4), np.int64)
+        micro += [self._empty_micro() for _ in steps[filled:]]
         samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
         cls = flags & WEIGHT_CLASS

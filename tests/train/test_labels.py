@@ -145,3 +145,19 @@ def test_range_helpers_match_their_definitions_on_both_paths():
         count = rng.integers(0, 50, len(starts))
         want = [p for s, e, c in zip(starts, ends, count) for p in np.flatnonzero(flag[s:e])[::-1][:c][::-1] + s]
         assert _last_flagged(flag, starts, ends, count).tolist() == [int(p) for p in want]
+
+
+def test_membership_and_task_codes_match_their_definitions():
+    """_members (searchsorted over sorted values) equals np.isin; the task column's dictionary codes give back each
+    row's task, a null one as None."""
+    from aromni.train.labels import _members
+    from aromni.train.loader import _codes
+    rng = np.random.default_rng(9)
+    for size in (0, 1, 5, 300):
+        values = np.unique(rng.integers(0, 1000, size))
+        x = rng.integers(-5, 1005, 200)
+        assert _members(x, values).tolist() == np.isin(x, values).tolist()
+    tasks = ["chat", None, "text_to_image", "chat", None, "speech_to_text"]
+    for col in (pa.array(tasks), pa.array(tasks).dictionary_encode()):
+        codes, names = _codes(col)
+        assert [names[c] for c in codes.tolist()] == tasks

@@ -338,3 +338,80 @@ def test_stored_labels_that_are_not_the_ids_are_carried_as_stored(tmp_path):
         w = ld.build_window(0)
         assert w.micro[0].labels is not None
         assert_collate_matches_reference(ld, 6)
+
+
+# ---- the plan against the plain first fit it must equal --------------------------------------------------------
+def reference_plan(shards, start, n_rows, max_len, pack, long_samples, shuffle=False, seed=0):
+    """First fit one sample at a time, as the module docstring states it (every row scanned for every piece): the
+    plan's shortcuts (no scan when no row in use has room, the tight loop for whole samples) must not change it."""
+    from collections import Counter
+    remaining, used, rows, dropped, g = [max_len] * n_rows, 0, [[] for _ in range(n_rows)], Counter(), start
+    while True:
+        r = int(shards.order(g, g + 1, shuffle, seed)[0])
+        n = int(shards.lengths[r])
+        pieces = [(0, n)]
+        if n > max_len:
+            pieces = split_sample(n, shards.row(r)[1], max_len) if long_samples == "split" else None
+            if pieces is None:
+                dropped["too_long" if long_samples == "drop" else "span_longer_than_max_len"] += 1
+                g += 1
+                continue
+        if pack:
+            trial, where = list(remaining), []
+            for lo, hi in pieces:
+                j = next((j for j, room in enumerate(trial) if room >= hi - lo), None)
+                if j is None:
+                    break
+                trial[j] -= hi - lo
+                where.append(j)
+            fits = len(where) == len(pieces)
+        else:
+            fits, where = used + len(pieces) <= n_rows, list(range(used, used + len(pieces)))
+        if not fits:
+            if any(rows):
+                break
+            dropped["more_pieces_than_rows"] += 1
+            g += 1
+            continue
+        if pack:
+            remaining = trial
+        else:
+            used += len(pieces)
+        for j, (lo, hi) in zip(where, pieces):
+            rows[j].append((g, r, lo, hi))
+        g += 1
+    return g, [row for row in rows if row], dropped
+
+
+def test_plans_equal_the_plain_first_fit_on_random_lengths(tmp_path):
+    rng = np.random.default_rng(11)
+    samples = []
+    for i in range(400):
+        kind = int(rng.integers(0, 4))
+        if kind == 0:       # short and long texts (some longer than max_len: split anywhere, or dropped)
+            samples.append(_sample(i, "text_to_text", [("assistant", "text", [0] + _text(int(rng.integers(0, 900))))]))
+        elif kind == 1:     # an image span: never cut
+            samples.append(_sample(i, "text_to_image", [("user", "text", [0] + _text(int(rng.integers(1, 200)))),
+                                                        ("assistant", "image", IMAGE)]))
+        elif kind == 2:     # tiny rows fill the gaps the first fit leaves
+            samples.append(_sample(i, "text_to_text", [("assistant", "text", [0] + _text(int(rng.integers(0, 6))))]))
+        else:
+            speech = [L.boa] + [L.speech_code_start + int(x) for x in rng.integers(0, 4096, int(rng.integers(5, 500)))]
+            samples.append(_sample(i, "speech_to_text", [("user", "speech", speech + [L.eoa]),
+                                                         ("assistant", "text", _text(int(rng.integers(1, 40))))]))
+    s = ShardSet(str(_write(tmp_path, samples)))
+    checked = 0
+    configs = ((True, "split", 700, 8, False), (True, "drop", 1100, 16, True), (False, "split", 800, 4, False),
+               (True, "split", 1100, 3, True), (False, "drop", 1030, 6, True))
+    for pack, long_samples, max_len, n_rows, shuffle in configs:
+        ld = loader(s, micro_batch=1, train_batch=n_rows, pack=pack, long_samples=long_samples, max_len=max_len,
+                    shuffle=shuffle, seed=5)
+        start = 0
+        while start < 2 * len(s):                      # two epochs: windows across the epoch boundary too
+            plan = ld.plan(start)
+            end, rows, dropped = reference_plan(s, start, n_rows, max_len, pack, long_samples, shuffle, 5)
+            assert (plan.end, [[tuple(p) for p in r] for r in plan.rows], plan.dropped) == (end, rows, dropped)
+            assert plan.pieces.shape == (sum(map(len, rows)), 4) and plan.row_sizes.tolist() == list(map(len, rows))
+            start = plan.end
+            checked += 1
+    assert checked > 100
