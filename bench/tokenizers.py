@@ -206,8 +206,9 @@ def main():
     ap.add_argument("--clips", type=int, default=32, help="speech clips of mixed length (--clip-min..--clip-max s)")
     ap.add_argument("--clip-min", type=float, default=0.5)
     ap.add_argument("--clip-max", type=float, default=4.0)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                    help="torch threads for the speech throughput (each compared across batch sizes in one run)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch threads for the speech throughput, each compared across batch sizes in one run "
+                         "(default 1: what a build's actor with the recipe default num_cpus: 1 runs)")
     ap.add_argument("--skip-images", action="store_true", help="no VQGAN throughput (the speech part alone)")
     ap.add_argument("--images", type=int, default=24, help="photos in the overhead build's LAION tar (max 24)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aromni-bench-tokenizers"))
