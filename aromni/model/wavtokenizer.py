@@ -210,7 +210,7 @@ class PaddedConv1d(nn.Module):
             rows = torch.tensor(onednn, device=y.device)
             out[rows] = _onednn_conv(conv, y[rows])
         for i in sorted(set(range(len(widths))) - set(onednn)):
-            alone = conv(y[i:i + 1, :, :widths[i]])
+            alone = conv(y[i:i + 1, :, :widths[i]].contiguous())     # the very input (and layout) it gets alone
             out[i:i + 1, :, :alone.shape[-1]] = alone
         return out
 
@@ -324,12 +324,12 @@ class SeanetEncoder(nn.Module):
         """[B, 1, T] -> [B, dimension, ceil(T/hop)]; with ``lengths`` clip i is valid up to lengths[i] samples and
         its first ceil(lengths[i]/hop) frames are bit for bit what it gives alone.
 
-        With one torch thread the layers before the LSTM (full to 1/150 rate: most of the work) run clip by clip and
-        only the rest as a batch: there a batch cannot add parallelism, only padding and a working set that no longer
-        fits the caches (16 clips of 4 s at 32 channels: 200 MB), so it was slower than one clip at a time. Either
-        way every clip gets exactly its alone result, so the schedule never changes a code."""
+        On CPU with one torch thread the layers before the LSTM (24 kHz down to 40 Hz: most of the work) run clip by
+        clip and only the rest as a batch: there a batch cannot add parallelism, only padding and a working set that
+        no longer fits the caches (16 clips of 4 s at 32 channels: 200 MB), so it was slower than one clip at a time.
+        Either way every clip gets exactly its alone result, so the schedule never changes a code."""
         layers = list(self.model)
-        if lengths is not None and x.shape[0] > 1 and torch.get_num_threads() == 1:
+        if lengths is not None and x.shape[0] > 1 and x.device.type == "cpu" and torch.get_num_threads() == 1:
             split = next((i for i, m in enumerate(layers) if isinstance(m, SkipLSTM)), len(layers) - 1)
             clips = [self._run(layers[:split], x[i:i + 1, :, :n].contiguous()) for i, n in enumerate(lengths)]
             lengths = [int(c.shape[-1]) for c in clips]
