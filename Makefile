@@ -60,7 +60,7 @@ bench: install
 	$(PY) bench/memory.py
 	$(PY) bench/infer.py
 	$(PY) bench/voice.py
-	$(PY) bench/tokenizers.py --image-batches 1 --audio-batches 1 8 --images 4
+	$(PY) bench/tokenizers.py --image-batches 1 --audio-batches 1 8 16 --images 4
 
 clean:
 	rm -rf runs demo_data .pytest_cache

@@ -14,8 +14,9 @@ Printed:
 - images/s of VQGAN encode at each batch size (one warm-up batch first), pre-processing excluded;
 - images/s for each --precisions (fp32, tf32, bf16) and the share of codes equal to fp32's at that batch;
 - audio-seconds/s of WavTokenizer encode at each batch size over the same --clips mixed-length clips (sorted by
-  length and batched, codes equal to one-by-one; the share equal to batch 1's is printed), best of 2 interleaved
-  runs; goal batch 16 >= 3x batch 1 on CPU;
+  length and batched; the share of codes equal to batch 1's is printed: 100 % on CPU, where batched codes are bit for
+  bit the alone codes), best of 2 interleaved runs, for each --threads (torch threads; a build's actor runs
+  `num_cpus` of them, default 1); goal batch 16 >= 3x batch 1 on CPU;
 - overhead: wall time of `aromni build` over the demo corpus's LAION (first --images photos) + GigaSpeech sources
   with these checkpoints
   (Ray start, actor start and checkpoint load, reading, decoding, pre-processing, templates, parquet, mixing) divided
@@ -90,9 +91,19 @@ def speech_clips(n: int, seed: int = 0, lo: float = 0.5, hi: float = 4.0) -> lis
 
 
 def bench_wavtokenizer(path: Path, batches: list[int], clips: int, lo: float, hi: float, repeats: int = 2,
-                       device=None, precision: str = "fp32") -> dict:
+                       device=None, precision: str = "fp32", threads: int | None = None) -> dict:
     """{batch: audio-s/s} over the same mixed-length clips at each batch size (interleaved, best of ``repeats``:
-    a shared machine's load moves between runs), plus "equal": share of codes equal to batch 1's."""
+    a shared machine's load moves between runs), plus "equal": share of codes equal to batch 1's. ``threads``: torch
+    threads for all batch sizes alike (as a build's actor sets them from its num_cpus)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        return _bench_wavtokenizer(path, batches, clips, lo, hi, repeats, device, precision)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _bench_wavtokenizer(path, batches, clips, lo, hi, repeats, device, precision) -> dict:
     from aromni.model.wavtokenizer import load_speech_tokenizer
     waves = speech_clips(clips, 0, lo, hi)
     seconds = sum(len(w) for w in waves) / 24000
@@ -111,8 +122,9 @@ def bench_wavtokenizer(path: Path, batches: list[int], clips: int, lo: float, hi
     n = sum(len(c) for c in base)
     equal = {bs: sum(int((a == b).sum()) for a, b in zip(base, codes[bs])) / n for bs in batches}
     for bs in batches:
-        print(f"  wavtok  batch {bs:>3}: {best[bs]:8.1f} audio-s/s  (x{best[bs] / best[batches[0]]:.2f} vs batch "
-              f"{batches[0]}; codes equal to batch {batches[0]}: {equal[bs]:.2%})   ({toks[bs].device})", flush=True)
+        print(f"  wavtok  {torch.get_num_threads()} thread(s) batch {bs:>3}: {best[bs]:8.1f} audio-s/s  "
+              f"(x{best[bs] / best[batches[0]]:.2f} vs batch {batches[0]}; codes equal to batch {batches[0]}: "
+              f"{equal[bs]:.2%})   ({toks[bs].device})", flush=True)
     return {"speed": best, "equal": equal, "seconds": seconds}
 
 
@@ -194,6 +206,10 @@ def main():
     ap.add_argument("--clips", type=int, default=32, help="speech clips of mixed length (--clip-min..--clip-max s)")
     ap.add_argument("--clip-min", type=float, default=0.5)
     ap.add_argument("--clip-max", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch threads for the speech throughput, each compared across batch sizes in one run "
+                         "(default 1: what a build's actor with the recipe default num_cpus: 1 runs)")
+    ap.add_argument("--skip-images", action="store_true", help="no VQGAN throughput (the speech part alone)")
     ap.add_argument("--images", type=int, default=24, help="photos in the overhead build's LAION tar (max 24)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aromni-bench-tokenizers"))
     ap.add_argument("--skip-build", action="store_true")
@@ -214,9 +230,11 @@ def main():
     ckpts = {"vqgan": ck / "vqgan", "wavtokenizer": ck / "wavtokenizer"}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device {dev}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}", flush=True)
-    img = {} if args.skip_throughput else bench_vqgan(ckpts["vqgan"], args.image_batches, args.precisions)
-    aud = {} if args.skip_throughput else bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches, args.clips,
-                                                             args.clip_min, args.clip_max)
+    img = {} if args.skip_throughput or args.skip_images else bench_vqgan(ckpts["vqgan"], args.image_batches,
+                                                                          args.precisions)
+    aud = {} if args.skip_throughput else {
+        t: bench_wavtokenizer(ckpts["wavtokenizer"], args.audio_batches, args.clips, args.clip_min, args.clip_max,
+                              threads=t) for t in args.threads}
     res = None
     if not args.skip_build:
         corpus = work / f"corpus{args.images}"
@@ -237,14 +255,15 @@ def main():
               if ("fp32", bs) in img else f"  vqgan  {prec} batch {bs}: {ips:.3f} images/s")
     if img and "tf32" in args.precisions and dev == "cpu":
         print("  (tf32 on CPU is fp32: there is no TF32 outside CUDA)")
-    sp = aud.get("speed", {})
-    for bs in sp:
-        print(f"  wavtok batch {bs:>3}: {sp[bs]:.1f} audio-s/s (x{sp[bs] / sp[args.audio_batches[0]]:.2f} vs batch "
-              f"{args.audio_batches[0]}), codes equal to batch {args.audio_batches[0]}: {aud['equal'][bs]:.2%}")
-    if 16 in sp and 1 in sp:
-        r = sp[16] / sp[1]
-        print(f"  goal: wavtok batch 16 >= 3x batch 1 on CPU: x{r:.2f} -> {'MET' if r >= 3 else 'NOT MET'}"
-              + ("" if dev == "cpu" else f" (measured on {dev})"))
+    for t, a in aud.items():
+        sp, first = a["speed"], args.audio_batches[0]
+        for bs in sp:
+            print(f"  wavtok {t} thread(s) batch {bs:>3}: {sp[bs]:.1f} audio-s/s (x{sp[bs] / sp[first]:.2f} vs batch "
+                  f"{first}), codes equal to batch {first}: {a['equal'][bs]:.2%}")
+        if 16 in sp and 1 in sp:
+            r = sp[16] / sp[1]
+            print(f"  goal: wavtok batch 16 >= 3x batch 1 on CPU, {t} thread(s): x{r:.2f} -> "
+                  f"{'MET' if r >= 3 else 'NOT MET'}" + ("" if dev == "cpu" else f" (measured on {dev})"))
     if res:
         print(f"  overhead ratio build/bare: {res['build'] / res['bare']:.3f} "
               f"(without fixed start-up {(res['build'] - res['startup']) / res['bare']:.3f}; goal <= 1.15)")

@@ -18,13 +18,14 @@ but never used: WavTokenizer decodes with the Vocos backbone and head). Legacy w
 (``weight_g``/``weight_v``) are folded into the weights, never dropped. Everything else must match exactly.
 
 Audio in: any rate, any channels -> mean over channels, resampled to 24 kHz with torchaudio's sinc resampler
-(what the official ``convert_audio`` does). Clips are encoded in batches of similar length. Plain zero-padding would
-change the codes near the end of the shorter clips: the encoder's convolutions reflect-pad each input from its last
-samples. That is the only layer that leaks padding (ELU and residual sums are pointwise, the LSTM is unidirectional
-so causal, weight norm is folded and there is no normalisation layer), so every convolution pads each clip from its
-own samples and a clip's codes are those it gets alone up to float rounding (rare near-tie flips remain: see
-docs/tokenizers.md; ``batch_size: 1`` is exact). A clip of d seconds gives ceil(d*40) codes; decoding n codes
-gives n*600 samples at 24 kHz.
+(what the official ``convert_audio`` does). Clips are encoded in batches of similar length, and a clip's codes are
+bit for bit those it gets alone (so independent of its batch company and the batch size) on CPU in fp32. Two things
+would break that, and are handled: padding (the encoder's convolutions reflect-pad each input from its last samples,
+so every convolution pads each clip from its own samples; ELU and residual sums are pointwise, the LSTM is
+unidirectional so causal, weight norm is folded and there is no normalisation layer) and rounding from kernels torch
+chooses per input shape (each conv is routed to the kernel the clip gets alone; the LSTM and the nearest-code search
+run per clip): see SeanetEncoder, PaddedConv1d and docs/tokenizers.md. A clip of d seconds gives ceil(d*40)
+codes; decoding n codes gives n*600 samples at 24 kHz.
 """
 from __future__ import annotations
 
@@ -137,10 +138,17 @@ class PaddedConv1d(nn.Module):
     so the last window is full (ceil(T/s) frames out).
 
     ``forward(x, lengths)`` runs a batch of clips of different lengths ([B, C, T_max], clip i valid up to
-    ``lengths[i]``): each clip is reflect-padded from ITS OWN last samples (what it gets when encoded alone), then
-    the clips are zero-extended to one width and convolved together. The frames of clip i below its own output length
-    see only clip i's samples and its own padding, so they equal the alone result; the frames past it are junk that
-    the next layer never reads."""
+    ``lengths[i]``) and gives each clip exactly (bit for bit) the frames it gets alone:
+
+    - padding: each clip is reflect-padded from ITS OWN last samples (what it gets alone), then zero-extended to
+      one width; the frames of clip i below its own output length see only its samples and its own padding, and
+      the frames past it are junk that the next layer never reads;
+    - kernel: torch picks a CPU convolution backend per call from the input's shape (``_select_conv_backend``:
+      oneDNN for a large input or a batch, its own im2col+GEMM "Slow2d" for a small single input or, single-threaded,
+      for every unbatched 1x1 conv), and the two round differently. So each clip is routed to the backend torch
+      picks for it ALONE: the clips whose alone call is oneDNN are convolved together by oneDNN directly (its
+      direct and 1x1 kernels give every output the same sum in the same order whatever the batch size, position
+      or width: tested), the others alone, by the very call they get alone."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1):
         super().__init__()
@@ -161,17 +169,21 @@ class PaddedConv1d(nn.Module):
         return (length + left + right - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
 
     def forward(self, x, lengths: list[int] | None = None):
-        if lengths is None or all(n == x.shape[-1] for n in lengths):   # one width: no per-clip padding needed
-            return self.conv.conv(_reflect_pad(x, *self._pads(x.shape[-1])))
-        conv = self.conv.conv
-        if conv.kernel_size[0] == 1 and conv.stride[0] == 1:             # 1x1: pointwise, padding-free
-            return conv(x)
+        if lengths is None or x.shape[0] == 1:                  # one clip: torch's own call (the reference)
+            n = x.shape[-1] if lengths is None else lengths[0]
+            return self.conv.conv(_reflect_pad(x[..., :n], *self._pads(n)))
         pads = [self._pads(n) for n in lengths]
+        return self._routed(self._pad_each(x, lengths, pads), [n + sum(p) for n, p in zip(lengths, pads)])
+
+    def _pad_each(self, x, lengths: list[int], pads: list[tuple[int, int]]):
+        """[B, C, T_max] -> [B, C, W]: clip i reflect-padded from its own valid samples, zeros after."""
         left = pads[0][0]                                    # the left pad does not depend on the length
+        if not any(max(p) for p in pads):                    # no padding (1x1 convs): the batch as it is
+            return x
         if any(n <= max(p) for n, p in zip(lengths, pads)):  # a clip shorter than its padding: the rare slow path
             padded = [_reflect_pad(x[i:i + 1, :, :n], *p) for i, (n, p) in enumerate(zip(lengths, pads))]
             width = max(q.shape[-1] for q in padded)
-            return conv(torch.cat([F.pad(q, (0, width - q.shape[-1])) for q in padded]))
+            return torch.cat([F.pad(q, (0, width - q.shape[-1])) for q in padded])
         # one copy of the batch into a zeroed buffer (as F.pad does for a single clip), then each clip's edges
         # written from its own samples: left x[l..1], right x[n-2..n-1-r] (what reflect padding gives it alone)
         width = left + max(n + r for n, (_, r) in zip(lengths, pads))
@@ -182,7 +194,50 @@ class PaddedConv1d(nn.Module):
         for i, (n, (_, r)) in enumerate(zip(lengths, pads)):
             if r:
                 y[i, :, left + n:left + n + r] = x[i, :, n - 1 - r:n - 1].flip(-1)
-        return conv(y)
+        return y
+
+    def _routed(self, y, widths: list[int]):
+        """Convolve the padded batch ``y`` (clip i valid up to ``widths[i]``), each clip with its alone backend."""
+        conv = self.conv.conv
+        if not _exact_batching(y):
+            return conv(y)
+        onednn = [i for i, w in enumerate(widths) if _alone_backend(conv, y, w) == _ONEDNN]
+        if len(onednn) == len(widths):
+            return _onednn_conv(conv, y)
+        out = y.new_zeros(y.shape[0], conv.out_channels, (y.shape[-1] - conv.dilation[0] * (conv.kernel_size[0] - 1)
+                                                            - 1) // conv.stride[0] + 1)
+        if onednn:
+            rows = torch.tensor(onednn, device=y.device)
+            out[rows] = _onednn_conv(conv, y[rows])
+        for i in sorted(set(range(len(widths))) - set(onednn)):
+            alone = conv(y[i:i + 1, :, :widths[i]].contiguous())     # the very input (and layout) it gets alone
+            out[i:i + 1, :, :alone.shape[-1]] = alone
+        return out
+
+
+_ONEDNN = getattr(getattr(torch._C, "_ConvBackend", None), "Mkldnn", None)
+
+
+def _exact_batching(x) -> bool:
+    """Per-clip kernel routing applies to float32 on CPU without autocast (the fp32/tf32 codes); elsewhere (CUDA,
+    bf16) the batch runs as one call and its codes may differ from alone codes at near-ties (docs/tokenizers.md)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and _ONEDNN is not None and hasattr(torch._C, "_select_conv_backend") and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.is_available())
+
+
+def _alone_backend(conv: nn.Conv1d, like, width: int):
+    """The backend torch chooses for this conv on one clip of ``width`` padded samples (what ``forward`` without a
+    batch runs). torch decides from shapes, the thread count and flags only: an uninitialised tensor suffices."""
+    return torch._C._select_conv_backend(like.new_empty(1, like.shape[1], width), conv.weight, conv.bias,
+                                         list(conv.stride), [0], list(conv.dilation), False, [0], conv.groups, None)
+
+
+def _onednn_conv(conv: nn.Conv1d, x):
+    """The oneDNN convolution torch runs when it picks oneDNN itself (``at::mkldnn_convolution``), here called
+    for a batch whatever torch's shape heuristics would pick for it."""
+    return torch.ops.aten.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, [0], list(conv.stride),
+                                             list(conv.dilation), conv.groups)
 
 
 def _reflect_pad(x, left: int, right: int):
@@ -212,8 +267,9 @@ class SeanetResBlock(nn.Module):
 
 class SkipLSTM(nn.Module):
     """Unidirectional, so causal: a clip's valid steps never see the zero tail of a shorter clip. In a batch of
-    clips it still runs clip by clip on each clip's valid steps: the LSTM's matrix products round differently for
-    another batch size, and bit-equal embeddings are what make batched codes equal the alone codes exactly."""
+    clips it still runs clip by clip on each clip's valid steps: oneDNN's LSTM runs one sequence with other GEMM
+    kernels than two or more (batch 1 vs 16 differ in the last bits; 3 vs 16 agree), and bit-equal embeddings are
+    what make batched codes equal the alone codes. It is a small share of the encoder's time (40 steps/s)."""
 
     def __init__(self, dim: int, layers: int):
         super().__init__()
@@ -225,19 +281,21 @@ class SkipLSTM(nn.Module):
         return (out + y).permute(1, 2, 0)
 
     def forward(self, x, lengths=None):
-        if lengths is None:
+        if lengths is None or x.shape[0] == 1:
             return self._run(x)
         out = x.clone()
         for i, n in enumerate(lengths):
-            out[i:i + 1, :, :n] = self._run(x[i:i + 1, :, :n])
+            out[i:i + 1, :, :n] = self._run(x[i:i + 1, :, :n].contiguous())   # the very input it gets alone
         return out
 
 
 class ExactELU(nn.Module):
     """ELU computed in float64 and rounded to the input dtype. torch's float32 ELU runs a vectorised exp on most
-    elements and a scalar one on each chunk's tail, which round differently, and where the tail falls depends on the
-    tensor's size: so the same sample could get a different value batched than alone. In float64 the two paths
-    agree after rounding to float32. (No parameters: the checkpoint keys are unchanged.)"""
+    elements and a scalar one on each chunk's tail, which round differently (5 % of negative inputs), and where the
+    tail falls depends on the tensor's size: so the same sample could get a different value batched than alone. In
+    float64 the two paths still differ in the last bit for ~2 % of inputs, but float32 keeps 29 bits fewer: they
+    round to the same float32 unless the exact value lies within ~2^-52 of a float32 rounding midpoint (measured:
+    0 of 5e7 negative inputs differ). (No parameters: the checkpoint keys are unchanged.)"""
 
     def forward(self, x):
         return F.elu(x.double()).to(x.dtype) if x.dtype == torch.float32 else F.elu(x)
@@ -246,8 +304,10 @@ class ExactELU(nn.Module):
 class SeanetEncoder(nn.Module):
     """encodec's SEANet encoder. Length-dependent layers: only the reflect-padded convolutions (their right edge
     reflects the clip's last samples). ELU and residual sums are pointwise; the LSTM is causal; there is no
-    normalisation layer at inference (weight norm is folded into the weights). So a batch of clips of different
-    lengths encodes exactly as each clip alone once every conv pads each clip from its own valid samples."""
+    normalisation layer at inference (weight norm is folded into the weights). So no padding leaks once every conv
+    pads each clip from its own valid samples. For the last bits to match too, every layer gives each clip of a batch
+    the very arithmetic it gets alone: convs are routed to the clip's alone kernel (PaddedConv1d), the LSTM runs per
+    clip (SkipLSTM), ELU is rounded from float64 (ExactELU) and residual sums are single IEEE additions."""
 
     def __init__(self, n_filters: int, dimension: int, downsamples: list[int], lstm_layers: int):
         super().__init__()
@@ -262,8 +322,24 @@ class SeanetEncoder(nn.Module):
 
     def forward(self, x, lengths: list[int] | None = None):
         """[B, 1, T] -> [B, dimension, ceil(T/hop)]; with ``lengths`` clip i is valid up to lengths[i] samples and
-        its first ceil(lengths[i]/hop) frames are what it gives alone."""
-        for layer in self.model:
+        its first ceil(lengths[i]/hop) frames are bit for bit what it gives alone.
+
+        On CPU with one torch thread the layers before the LSTM (24 kHz down to 40 Hz: most of the work) run clip by
+        clip and only the rest as a batch: there a batch cannot add parallelism, only padding and a working set that
+        no longer fits the caches (16 clips of 4 s at 32 channels: 200 MB), so it was slower than one clip at a time.
+        Either way every clip gets exactly its alone result, so the schedule never changes a code."""
+        layers = list(self.model)
+        if lengths is not None and x.shape[0] > 1 and x.device.type == "cpu" and torch.get_num_threads() == 1:
+            split = next((i for i, m in enumerate(layers) if isinstance(m, SkipLSTM)), len(layers) - 1)
+            clips = [self._run(layers[:split], x[i:i + 1, :, :n].contiguous()) for i, n in enumerate(lengths)]
+            lengths = [int(c.shape[-1]) for c in clips]
+            x = torch.cat([F.pad(c, (0, max(lengths) - c.shape[-1])) for c in clips])
+            layers = layers[split:]
+        return self._run(layers, x, lengths)
+
+    @staticmethod
+    def _run(layers, x, lengths: list[int] | None = None):
+        for layer in layers:
             if isinstance(layer, PaddedConv1d):
                 x = layer(x, lengths)
                 lengths = None if lengths is None else [layer.out_length(n) for n in lengths]
@@ -427,7 +503,7 @@ class WavTokenizerModel(nn.Module):
         """[T] mono 24 kHz -> [ceil(T/hop)] codes (one clip alone: the reference the batched path must equal)."""
         emb = self.feature_extractor.encodec.encoder(wave.reshape(1, 1, -1))   # [1, D, F]
         with torch.autocast(emb.device.type, enabled=False):
-            return self.codebook.codes(emb[0].t().float())
+            return self.codebook.codes(emb[0].t().contiguous().float())   # as encode_waves gives it
 
     @torch.inference_mode()
     def encode_waves(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -438,9 +514,10 @@ class WavTokenizerModel(nn.Module):
         x = torch.stack([F.pad(w.reshape(-1), (0, width - n)) for w, n in zip(waves, lengths)]).unsqueeze(1)
         emb = self.feature_extractor.encodec.encoder(x, lengths)                # [B, D, F_max]
         frames = [math.ceil(n / self.cfg.hop) for n in lengths]
-        flat = torch.cat([emb[i, :, :f].t() for i, f in enumerate(frames)])   # only the valid frames
-        with torch.autocast(flat.device.type, enabled=False):                  # nearest code in fp32 always
-            return list(self.codebook.codes(flat.float()).split(frames))
+        with torch.autocast(emb.device.type, enabled=False):                   # nearest code in fp32 always
+            # per clip, on its valid frames only: the distance matmul's kernel depends on its row count (a few
+            # rows round differently from many), so each clip gets the [frames, D] product it gets alone
+            return [self.codebook.codes(emb[i, :, :f].t().contiguous().float()) for i, f in enumerate(frames)]
 
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor, bandwidth_id: int = 0) -> torch.Tensor:
@@ -578,9 +655,13 @@ class WavTokenizerTokenizer:
         """[(waveform, rate), ...] -> one LongTensor of codes per clip (ceil(seconds*40) of them)."""
         return self.encode_prepared([self.preprocess(a) for a in audios])
 
-    # Batched codes equal one-by-one codes but for rare float-rounding flips (docs/tokenizers.md): a batch's make-up
-    # must therefore come from the data (a unit's own clips), never from timing: the actor pools read this flag.
-    batch_invariant = False
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a clip's codes are independent of the clips it is batched with (the actor pools read this: only
+        then may they merge several units' clips into one batch by arrival time). True for fp32 on CPU (tf32 is fp32
+        there): every layer gives each clip its alone result bit for bit (SeanetEncoder). On CUDA, and in bf16, the
+        batch runs as one call whose kernels depend on its shape: codes equal alone codes but for rare near-ties."""
+        return self.device.type == "cpu" and self.precision in ("fp32", "tf32")
 
     def encode_prepared(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Mono 24 kHz clips -> codes, in forward passes of up to ``batch_size`` clips of similar length (sorted by

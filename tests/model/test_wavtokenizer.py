@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aromni.model.checkpoint import CheckpointError, sha256_file
 from aromni.model.random_checkpoints import copy_with_edited_state, tiny_wavtokenizer_config, write_wavtokenizer
@@ -110,42 +111,96 @@ def test_clips_are_encoded_independently(tok):
 
 
 # lengths that hit every padding case: shorter than a conv's padding (1, 7 samples), around one hop (599, 600, 601),
-# a strided conv's remainder, several seconds, and two equal lengths in one batch
-MIXED = [1, 7, 599, 600, 601, 4799, 13457, 24000, 24000, 36011]
+# a strided conv's remainder, small enough for torch to pick its non-oneDNN conv alone (4799, 13457), 1-2 s, and two
+# equal lengths in one batch
+MIXED = [1, 7, 599, 600, 601, 4799, 13457, 24000, 24000, 36011, 48000]
 
 
 @pytest.fixture(scope="module")
 def wt32_dir(tmp_path_factory):
-    """The release's SEANet widths (32 filters -> 512 channels after 4 downsamplings; small backbone): at the tiny
-    test width (4 filters) oneDNN picks width-dependent conv kernels that round differently, at 32+ it does not."""
+    """The release's SEANet widths (32 filters -> 512 channels after 4 downsamplings, 2-layer LSTM; small backbone)."""
     return write_wavtokenizer(tmp_path_factory.mktemp("wt32"), n_filters=32, seed=2)
 
 
-def test_batched_codes_equal_one_by_one_for_mixed_lengths(wt32_dir):
-    """Batches of mixed lengths (padded per clip at every conv) give exactly the codes of each clip encoded alone
-    through the unbatched reference path (``encode_wave``), for several batch sizes and arrival orders; embeddings
-    agree to float rounding (no layer leaks padding)."""
-    wt_dir = wt32_dir
+@pytest.fixture
+def threads(request):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
+def _mixed_waves():
     rng = np.random.default_rng(7)
     waves = [_speech_like(n / 24000 + 1e-9, 24000, seed=i)[:n] if n > 24 else
              (0.3 * rng.standard_normal(n)).astype(np.float32) for i, n in enumerate(MIXED)]
     assert [len(w) for w in waves] == MIXED
-    ref = load_speech_tokenizer(wt_dir, batch_size=1)
-    alone = [ref.model.encode_wave(torch.from_numpy(w)) for w in waves]
+    return waves
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("width", ["tiny", "release"])
+def test_batched_codes_equal_one_by_one_for_mixed_lengths(wt_dir, wt32_dir, width, threads):
+    """Batches of mixed lengths give bit for bit the embeddings, so exactly the codes, of each clip encoded alone
+    through the unbatched reference path (``encode_wave``), whatever the batch size (1, 3, 8, 16), the order the
+    clips come in and so the company each clip is batched with; with one torch thread (front clip by clip) and two
+    (everything batched, each conv routed to the kernel the clip gets alone)."""
+    d = wt_dir if width == "tiny" else wt32_dir
+    waves = _mixed_waves()
+    ref = load_speech_tokenizer(d, batch_size=1)
+    enc = ref.model.feature_extractor.encodec.encoder
+    with torch.inference_mode():
+        alone_emb = [enc(torch.from_numpy(w).reshape(1, 1, -1))[0] for w in waves]
+    alone = [ref.model.codebook.codes(e.t().contiguous()) for e in alone_emb]   # what encode_wave does
+    assert torch.equal(alone[-1], ref.model.encode_wave(torch.from_numpy(waves[-1])))
     assert [len(c) for c in alone] == [math.ceil(n / 600) for n in MIXED]
-    for bs, order in ((4, list(range(len(waves)))), (10, [3, 9, 0, 7, 1, 8, 2, 4, 6, 5])):
-        tok = load_speech_tokenizer(wt_dir, batch_size=bs)
+    shuffled = [3, 9, 0, 7, 10, 1, 8, 2, 4, 6, 5]
+    runs = [(1, list(range(len(waves)))), (3, shuffled), (8, shuffled[::-1]), (16, list(range(len(waves)))),
+            (16, shuffled)]
+    if width == "release" and threads > 1:   # two threads on a shared 2-core machine are slow: the batched path only
+        runs = runs[-1:]
+    for bs, order in runs:
+        tok = load_speech_tokenizer(d, batch_size=bs)
+        assert tok.batch_invariant
         got = tok.encode_prepared([waves[i] for i in order])
         for i, codes in zip(order, got):
             assert torch.equal(codes, alone[i]), (bs, MIXED[i])
-    enc = ref.model.feature_extractor.encodec.encoder
-    width = max(MIXED)
-    x = torch.stack([torch.nn.functional.pad(torch.from_numpy(w), (0, width - len(w))) for w in waves]).unsqueeze(1)
+    x = torch.stack([F.pad(torch.from_numpy(w), (0, max(MIXED) - len(w))) for w in waves])
     with torch.inference_mode():
-        batched = enc(x, MIXED)
-        for i, w in enumerate(waves):
-            one = enc(torch.from_numpy(w).reshape(1, 1, -1))[0]
-            assert torch.allclose(batched[i, :, :one.shape[-1]], one, atol=1e-6, rtol=0), MIXED[i]
+        batched = enc(x.unsqueeze(1), MIXED)
+    for i, one in enumerate(alone_emb):
+        assert torch.equal(batched[i, :, :one.shape[-1]], one), MIXED[i]
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_conv_routing_gives_each_clip_its_alone_bits(threads):
+    """The leak that made batched codes differ: torch picks the conv kernel from the input's shape (oneDNN for a
+    batch or a large input; its own im2col+GEMM for one small input, and single-threaded for every unbatched 1x1), and
+    the two round differently. PaddedConv1d routes each clip of a batch to the kernel it gets alone: bit-equal."""
+    from aromni.model.wavtokenizer import PaddedConv1d
+
+    torch.manual_seed(0)
+    lengths = [9, 40, 300, 700, 1600, 5000]     # with 32 channels: 9-640 samples alone use torch's GEMM, more oneDNN
+    for cin, cout, k, stride, dil in ((1, 32, 7, 1, 1), (32, 16, 3, 1, 1), (16, 32, 1, 1, 1), (32, 32, 1, 1, 1),
+                                      (32, 64, 8, 4, 1), (64, 64, 3, 1, 2), (4, 8, 8, 4, 1)):
+        conv = PaddedConv1d(cin, cout, k, stride, dil).eval()
+        x = torch.randn(len(lengths), cin, max(lengths))
+        with torch.inference_mode():
+            batched = conv(x, lengths)
+            alone = [conv(x[i:i + 1, :, :n].contiguous())[0] for i, n in enumerate(lengths)]
+            for i, a in enumerate(alone):
+                assert a.shape[-1] == conv.out_length(lengths[i])
+                assert torch.equal(batched[i, :, :a.shape[-1]], a), (cin, cout, k, lengths[i])
+    # without the routing (one call for the whole padded batch: oneDNN), a small clip (alone: torch's GEMM conv)
+    # gets other low bits
+    torch.manual_seed(0)
+    conv = PaddedConv1d(64, 64, 3).eval()
+    x = torch.randn(2, 64, 600)
+    with torch.inference_mode():
+        plain = conv.conv.conv(F.pad(x, (1, 1), mode="reflect"))[:1, :, :39]   # frames that see only x[:40]
+        alone = conv(x[:1, :, :40].contiguous())[..., :39]
+        assert torch.equal(conv(x, [40, 600])[:1, :, :39], alone)
+        assert not torch.equal(plain, alone) and torch.allclose(plain, alone, atol=1e-5)
 
 
 def test_plain_zero_padding_would_change_codes(wt_dir):
@@ -169,6 +224,8 @@ def test_precision_is_deterministic_and_recorded(wt_dir, precision):
     assert all(torch.equal(x, y) for x, y in zip(first, again))
     if precision != "bf16":   # fp32 kernels give the same codes in any batch; bf16 rounding may differ by company
         assert all(torch.equal(x, y) for x, y in zip(first, other))
+    if a.device.type == "cpu":   # the pools may merge units' clips only where the codes are company-independent
+        assert a.batch_invariant == (precision != "bf16")
     assert a.identity["precision"] == precision
     if precision == "tf32" and a.device.type == "cpu":   # no TF32 on CPU: exactly fp32
         fp32 = load_speech_tokenizer(wt_dir).encode_prepared(clips)
