@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 from aromni.io import paths
 from aromni.layout import AR_OMNI_V0_1
@@ -39,6 +40,9 @@ def tokenizers_for(recipe: Recipe, pools=None):
 
 def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str, pools=None) -> dict:
     """Process one unit and write its part; returns the unit's stats as a dict (what its done marker holds)."""
+    # A unit holds one CPU: the text tokenizer's thread pool would start a thread per core of the node in every
+    # worker. (Read by the library at each batch call; a user's own setting wins.)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     recipe = parse_recipe(recipe_dict)
     tok = tokenizers_for(recipe, pools)
     result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid, pools=pools)
