@@ -36,6 +36,8 @@ ROW_SCHEMA = pa.schema([
     ("meta", pa.string()),
     ("content_hash", pa.string()),  # format 2: what the build's dedup compares (text + media bytes, or imported ids)
 ])
+# json.dumps(meta, sort_keys=True, ensure_ascii=False), without building an encoder per row
+meta_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
                            ("reason", pa.string()), ("message", pa.string())])
 
@@ -68,7 +70,7 @@ class Sample:
     def to_row(self) -> dict:
         return {"id": self.id, "source": self.source, "task": self.task, "input_ids": self.input_ids,
                 "segments": [s.as_dict() for s in self.segments], "n_tokens": len(self.input_ids),
-                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False), "content_hash": self.content_hash}
+                "meta": meta_json(self.meta), "content_hash": self.content_hash}
 
     @classmethod
     def from_row(cls, row: dict) -> "Sample":
@@ -99,7 +101,7 @@ def rows_to_table(samples: Iterable[Sample]) -> pa.Table:
         pa.array(ids, pa.list_(pa.int32())),
         pa.ListArray.from_arrays(pa.array(seg_offsets), seg_struct, type=pa.list_(SEGMENT_TYPE)),
         pa.array([len(x) for x in ids], pa.int32()),
-        pa.array([json.dumps(s.meta, sort_keys=True, ensure_ascii=False) for s in samples], pa.string()),
+        pa.array([meta_json(s.meta) for s in samples], pa.string()),
         pa.array([s.content_hash for s in samples], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
