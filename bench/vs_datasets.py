@@ -102,6 +102,8 @@ class PhaseClock:
                 res = fn(*a, **k)
                 if name == "units":   # process_unit's own clocks: the compute inside the units
                     self.seconds["in_unit"] = sum(st.seconds for st in res.stats.values())
+                if name == "mix":
+                    self.seconds["mix_stages"] = dict(res.seconds)
                 return res
             finally:
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
@@ -126,7 +128,8 @@ def run_aromni(recipe, out: Path, workers: int) -> dict:
     wall = time.perf_counter() - t0
     acc = rep.manifest["accounting"]
     return {"wall": wall, "startup": startup, "units": clock.seconds.get("units", 0.0),
-            "mix": clock.seconds.get("mix", 0.0), "in_unit": clock.seconds.get("in_unit", 0.0), "written": sum(a["written"] for a in acc.values()),
+            "mix": clock.seconds.get("mix", 0.0), "in_unit": clock.seconds.get("in_unit", 0.0),
+            "mix_stages": clock.seconds.get("mix_stages", {}), "written": sum(a["written"] for a in acc.values()),
             "read": sum(a["read"] for a in acc.values()), "tokens": rep.manifest.get("totals", {}).get("tokens")}
 
 
@@ -190,6 +193,7 @@ def main() -> None:
         print(f"  units phase: in-unit compute {a['in_unit']:.2f} s summed over units (/ {args.workers} workers = "
               f"{a['in_unit'] / args.workers:.2f} s); outside process_unit (worker start-up and imports, task "
               f"dispatch, part writes) {a['units'] - a['in_unit'] / args.workers:.2f} s")
+        print("  mix stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in a["mix_stages"].items()))
         print(f"datasets map baseline:    {b['wall']:8.2f} s  {b['written'] / b['wall']:9.0f} rows/s  "
               f"(written {b['written']})")
         print(f"ratio aromni speed / baseline speed: {ratio:.2f}x   (units phase alone: {b['wall'] / a['units']:.2f}x;"

@@ -124,7 +124,8 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
     try:
         # actors: auto is sized from the cluster: the one joined (or already running), else this machine, for which
         # the local Ray is then started with the pools' CPUs on top of the workers'
-        ray = _init_ray(workers, ray_address) if _joins_cluster(ray_address) else None
+        joined = _joins_cluster(ray_address)
+        ray = _init_ray(workers, ray_address) if joined else None
         specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources())
         pool_cpus = cpu_demand(specs)
         ray = ray or _init_ray(workers, ray_address, pool_cpus)
@@ -137,8 +138,11 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
         for d in pools.report:
             console.print(pool_line(d), highlight=False, soft_wrap=True)
     limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
+    # On the local Ray started for this build, its CPUs already bound how many units run at once: a second task per
+    # worker waits in Ray's queue, so a worker that finishes starts the next unit without a round trip to this driver.
+    ahead = 0 if joined else limit
     with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
-        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit)
+        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit, ahead)
 
 
 def _joins_cluster(ray_address) -> bool:

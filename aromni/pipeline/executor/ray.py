@@ -49,13 +49,15 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                             f"`ray start --head`, or leave out --ray-address / RAY_ADDRESS to run locally.") from None
 
 
-def run_units(ray, recipe_dict: dict, todo: list, out: str, progress, pools=None, limit: int = 1) -> UnitsResult:
+def run_units(ray, recipe_dict: dict, todo: list, out: str, progress, pools=None, limit: int = 1,
+              ahead: int = 0) -> UnitsResult:
+    """``limit`` units in flight, plus ``ahead`` queued in Ray (only where Ray's resources bound the concurrency)."""
     res = UnitsResult()
     task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
     pending: dict = {}
     queue = list(todo)
     while queue or pending:
-        while queue and len(pending) < max(1, limit):
+        while queue and len(pending) < max(1, limit) + ahead:
             pu = queue.pop(0)
             pending[task.remote(recipe_dict, pu, out, pools)] = pu
         done, _ = ray.wait(list(pending), num_returns=1)
