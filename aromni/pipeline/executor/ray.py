@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 
 from aromni.pipeline.executor import UnitsResult
 from aromni.pipeline.executor.unit_task import run_unit
@@ -55,10 +56,10 @@ def run_units(ray, recipe_dict: dict, todo: list, out: str, progress, pools=None
     res = UnitsResult()
     task = ray.remote(num_cpus=1, max_retries=3)(run_unit)
     pending: dict = {}
-    queue = list(todo)
+    queue = deque(todo)
     while queue or pending:
         while queue and len(pending) < max(1, limit) + ahead:
-            pu = queue.pop(0)
+            pu = queue.popleft()
             pending[task.remote(recipe_dict, pu, out, pools)] = pu
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
