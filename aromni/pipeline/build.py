@@ -143,7 +143,8 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
     # a round trip to this driver. With --workers below a cluster's CPUs, exactly that many are in flight.
     ahead = limit if unit_cpus <= limit else 0
     with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
-        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit, ahead)
+        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit, ahead,
+                                      ray_executor.units_per_task(len(todo), limit, pooled=bool(specs)))
 
 
 def _joins_cluster(ray_address) -> bool:
