@@ -38,6 +38,10 @@ ROW_SCHEMA = pa.schema([
 ])
 # json.dumps(meta, sort_keys=True, ensure_ascii=False), without building an encoder per row
 meta_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+# Parquet dictionary-encodes only these low-cardinality columns of a row file (shards and parts). Over ids, token
+# lists or meta JSON a dictionary only costs: measured on text rows, shards 44 % smaller and written 24 % faster
+# without one (the column values are the same either way).
+DICTIONARY_COLUMNS = ["source", "task"]
 REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
                            ("reason", pa.string()), ("message", pa.string())])
 

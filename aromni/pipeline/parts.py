@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aromni.io.atomic import TEMP_MARK, OutputError, is_local, join, out_fs, sha256_of, write_bytes, write_json
-from aromni.sample import REJECT_SCHEMA, rows_to_table
+from aromni.sample import DICTIONARY_COLUMNS, REJECT_SCHEMA, rows_to_table
 
 PARTS = "parts"
 DATA = "data"
@@ -59,7 +59,8 @@ def write_part(out: str, stem: str, result, recipe) -> None:
         from aromni.pipeline.steps.filters.near_dup import sidecar_table
         tables.append(("near_dup", sidecar_table(result.signatures)))
     for kind, table in tables:
-        data = parquet_bytes(table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None)
+        data = parquet_bytes(table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None,
+                             use_dictionary=DICTIONARY_COLUMNS if kind == "rows" else True)
         write_bytes(fs, p[kind], data, durable=False)
         files[kind] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     stats = result.stats.to_dict() if hasattr(result.stats, "to_dict") else dict(result.stats)
