@@ -11,6 +11,7 @@ wrong one. Six fsyncs a unit (file and folder, three files) were ~5 % of a text 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -54,17 +55,24 @@ def write_part(out: str, stem: str, result, recipe) -> None:
     o = recipe.output
     files = {}
     tables = [("rows", rows_to_table(result.rows)),
-              ("rejects", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA))]
+              ("rejects", pa.Table.from_pylist(result.rejects, schema=REJECT_SCHEMA) if result.rejects else None)]
     if getattr(result, "signatures", None) is not None:
         from aromni.pipeline.steps.filters.near_dup import sidecar_table
         tables.append(("near_dup", sidecar_table(result.signatures)))
     for kind, table in tables:
-        data = parquet_bytes(table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None,
-                             use_dictionary=DICTIONARY_COLUMNS if kind == "rows" else True)
+        data = _no_rejects() if table is None else parquet_bytes(
+            table, compression="zstd", row_group_size=o.row_group_rows if kind == "rows" else None,
+            use_dictionary=DICTIONARY_COLUMNS if kind == "rows" else True)
         write_bytes(fs, p[kind], data, durable=False)
         files[kind] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     stats = result.stats.to_dict() if hasattr(result.stats, "to_dict") else dict(result.stats)
     write_json(fs, p["done"], dict(stats, **{FILES: files}), durable=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _no_rejects() -> bytes:
+    """The rejects file of a unit that rejected nothing (most units): the same bytes every time, made once."""
+    return parquet_bytes(REJECT_SCHEMA.empty_table(), compression="zstd")
 
 
 def read_done(out: str, stem: str) -> dict | None:

@@ -21,6 +21,7 @@ Decisions where upstream is silent (documented in docs/readers.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
@@ -67,14 +68,24 @@ class SampleBuilder:
         self.text(role, s)
 
     def image(self, role: str, codes: Sequence[int]) -> None:
-        if len(codes) != self.layout.image_tokens:
-            raise TemplateError(f"an image needs {self.layout.image_tokens} codes, got {len(codes)}")
-        self._push(role, "image", [self.layout.boi, *self.layout.image_ids(codes), self.layout.eoi])
+        self._push(role, "image", image_span(codes, self.layout))
 
     def speech(self, role: str, codes: Sequence[int]) -> None:
-        if len(codes) == 0:
-            raise TemplateError("a speech span needs at least one code")
-        self._push(role, "speech", [self.layout.boa, *self.layout.speech_ids(codes), self.layout.eoa])
+        self._push(role, "speech", speech_span(codes, self.layout))
+
+
+def image_span(codes: Sequence[int], layout: Layout = AR_OMNI_V0_1) -> list[int]:
+    """An image segment's ids: [boi] 1024 code ids [eoi]; TemplateError for another number of codes."""
+    if len(codes) != layout.image_tokens:
+        raise TemplateError(f"an image needs {layout.image_tokens} codes, got {len(codes)}")
+    return [layout.boi, *layout.image_ids(codes), layout.eoi]
+
+
+def speech_span(codes: Sequence[int], layout: Layout = AR_OMNI_V0_1) -> list[int]:
+    """A speech segment's ids: [boa] code ids [eoa]; TemplateError for no codes."""
+    if len(codes) == 0:
+        raise TemplateError("a speech span needs at least one code")
+    return [layout.boa, *layout.speech_ids(codes), layout.eoa]
 
 
 @dataclass
@@ -280,20 +291,47 @@ class _Recorder(SampleBuilder):
 class SinglePlan:
     """``render``'s output for a single-turn task as a list of appends, recorded once per (task, instruction, which
     media) and replayed per example: the same ids and segments as ``render_task`` (tested for every task), without
-    walking the template's pieces for every row."""
+    walking the template's pieces for every row. ``groups``: the appends that form each segment, as SampleBuilder
+    merges them (adjacent text of one role) when none is empty."""
     ops: tuple
+
+    @cached_property
+    def groups(self) -> tuple:
+        out: list = []
+        for op in self.ops:
+            modality = op[2] if op[0] == "ids" else "text" if op[0] == "field" else op[0]
+            if out and out[-1][0] == op[1] and out[-1][1] == modality == "text":
+                out[-1][2].append(op)
+            else:
+                out.append((op[1], modality, [op]))
+        return tuple(out)
 
     def render(self, text_ids: Sequence[int], image_codes, speech_codes, layout: Layout = AR_OMNI_V0_1
                ) -> tuple[list[int], list[Segment]]:
-        """``text_ids``: the example's text, encoded (non-empty: the plan was recorded for a non-blank text). Raises
-        TemplateError as ``render`` does for media of the wrong size."""
+        """``text_ids``: the example's text, encoded. Raises TemplateError as ``render`` does for media of the wrong
+        size."""
+        if not text_ids:   # an empty push is skipped, which can change the merges: the builder decides
+            return self._replay(text_ids, image_codes, speech_codes, layout)
+        ids: list[int] = []
+        segments = []
+        for role, modality, ops in self.groups:
+            start = len(ids)
+            for op in ops:
+                kind = op[0]
+                ids += (op[3] if kind == "ids" else text_ids if kind == "field"
+                        else image_span(image_codes, layout) if kind == "image" else speech_span(speech_codes, layout))
+            segments.append(Segment(role, modality, start, len(ids)))
+        return ids, segments
+
+    def _replay(self, text_ids, image_codes, speech_codes, layout):
+        """The appends through SampleBuilder, one by one."""
         b = SampleBuilder(_no_encoder, layout)
         for op in self.ops:
             kind, role = op[0], op[1]
             if kind == "ids":
                 b._push(role, op[2], op[3], ints=True)
             elif kind == "field":   # "text" of the turn being rendered, or the user's "transcript": the text
-                b._push(role, "text", text_ids, ints=type(text_ids) is list)
+                b._push(role, "text", text_ids)
             elif kind == "image":
                 b.image(role, image_codes)
             else:
