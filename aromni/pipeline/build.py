@@ -125,7 +125,7 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
         # actors: auto is sized from the cluster: the one joined (or already running), else this machine, for which
         # the local Ray is then started with the pools' CPUs on top of the workers'
         ray = _init_ray(workers, ray_address) if _joins_cluster(ray_address) else None
-        specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources())
+        specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources)
         pool_cpus = cpu_demand(specs)
         ray = ray or _init_ray(workers, ray_address, pool_cpus)
         pools = start_pools(recipe, tok_cfg, tok, ray, specs)
