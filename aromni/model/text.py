@@ -59,6 +59,12 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """``encode`` of each text (tested equal), in one call: ~15 % less CPU a text than one call each, because the
+        library then computes no character offsets. It runs on the library's thread pool unless
+        TOKENIZERS_PARALLELISM=false (what a unit worker sets: it owns one CPU)."""
+        return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 

@@ -125,7 +125,7 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
         # actors: auto is sized from the cluster: the one joined (or already running), else this machine, for which
         # the local Ray is then started with the pools' CPUs on top of the workers'
         ray = _init_ray(workers, ray_address) if _joins_cluster(ray_address) else None
-        specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources())
+        specs = plan_pools(recipe, tok_cfg, tok, ray.cluster_resources() if ray else local_resources)
         pool_cpus = cpu_demand(specs)
         ray = ray or _init_ray(workers, ray_address, pool_cpus)
         pools = start_pools(recipe, tok_cfg, tok, ray, specs)
@@ -136,9 +136,15 @@ def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, r
     if console is not None:
         for d in pools.report:
             console.print(pool_line(d), highlight=False, soft_wrap=True)
-    limit = workers or int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
+    unit_cpus = int(ray.cluster_resources().get("CPU", 1) - pool_cpus)
+    limit = workers or unit_cpus
+    # Where Ray's CPUs already bound how many units run at once (the local Ray started for this build, or no
+    # --workers), a second task per worker waits in Ray's queue: a worker that finishes starts its next unit without
+    # a round trip to this driver. With --workers below a cluster's CPUs, exactly that many are in flight.
+    ahead = limit if unit_cpus <= limit else 0
     with pools_stopped(pools), _progress(progress, console, total, total - len(todo)) as bar:
-        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit)
+        return ray_executor.run_units(ray, recipe.to_dict(), todo, out, bar, pools, limit, ahead,
+                                      ray_executor.units_per_task(len(todo), limit, pooled=bool(specs)))
 
 
 def _joins_cluster(ray_address) -> bool:

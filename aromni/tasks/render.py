@@ -21,6 +21,7 @@ Decisions where upstream is silent (documented in docs/readers.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 from aromni.layout import AR_OMNI_V0_1, Layout
@@ -40,11 +41,13 @@ class SampleBuilder:
     ids: list[int] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
 
-    def _push(self, role: str, modality: str, new_ids: Sequence[int]) -> None:
+    def _push(self, role: str, modality: str, new_ids: Sequence[int], ints: bool = False) -> None:
+        """``ints``: ``new_ids`` is already a list of Python ints (a tokenizer's output, a plan's constants)."""
         if not new_ids:
             return
         start = len(self.ids)
-        self.ids.extend(map(int, new_ids))   # map, not a generator: ~2x faster on the per-id hot path
+        # map, not a generator: ~2x faster on the per-id hot path (codes may be numpy integers)
+        self.ids.extend(new_ids if ints else map(int, new_ids))
         last = self.segments[-1] if self.segments else None
         if last and last.role == role and last.modality == modality and modality == "text":
             self.segments[-1] = Segment(role, modality, last.start, len(self.ids))
@@ -60,15 +63,29 @@ class SampleBuilder:
     def text(self, role: str, s: str) -> None:
         self._push(role, "text", self.encode_text(s))
 
+    def field(self, role: str, name: str, s: str) -> None:
+        """A turn's field (text, transcript, instruction): text like any other (``SinglePlan`` records it apart)."""
+        self.text(role, s)
+
     def image(self, role: str, codes: Sequence[int]) -> None:
-        if len(codes) != self.layout.image_tokens:
-            raise TemplateError(f"an image needs {self.layout.image_tokens} codes, got {len(codes)}")
-        self._push(role, "image", [self.layout.boi, *self.layout.image_ids(codes), self.layout.eoi])
+        self._push(role, "image", image_span(codes, self.layout))
 
     def speech(self, role: str, codes: Sequence[int]) -> None:
-        if len(codes) == 0:
-            raise TemplateError("a speech span needs at least one code")
-        self._push(role, "speech", [self.layout.boa, *self.layout.speech_ids(codes), self.layout.eoa])
+        self._push(role, "speech", speech_span(codes, self.layout))
+
+
+def image_span(codes: Sequence[int], layout: Layout = AR_OMNI_V0_1) -> list[int]:
+    """An image segment's ids: [boi] 1024 code ids [eoi]; TemplateError for another number of codes."""
+    if len(codes) != layout.image_tokens:
+        raise TemplateError(f"an image needs {layout.image_tokens} codes, got {len(codes)}")
+    return [layout.boi, *layout.image_ids(codes), layout.eoi]
+
+
+def speech_span(codes: Sequence[int], layout: Layout = AR_OMNI_V0_1) -> list[int]:
+    """A speech segment's ids: [boa] code ids [eoa]; TemplateError for no codes."""
+    if len(codes) == 0:
+        raise TemplateError("a speech span needs at least one code")
+    return [layout.boa, *layout.speech_ids(codes), layout.eoa]
 
 
 @dataclass
@@ -121,16 +138,17 @@ def reply_modality(reply: DialogTurn) -> str:
 
 def render(task: str | Task, turns: Sequence[DialogTurn], encode_text: Callable[[str], list[int]], *,
            max_tokens: int | None = None, instruction: str | None = None, by_reply: bool = False,
-           layout: Layout = AR_OMNI_V0_1) -> RenderedDialog:
+           layout: Layout = AR_OMNI_V0_1, builder: SampleBuilder | None = None) -> RenderedDialog:
     """Render ``turns`` with the task's pieces. Drops whole trailing exchanges beyond ``max_tokens``. Raises
     TemplateError for turns that cannot make a row (no exchange, roles out of order, a single-turn task missing a
     field or medium) and DialogTooLong when the first exchange alone is too long. ``instruction`` overrides the
-    task's; else ``by_reply`` picks the task's instruction for each exchange's reply modality."""
+    task's; else ``by_reply`` picks the task's instruction for each exchange's reply modality. ``builder``: where
+    the pieces go (``single_plan`` passes one that records them)."""
     t = task if isinstance(task, Task) else get_task(task)
     pairs, unpaired = pair_turns([x.role for x in turns])
     if not pairs:
         raise TemplateError(f"no user turn followed by an assistant turn among {len(turns)} turn(s)")
-    r = _Render(t, SampleBuilder(encode_text, layout), strict=not t.dialog)
+    r = _Render(t, builder if builder is not None else SampleBuilder(encode_text, layout), strict=not t.dialog)
     r.pieces("user", t.pieces["start"], None, None, t.instruction if instruction is None else instruction)
     dropped = [why for _, why in unpaired]
     kept, used = 0, []
@@ -180,7 +198,7 @@ class _Render:
                 if self.strict and value != "instruction" and not (v or "").strip():
                     raise TemplateError(f"task {self.task.name} needs a non-empty {self.task.text!r}")
                 if v:
-                    b.text(role, v)
+                    b.field(role, value, v)
             elif kind == "image":
                 codes = turn.image_codes if turn is not None else None
                 if codes is not None:
@@ -239,3 +257,103 @@ def render_dialog(turns: Sequence[DialogTurn], encode_text: Callable[[str], list
     """A chat row (task ``chat``); see ``render``."""
     return render("chat", turns, encode_text, max_tokens=max_tokens, instruction=instruction, by_reply=by_reply,
                   layout=layout)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-turn rows without re-reading the template each time
+# ---------------------------------------------------------------------------------------------------------------
+class _Recorder(SampleBuilder):
+    """What ``render`` appends for one single-turn shape: the constant ids (markers, literal text, the instruction)
+    and where the example's text and media go."""
+
+    def __init__(self, encode_text, layout):
+        super().__init__(encode_text, layout)
+        self.ops: list[tuple] = []
+
+    def _push(self, role, modality, new_ids):
+        if new_ids:
+            self.ops.append(("ids", role, modality, [int(i) for i in new_ids]))
+
+    def field(self, role, name, s):
+        if name == "instruction":
+            self.text(role, s)
+        else:
+            self.ops.append(("field", role, name))
+
+    def image(self, role, codes):
+        self.ops.append(("image", role))
+
+    def speech(self, role, codes):
+        self.ops.append(("speech", role))
+
+
+@dataclass(frozen=True)
+class SinglePlan:
+    """``render``'s output for a single-turn task as a list of appends, recorded once per (task, instruction, which
+    media) and replayed per example: the same ids and segments as ``render_task`` (tested for every task), without
+    walking the template's pieces for every row. ``groups``: the appends that form each segment, as SampleBuilder
+    merges them (adjacent text of one role) when none is empty."""
+    ops: tuple
+
+    @cached_property
+    def groups(self) -> tuple:
+        out: list = []
+        for op in self.ops:
+            modality = op[2] if op[0] == "ids" else "text" if op[0] == "field" else op[0]
+            if out and out[-1][0] == op[1] and out[-1][1] == modality == "text":
+                out[-1][2].append(op)
+            else:
+                out.append((op[1], modality, [op]))
+        return tuple(out)
+
+    def render(self, text_ids: Sequence[int], image_codes, speech_codes, layout: Layout = AR_OMNI_V0_1
+               ) -> tuple[list[int], list[Segment]]:
+        """``text_ids``: the example's text, encoded. Raises TemplateError as ``render`` does for media of the wrong
+        size."""
+        if not text_ids:   # an empty push is skipped, which can change the merges: the builder decides
+            return self._replay(text_ids, image_codes, speech_codes, layout)
+        ids: list[int] = []
+        segments = []
+        for role, modality, ops in self.groups:
+            start = len(ids)
+            for op in ops:
+                kind = op[0]
+                ids += (op[3] if kind == "ids" else text_ids if kind == "field"
+                        else image_span(image_codes, layout) if kind == "image" else speech_span(speech_codes, layout))
+            segments.append(Segment(role, modality, start, len(ids)))
+        return ids, segments
+
+    def _replay(self, text_ids, image_codes, speech_codes, layout):
+        """The appends through SampleBuilder, one by one."""
+        b = SampleBuilder(_no_encoder, layout)
+        for op in self.ops:
+            kind, role = op[0], op[1]
+            if kind == "ids":
+                b._push(role, op[2], op[3], ints=True)
+            elif kind == "field":   # "text" of the turn being rendered, or the user's "transcript": the text
+                b._push(role, "text", text_ids)
+            elif kind == "image":
+                b.image(role, image_codes)
+            else:
+                b.speech(role, speech_codes)
+        return b.ids, b.segments
+
+
+def _no_encoder(s: str) -> list[int]:
+    raise AssertionError("a plan's constant text is encoded when it is recorded")
+
+
+def single_plan(task: Task, encode_text: Callable[[str], list[int]], *, instruction: str | None = None,
+                has_image: bool = False, has_speech: bool = False, layout: Layout = AR_OMNI_V0_1
+                ) -> SinglePlan | None:
+    """Record ``render``'s appends for a single-turn row of this shape (a non-blank text, these media); None when
+    such a row does not render (a missing field or medium: ``render`` itself then says why)."""
+    if task.dialog:
+        return None
+    rec = _Recorder(encode_text, layout)
+    turns = single_turns(task, "x", [0] * layout.image_tokens if has_image else None, [0] if has_speech else None)
+    try:   # strict: a field that would read an empty value raises, so every recorded field reads the text
+        render(task, turns, encode_text, instruction=instruction, layout=layout, builder=rec)
+    except TemplateError:
+        return None
+    return SinglePlan(tuple(rec.ops))

@@ -111,3 +111,48 @@ def test_layout_constants_match_reference():
     assert (L.bos, L.eos, L.image_code_start, L.image_code_end, L.eoi, L.boi) == (0, 2, 4, 8195, 8196, 8197)
     assert (L.speech_code_start, L.speech_code_end, L.eoa, L.boa, L.eoh, L.eom, L.ins, L.res) == \
         (8724, 12819, 12820, 12821, 12830, 12831, 12840, 12841)
+
+
+def test_single_plans_render_what_the_renderer_renders(tok):
+    """Render replays a recorded plan for single-turn rows: for every task, instruction and media shape it gives the
+    renderer's ids and segments, and no plan where the renderer refuses the row."""
+    import random
+
+    from aromni.tasks import get_task
+    from aromni.tasks.render import single_plan
+    from aromni.tasks.table import task_names
+    rng = random.Random(0)
+    words = ["a", "cat", "sat", " on", "the", "mat.", "Describe", "GPT:", "USER:", "\u00e9t\u00e9", "  x"]
+    compared = refused = 0
+    for name in task_names():
+        task = get_task(name)
+        if task.dialog:
+            assert single_plan(task, tok.encode) is None
+            continue
+        for instruction in (None, "", "Say it again."):
+            for has_image in (False, True):
+                for has_speech in (False, True):
+                    plan = single_plan(task, tok.encode, instruction=instruction, has_image=has_image,
+                                       has_speech=has_speech)
+                    for _ in range(5):
+                        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 8))).strip()
+                        image = [rng.randrange(8192) for _ in range(1024)] if has_image else None
+                        speech = [rng.randrange(4096) for _ in range(rng.randint(1, 30))] if has_speech else None
+                        kw = {("response" if task.text == "response" else "input_text"): text}
+                        try:
+                            want = render_task(name, tok.encode, image_codes=image, speech_codes=speech,
+                                               instruction=instruction, **kw)
+                        except TemplateError:
+                            assert plan is None
+                            refused += 1
+                            continue
+                        assert plan is not None and plan.render(tok.encode(text), image, speech) == want
+                        assert plan._replay(tok.encode(text), image, speech, L) == want   # the builder's way
+                        assert plan.render([], image, speech) == plan._replay([], image, speech, L)
+                        compared += 1
+    assert compared >= 5 * 3 * 5 and refused > 0
+
+
+def test_encode_batch_equals_encode(tok):
+    texts = ["a cat", "", " GPT:", "USER: a cat sat on the mat. " * 20, "\u00e9t\u00e9 \u4e2d\u6587 \U0001F600"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]

@@ -20,8 +20,11 @@ class UnitsResult:
         try:
             st = UnitStats.from_dict(get())
         except Exception as e:  # noqa: BLE001 - any error of a unit's code
-            self.failed.append(f"{pu.unit.label}: {type(e).__name__}: {str(e).splitlines()[-1][:300]}")
-            progress.advance(None)
+            self.fail(pu, f"{type(e).__name__}: {str(e).splitlines()[-1][:300]}", progress)
             return
         self.stats[pu.part_stem] = st
         progress.advance(st)
+
+    def fail(self, pu, why: str, progress) -> None:
+        self.failed.append(f"{pu.unit.label}: {why}")
+        progress.advance(None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 from aromni.io import paths
 from aromni.layout import AR_OMNI_V0_1
@@ -37,11 +38,33 @@ def tokenizers_for(recipe: Recipe, pools=None):
     return attach(_TOKENIZER_CACHE[key], pools.tokenizers if pools is not None else None)
 
 
-def run_unit(recipe_dict: dict, pu: PlannedUnit, out: str, pools=None) -> dict:
+def run_unit(recipe_dict: dict | Recipe, pu: PlannedUnit, out: str, pools=None) -> dict:
     """Process one unit and write its part; returns the unit's stats as a dict (what its done marker holds)."""
-    recipe = parse_recipe(recipe_dict)
+    # A unit holds one CPU: the text tokenizer's thread pool would start a thread per core of the node in every
+    # worker. (Read by the library at each batch call; a user's own setting wins.)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    recipe = recipe_dict if isinstance(recipe_dict, Recipe) else parse_recipe(recipe_dict)
     tok = tokenizers_for(recipe, pools)
     result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid, pools=pools)
     stats = result.stats.to_dict()
     write_part(out, pu.part_stem, dataclasses.replace(result, stats=stats), recipe)
     return stats
+
+
+def run_units(recipe_dict: dict, pus: list[PlannedUnit], out: str, pools=None) -> list[tuple[str, object]]:
+    """Several units in one task (one dispatch and one recipe parse for all): each still writes its own part and has
+    its own outcome, ``("ok", stats)`` or ``("error", "Type: message")``, so one unit's bug loses no other unit."""
+    recipe = parse_recipe(recipe_dict)
+    outcomes: list[tuple[str, object]] = []
+    for pu in pus:
+        try:
+            outcomes.append(("ok", run_unit(recipe, pu, out, pools)))
+        except Exception as e:  # noqa: BLE001 - any error of a unit's code is that unit's failure
+            outcomes.append(("error", error_text(e)))
+    return outcomes
+
+
+def error_text(e: BaseException) -> str:
+    """``Type: last line of the message``: how a failed unit is reported."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[-1][:300] if lines else ''}"

@@ -21,7 +21,7 @@ from aromni.pipeline.mix.dedup import read_parquet
 from aromni.pipeline.mix.index import ROW_GROUP
 from aromni.pipeline.mix.order import bucket_path
 from aromni.pipeline.parts import DATA, REJECTS, parquet_bytes, part_paths
-from aromni.sample import REJECT_SCHEMA
+from aromni.sample import DICTIONARY_COLUMNS, REJECT_SCHEMA
 
 
 def shard_name(s: int, n: int) -> str:
@@ -64,11 +64,12 @@ def _with_rep_suffix(ids: pa.Array, reps: np.ndarray) -> pa.Array:
 
 def shard_parquet_options(output) -> dict:
     """pyarrow.parquet.write_table options of a shard: the recipe's compression and row groups, statistics, a page
-    index and content-defined chunking (so a rebuild dedupes on content-addressed storage such as the Hub's)."""
+    index and content-defined chunking (so a rebuild dedupes on content-addressed storage such as the Hub's);
+    dictionaries only for ``sample.DICTIONARY_COLUMNS``."""
     return {"compression": None if output.compression == "none" else output.compression,
             "compression_level": output.compression_level if output.compression in ("zstd", "gzip") else None,
             "row_group_size": output.row_group_rows, "write_statistics": True, "write_page_index": True,
-            "use_content_defined_chunking": True}
+            "use_content_defined_chunking": True, "use_dictionary": DICTIONARY_COLUMNS}
 
 
 def interleave(base: list[int], rs: list[int], n_blocks: int) -> np.ndarray:

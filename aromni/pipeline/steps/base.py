@@ -67,6 +67,7 @@ class Work:
     media: dict = field(default_factory=dict)    # decoded: {"image": PIL} | {"speech": (wave, sr)} | {"turns": [...]}
     codes: dict = field(default_factory=dict)    # tokenized, shaped like media: {"image": [...]} | {"turns": [...]}
     content_hash: str = ""
+    text_ids: list[int] | None = None            # the example's text, encoded in a batch (Render)
     row: Sample | None = None
     signature: tuple | None = None               # near_dup: (bucket keys, image hash), for the mix's near-dedup
 
@@ -121,17 +122,17 @@ class Step:
 
     def run(self, items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
-            if not isinstance(item, Work):
-                yield item
-                continue
-            rng = (np.random.default_rng(stable_hash(self.seed, self.name, item.example.id)) if self.uses_rng
-                   else None)
-            try:
-                self.process(item, rng)
-            except (MediaError, TextError, StepReject) as e:
-                yield Drop(item, e.reason, e.message)
-                continue
-            yield item
+            yield self.apply_one(item) if isinstance(item, Work) else item
+
+    def apply_one(self, work: Work) -> Work | Drop:
+        """``process`` one example: the example on, or its Drop when the step rejects it."""
+        rng = (np.random.default_rng(stable_hash(self.seed, self.name, work.example.id)) if self.uses_rng
+               else None)
+        try:
+            self.process(work, rng)
+        except (MediaError, TextError, StepReject) as e:
+            return Drop(work, e.reason, e.message)
+        return work
 
     def process(self, work: Work, rng) -> None:
         """One example; the default calls the older ``apply(example, media, rng)``."""
@@ -139,6 +140,26 @@ class Step:
 
     def apply(self, example, media: dict, rng) -> None:
         raise NotImplementedError(f"step {self.name} defines neither run, process nor apply")
+
+
+def in_batches(items: Iterable[Item], size: int) -> Iterator[list[Work] | Drop | Rejected]:
+    """The stream as lists of up to ``size`` consecutive examples (for a step that works on many at once); any other
+    item (a reject) ends the list and comes on its own, so items leave in the order they came and a reject is never
+    held back behind examples."""
+    batch: list[Work] = []
+    for item in items:
+        if isinstance(item, Work):
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+            continue
+        if batch:
+            yield batch
+            batch = []
+        yield item
+    if batch:
+        yield batch
 
 
 STEPS: Registry = Registry()

@@ -3,10 +3,11 @@ per id."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from aromni.layout import AR_OMNI_V0_1, Layout
-from aromni.pipeline.steps.base import Step, StepReject, StepStats, Work
-from aromni.sample import check_row
+from aromni.pipeline.steps.base import Drop, Item, Step, StepReject, StepStats, Work, in_batches
+from aromni.sample import check_rows
 from aromni.tasks import get_task
 
 
@@ -37,25 +38,38 @@ def length_problem(n: int, task: str, f) -> tuple[str, str] | None:
 
 
 class Check(Step):
-    """Length rule, then the grammar (segments cover the row, spans well formed: a failure is a bug, never silent)."""
+    """Length rule, then the grammar (segments cover the row, spans well formed: a failure is a bug, never silent).
+
+    Rows are checked ``batch_rows`` at a time with ``check_rows`` (the grammar over the batch's flat ids), in the
+    order they came (``in_batches``)."""
     name = "check"
     uses_rng = False
     Stats = CheckStats
+    batch_rows = 256
 
     def __init__(self, recipe, layout: Layout = AR_OMNI_V0_1):
         super().__init__(None, recipe)
         self.layout = layout
 
-    def process(self, work: Work, rng) -> None:
-        row = work.row
-        bad = length_problem(row.n_tokens, row.task, self.recipe.filters)
-        if bad:
-            setattr(self.stats, bad[0], getattr(self.stats, bad[0]) + 1)
-            raise StepReject(*bad)
-        problems = check_row(row.input_ids, row.segments, self.layout)
-        if problems:
-            self.stats.grammar_error += 1
-            raise StepReject("grammar_error", "; ".join(problems))
+    def run(self, items: Iterable[Item]) -> Iterator[Item]:
+        for group in in_batches(items, self.batch_rows):
+            yield from self._check(group) if isinstance(group, list) else (group,)
+
+    def _check(self, batch: list[Work]) -> Iterator[Item]:
+        length = [length_problem(w.row.n_tokens, w.row.task, self.recipe.filters) for w in batch]
+        fits = [w for w, bad in zip(batch, length) if bad is None]
+        grammar = iter(check_rows([(w.row.input_ids, w.row.segments) for w in fits], self.layout))
+        for w, bad in zip(batch, length):
+            if bad is not None:
+                setattr(self.stats, bad[0], getattr(self.stats, bad[0]) + 1)
+                yield Drop(w, *bad)
+                continue
+            problems = next(grammar)
+            if problems:
+                self.stats.grammar_error += 1
+                yield Drop(w, "grammar_error", "; ".join(problems))
+                continue
+            yield w
 
 
 @dataclass

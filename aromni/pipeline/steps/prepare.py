@@ -33,8 +33,8 @@ class ChooseTask(Step):
         self.source = source
 
     def process(self, work: Work, rng) -> None:
-        ex = work.example
-        ex.task = self.source.tasks[stable_hash(self.seed, ex.id) % len(self.source.tasks)]
+        ex, tasks = work.example, self.source.tasks
+        ex.task = tasks[stable_hash(self.seed, ex.id) % len(tasks)] if len(tasks) > 1 else tasks[0]  # (x % 1 == 0)
         self.stats.chosen[ex.task] = self.stats.chosen.get(ex.task, 0) + 1
 
 

@@ -5,6 +5,10 @@ import re
 import unicodedata
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Every run of spaces and tabs becomes one space. Only the runs that are not already one space are matched: a
+# pattern matching every single space (``[ \t]+``) replaced each space between words by a space, most of clean_text.
+_BLANKS = re.compile(r"[ \t]{2,}|\t")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class TextError(Exception):
@@ -32,8 +36,11 @@ def clean_text(text, min_chars: int = 1, max_chars: int | None = None) -> tuple[
     if "\ufffd" in text:
         info["replacement_chars"] = text.count("\ufffd")
     t = unicodedata.normalize("NFC", _CONTROL.sub(" ", text))
-    t = re.sub(r"[ \t]+", " ", t)
-    t = re.sub(r"\n{3,}", "\n\n", t).strip()
+    if "\t" in t or "  " in t:   # a substring test is ~10x cheaper than a regex scan that finds nothing
+        t = _BLANKS.sub(" ", t)
+    if "\n\n\n" in t:
+        t = _BLANK_LINES.sub("\n\n", t)
+    t = t.strip()
     if len(t) < max(min_chars, 1):
         raise TextError("empty_text", f"{len(t)} characters after clean-up (< {max(min_chars, 1)})")
     if max_chars is not None and len(t) > max_chars:

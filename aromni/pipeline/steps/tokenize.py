@@ -1,7 +1,7 @@
 """Tokenize: the batch's images and audio (dialog turns' included) in one call per modality.
 
-Examples are held until ``batch_size`` have arrived (rejects pass straight on, so the reject order is the read
-order); a batch that fails is retried item by item so only the culprit is rejected (``tokenize_error``).
+Examples with media are held until ``batch_size`` have arrived (rejects, and text rows while nothing is held, pass
+straight on, so items leave in read order); a batch that fails is retried item by item so only the culprit is rejected (``tokenize_error``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class Tokenize(Step):
         pending: list[Work] = []
         self.pending = pending   # the unit accounts for these if it stops early (circuit breaker)
         for item in items:
-            if not isinstance(item, Work) or item.example.tokens is not None:
+            # rejects, imported rows, and rows with no media while nothing waits (order kept) go straight on
+            if not isinstance(item, Work) or item.example.tokens is not None or not (pending or item.media):
                 yield item
                 continue
             pending.append(item)
