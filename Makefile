@@ -54,6 +54,7 @@ test-fast: install
 # Each script prints what it measures and ratios against its baseline. Full-size tokenizer throughput on a CPU is
 # slow (minutes per batch of 32 images): `make bench` runs small batches; see `bench/tokenizers.py --help`.
 bench: install
+	$(PY) bench/build.py --text-rows 80000
 	$(PY) bench/build.py
 	$(PY) bench/vs_datasets.py
 	$(PY) bench/loader.py

@@ -30,7 +30,6 @@ codes; decoding n codes gives n*600 samples at 24 kHz.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
