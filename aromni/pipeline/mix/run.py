@@ -99,8 +99,10 @@ def _batches(fs, out: str, parts: list[PartRef], cpus: int = 1) -> list[list[tup
 
 def _n_ranges(rows: int, cpus: int) -> int:
     """Order-key ranges for the dedup and order stages: RANGE_ROWS rows each at most, and one per CPU while each
-    still holds MIN_RANGE_ROWS."""
-    return max(1, math.ceil(rows / RANGE_ROWS), min(cpus, rows // MIN_RANGE_ROWS))
+    still holds MIN_RANGE_ROWS; beyond one wave, a whole number of waves (7 ranges on 2 CPUs left one idle for the
+    last one)."""
+    n = max(1, math.ceil(rows / RANGE_ROWS), min(cpus, rows // MIN_RANGE_ROWS))
+    return math.ceil(n / cpus) * cpus if n > cpus else n
 
 
 def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
