@@ -41,13 +41,11 @@ class SampleBuilder:
     ids: list[int] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
 
-    def _push(self, role: str, modality: str, new_ids: Sequence[int], ints: bool = False) -> None:
-        """``ints``: ``new_ids`` is already a list of Python ints (a tokenizer's output, a plan's constants)."""
+    def _push(self, role: str, modality: str, new_ids: Sequence[int]) -> None:
         if not new_ids:
             return
         start = len(self.ids)
-        # map, not a generator: ~2x faster on the per-id hot path (codes may be numpy integers)
-        self.ids.extend(new_ids if ints else map(int, new_ids))
+        self.ids.extend(map(int, new_ids))   # map, not a generator: ~2x faster on the per-id hot path
         last = self.segments[-1] if self.segments else None
         if last and last.role == role and last.modality == modality and modality == "text":
             self.segments[-1] = Segment(role, modality, last.start, len(self.ids))
@@ -292,7 +290,7 @@ class SinglePlan:
     """``render``'s output for a single-turn task as a list of appends, recorded once per (task, instruction, which
     media) and replayed per example: the same ids and segments as ``render_task`` (tested for every task), without
     walking the template's pieces for every row. ``groups``: the appends that form each segment, as SampleBuilder
-    merges them (adjacent text of one role) when none is empty."""
+    merges them (adjacent text of one role; no append is empty)."""
     ops: tuple
 
     @cached_property
@@ -308,10 +306,10 @@ class SinglePlan:
 
     def render(self, text_ids: Sequence[int], image_codes, speech_codes, layout: Layout = AR_OMNI_V0_1
                ) -> tuple[list[int], list[Segment]]:
-        """``text_ids``: the example's text, encoded. Raises TemplateError as ``render`` does for media of the wrong
-        size."""
-        if not text_ids:   # an empty push is skipped, which can change the merges: the builder decides
-            return self._replay(text_ids, image_codes, speech_codes, layout)
+        """``text_ids``: the example's text, encoded, not empty (an empty push is skipped, which changes the merges:
+        render such a row with ``render``). Raises TemplateError as ``render`` does for media of the wrong size."""
+        if not text_ids:
+            raise ValueError("a single-turn plan renders a text of at least one token")
         ids: list[int] = []
         segments = []
         for role, modality, ops in self.groups:
@@ -322,25 +320,6 @@ class SinglePlan:
                         else image_span(image_codes, layout) if kind == "image" else speech_span(speech_codes, layout))
             segments.append(Segment(role, modality, start, len(ids)))
         return ids, segments
-
-    def _replay(self, text_ids, image_codes, speech_codes, layout):
-        """The appends through SampleBuilder, one by one."""
-        b = SampleBuilder(_no_encoder, layout)
-        for op in self.ops:
-            kind, role = op[0], op[1]
-            if kind == "ids":
-                b._push(role, op[2], op[3], ints=True)
-            elif kind == "field":   # "text" of the turn being rendered, or the user's "transcript": the text
-                b._push(role, "text", text_ids)
-            elif kind == "image":
-                b.image(role, image_codes)
-            else:
-                b.speech(role, speech_codes)
-        return b.ids, b.segments
-
-
-def _no_encoder(s: str) -> list[int]:
-    raise AssertionError("a plan's constant text is encoded when it is recorded")
 
 
 def single_plan(task: Task, encode_text: Callable[[str], list[int]], *, instruction: str | None = None,

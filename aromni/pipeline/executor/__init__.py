@@ -20,7 +20,7 @@ class UnitsResult:
         try:
             st = UnitStats.from_dict(get())
         except Exception as e:  # noqa: BLE001 - any error of a unit's code
-            self.fail(pu, f"{type(e).__name__}: {str(e).splitlines()[-1][:300]}", progress)
+            self.fail(pu, error_text(e), progress)
             return
         self.stats[pu.part_stem] = st
         progress.advance(st)
@@ -28,3 +28,9 @@ class UnitsResult:
     def fail(self, pu, why: str, progress) -> None:
         self.failed.append(f"{pu.unit.label}: {why}")
         progress.advance(None)
+
+
+def error_text(e: BaseException) -> str:
+    """``Type: last line of the message``: how a failed unit is reported."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[-1][:300] if lines else ''}"

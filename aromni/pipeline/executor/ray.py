@@ -6,8 +6,7 @@ import math
 import os
 from collections import deque
 
-from aromni.pipeline.executor import UnitsResult
-from aromni.pipeline.executor.unit_task import error_text
+from aromni.pipeline.executor import UnitsResult, error_text
 from aromni.pipeline.executor.unit_task import run_units as run_units_task
 
 

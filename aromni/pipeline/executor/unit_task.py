@@ -6,6 +6,7 @@ import json
 import os
 
 from aromni.io import paths
+from aromni.pipeline.executor import error_text
 from aromni.layout import AR_OMNI_V0_1
 from aromni.model import load_tokenizers
 from aromni.pipeline.parts import write_part
@@ -38,12 +39,12 @@ def tokenizers_for(recipe: Recipe, pools=None):
     return attach(_TOKENIZER_CACHE[key], pools.tokenizers if pools is not None else None)
 
 
-def run_unit(recipe_dict: dict | Recipe, pu: PlannedUnit, out: str, pools=None) -> dict:
+def run_unit(recipe: dict | Recipe, pu: PlannedUnit, out: str, pools=None) -> dict:
     """Process one unit and write its part; returns the unit's stats as a dict (what its done marker holds)."""
     # A unit holds one CPU: the text tokenizer's thread pool would start a thread per core of the node in every
     # worker. (Read by the library at each batch call; a user's own setting wins.)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    recipe = recipe_dict if isinstance(recipe_dict, Recipe) else parse_recipe(recipe_dict)
+    recipe = recipe if isinstance(recipe, Recipe) else parse_recipe(recipe)
     tok = tokenizers_for(recipe, pools)
     result = process_unit(recipe, recipe.sources[pu.source_index], pu.unit, tok, pu.uid, pools=pools)
     stats = result.stats.to_dict()
@@ -63,8 +64,3 @@ def run_units(recipe_dict: dict, pus: list[PlannedUnit], out: str, pools=None) -
             outcomes.append(("error", error_text(e)))
     return outcomes
 
-
-def error_text(e: BaseException) -> str:
-    """``Type: last line of the message``: how a failed unit is reported."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[-1][:300] if lines else ''}"

@@ -56,8 +56,7 @@ class Render(Step):
             if not isinstance(group, list):
                 yield group
                 continue
-            todo = [w for w in group if w.example.tokens is None and not get_task(w.example.task).dialog
-                    and isinstance(w.example.text, str) and w.example.text.strip()]
+            todo = [w for w in group if _plain_text(w.example) is not None]
             texts = [w.example.text for w in todo]
             for w, ids in zip(todo, self._encode_batch(texts) if self._encode_batch else map(self._encode, texts)):
                 w.text_ids = ids
@@ -81,12 +80,12 @@ class Render(Step):
         ex, task = work.example, get_task(work.example.task)
         image, speech = work.codes.get("image"), work.codes.get("speech")
         try:
-            blank = not (isinstance(ex.text, str) and ex.text.strip())
-            plan = None if blank else self._plan(task, image is not None, speech is not None)
+            text = _plain_text(ex)
+            text_ids = None if text is None else work.text_ids if work.text_ids is not None else self._encode(text)
+            plan = self._plan(task, image is not None, speech is not None) if text_ids else None
             if plan is not None:
-                text_ids = work.text_ids if work.text_ids is not None else self._encode(ex.text)
                 ids, segments = plan.render(text_ids, image, speech, self.layout)
-            else:   # a blank text or a missing medium: the renderer says what is wrong
+            else:   # a blank text, one of no tokens or a missing medium: the renderer says what is wrong
                 r = render(task, single_turns(task, ex.text, image, speech), self.encoder(work),
                            instruction=self.source.instruction, layout=self.layout)
                 ids, segments = r.ids, r.segments
@@ -127,6 +126,13 @@ class Render(Step):
         if any(ex.turns[i].meta for i in kept):  # only the turns in the row: a dropped turn's voice/noise is not
             meta["turns"] = [{"role": ex.turns[i].role, **ex.turns[i].meta} for i in kept]
         return Sample(ex.id, self.source.name, ex.task, r.ids, r.segments, meta)
+
+
+def _plain_text(ex) -> str | None:
+    """A single-turn example's text when it has one that is not blank (what the batch encodes and a plan renders)."""
+    if ex.tokens is not None or get_task(ex.task).dialog or not isinstance(ex.text, str) or not ex.text.strip():
+        return None
+    return ex.text
 
 
 def kept_turn_indices(roles: list[str], kept_turns: int) -> list[int]:

@@ -1,7 +1,8 @@
 """Tokenize: the batch's images and audio (dialog turns' included) in one call per modality.
 
 Examples with media are held until ``batch_size`` have arrived (rejects, and text rows while nothing is held, pass
-straight on, so items leave in read order); a batch that fails is retried item by item so only the culprit is rejected (``tokenize_error``).
+straight on, so items leave in read order); a batch that fails is retried item by item so only the culprit is
+rejected (``tokenize_error``).
 """
 from __future__ import annotations
 
