@@ -1,11 +1,12 @@
 """How much does the build machinery cost on top of tokenizing? And how does it scale with workers?
 
-    .venv/bin/python bench/build.py [--scale 4] [--recipe recipes/demo.yaml] [--text-rows N]
+    .venv/bin/python bench/build.py [--scale 4] [--recipe recipes/demo.yaml] [--text-rows N] [--executor ray]
 
 Builds the demo corpus scaled xN (every item copied with new keys) and prints:
 - bare tokenizer compute: the recipe's tokenizers encoding the same decoded inputs in one process, no pipeline;
 - in-process pipeline: every unit through ``process_unit`` sequentially (read, decode, tokenize, template), no Ray;
-- ``aromni build`` with 1 and 2 workers (fresh local Ray each, start-up included), samples/s;
+- ``aromni build`` with 1 and 2 workers, samples/s: on the executor ``auto`` picks for the recipe (the local process
+  pool for these recipes), or with ``--executor ray`` on a fresh local Ray each (start-up included, also shown apart);
 - the units phase (run_units) with 2 workers vs 1, without Ray start-up and with it (issue 17 item 2: goal >= 1.8x),
   split into in-unit compute (process_unit's own clocks) and what goes outside it (task dispatch, worker start-up
   with its imports and tokenizer load, part writes), plus the mix;
@@ -37,11 +38,13 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "demo.yaml"))
     ap.add_argument("--text-rows", type=int, default=0,
                     help="instead of the demo: bench/vs_datasets.py's text-only Ultra-FineWeb corpus of N rows")
+    ap.add_argument("--executor", default="auto", choices=["auto", "ray", "processes"],
+                    help="what runs the builds of step 3 (default auto: what `aromni build` picks)")
     args = ap.parse_args()
 
     import ray
 
-    from aromni.pipeline.build import _init_ray, build, tokenizers_for
+    from aromni.pipeline.build import _init_ray, build, choose_executor, tokenizers_for
     from aromni.pipeline.plan import plan
     from aromni.pipeline.readers import READERS, Rejected
     from aromni.pipeline.steps.base import Work
@@ -64,6 +67,7 @@ def main() -> None:
         what = f"demo x{args.scale}"
     tok = tokenizers_for(recipe)
     units = plan(recipe, tok.identities)
+    executor = choose_executor(args.executor, recipe, tok)
 
     # 1. bare tokenizer compute on the same decoded inputs (the unit's own first steps decode them)
     decoded = []
@@ -117,16 +121,18 @@ def main() -> None:
         build_mod.run_units, build_mod.run_mix = timed_units, timed_mix
         try:
             t0 = time.perf_counter()
-            _init_ray(w, None)   # the same start-up build() does, timed on its own
+            if executor == "ray":
+                _init_ray(w, None)   # the same start-up build() does, timed on its own
             startup[w] = time.perf_counter() - t0
-            rep = build(recipe, tmp / f"out-w{w}", workers=w, progress=False)
+            rep = build(recipe, tmp / f"out-w{w}", workers=w, progress=False, executor=executor)
             walls[w] = time.perf_counter() - t0
         finally:
             build_mod.run_units, build_mod.run_mix = orig_units, orig_mix
             ray.shutdown()
     samples = sum(a["written"] for a in rep.manifest["accounting"].values())
 
-    print(f"corpus: {what}: {len(units)} units, {len(decoded)} decodable examples, {samples} rows written")
+    print(f"corpus: {what}: {len(units)} units, {len(decoded)} decodable examples, {samples} rows written; "
+          f"executor {executor}")
     print(f"tokenizers: {', '.join(k + ('(stand-in)' if v and v.get('stand_in') else '') for k, v in tok.identities.items() if v)}")
     print(f"bare tokenizer compute        {bare:8.2f} s")
     print(f"in-process pipeline (no Ray)  {inproc:8.2f} s   ratio vs bare  {inproc / bare:6.2f}")
@@ -137,7 +143,7 @@ def main() -> None:
     print(f"speed-up 2 workers vs 1 (whole build): {walls[1] / walls[2]:.2f}x  (machine has {os.cpu_count()} CPUs)")
 
     # Worker scaling of the units phase (issue 17 item 2: goal >= 1.8x), and where the rest goes.
-    print("units phase (run_units: pools, Ray tasks, part writes; Ray start-up excluded):")
+    print(f"units phase (run_units: pools, {executor} tasks, part writes; Ray start-up excluded):")
     for w in (1, 2):
         ph = phase[w]
         ideal = ph["unit_seconds"] / w

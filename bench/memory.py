@@ -3,10 +3,11 @@
     .venv/bin/python bench/memory.py [--factor 10] [--workers 2]
 
 The xN corpus repeats every demo unit N times with new keys (N times the units, N times the rows). Each build runs
-as a real process in its own session; every 0.1 s the whole tree is sampled (the driver, Ray's daemons, Ray's
-workers) and the peaks are kept:
+as a real process in its own session; every 0.1 s the whole tree is sampled (the driver and its workers: the local
+process pool ``auto`` picks for the demo recipe, or Ray's daemons and workers) and the peaks are kept:
 - driver RSS: the process that plans, runs the mix stage (its tasks do the per-row work) and writes the manifest;
-- worker RSS: the largest Ray worker (one unit in memory at a time);
+- worker RSS: the largest worker (one unit in memory at a time; a forked pool worker's RSS counts the pages it
+  still shares with the driver);
 - tree PSS: all processes together, shared pages counted once (what the machine needs).
 Then it prints xN / x1 for each. Goal: <= 1.2 (flat). Timings and absolute sizes depend on the machine.
 """
@@ -51,7 +52,8 @@ class Sampler(threading.Thread):
                     total += p.memory_full_info().pss
                     if p.pid == self.proc.pid:
                         self.driver = max(self.driver, rss)
-                    elif p.name().startswith("ray::") and "Agent" not in p.name():
+                    elif (p.name().startswith("ray::") and "Agent" not in p.name()) or p.ppid() == self.proc.pid:
+                        # a Ray worker, or a worker of the local process pool (a child of the driver)
                         self.worker = max(self.worker, rss)
                 except (psutil.Error, OSError):
                     continue

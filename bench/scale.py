@@ -55,7 +55,8 @@ def make_corpus(root: Path, rows: int, per_file: int, demo: Path) -> None:
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of this process (the driver) and of the largest Ray worker, per phase."""
+    """Peak RSS of this process (the driver) and of the largest worker (a Ray worker, or a process of the local
+    pool: a child of this process), per phase."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -66,6 +67,11 @@ class Sampler(threading.Thread):
         me = psutil.Process()
         while not self.stop.is_set():
             drv, wrk = me.memory_info().rss, 0
+            for p in me.children():
+                try:
+                    wrk = max(wrk, p.memory_info().rss)
+                except psutil.Error:
+                    continue
             for p in psutil.process_iter(["name", "cmdline"]):
                 try:
                     if p.info["name"].startswith("ray::") or " ".join(p.info["cmdline"] or [])[:5] == "ray::":
@@ -115,8 +121,8 @@ def child(args) -> None:
     t0 = time.perf_counter()
     rep = b.build(recipe, args.out, workers=args.workers, progress=False)
     total = time.perf_counter() - t0
-    import ray
-    ray.shutdown()
+    if "ray" in sys.modules:   # the build ran on Ray (``auto`` picks the process pool for these recipes)
+        sys.modules["ray"].shutdown()
     # the bare baseline: every part read once, the rows the shards hold written once with the same parquet options:
     # per group its parts' rows, the small groups cycled to the count the shards hold (all_exhausted repeats them:
     # at 16N the repeated image rows are over half of the shards' tokens), in files of --shard-rows, no shuffle

@@ -1,10 +1,12 @@
 """aromni build against what a user would write instead: HF datasets' load_dataset + map + shuffle + to_parquet.
 
     .venv/bin/python bench/vs_datasets.py [--rows 320000] [--rows-per-file 500] [--workers 2] [--mixed]
+                                          [--executor auto|ray|processes]
 
 Writes a text-only corpus in the Ultra-FineWeb published layout (data/ultrafineweb_en/*.parquet, columns content /
 score / source, one row group per file like the fixtures in tests/pipeline/readers/published.py), then in one run:
-- ``aromni build`` (the Python API the CLI calls, ``--workers N``, fresh local Ray; start-up included in its wall);
+- ``aromni build`` (the Python API the CLI calls, ``--workers N``; the executor ``auto`` picks for this recipe, the
+  local process pool, or ``--executor ray``: a fresh local Ray, its start-up and shutdown in the wall);
 - the baseline: ``datasets.load_dataset("parquet")`` + ``map(batched=True, num_proc=N)`` encoding with the same
   tokenizer.json (``tokenizers.Tokenizer.encode_batch``, BOS/EOS added) + ``shuffle(seed)`` + ``to_parquet``;
 and prints both walls, aromni's phases (Ray start-up, units, mix) and the ratio aromni speed / baseline speed.
@@ -115,20 +117,19 @@ class PhaseClock:
             setattr(self.b, self.names[name], fn)
 
 
-def run_aromni(recipe, out: Path, workers: int) -> dict:
-    import ray
-
+def run_aromni(recipe, out: Path, workers: int, executor: str = "auto") -> dict:
     from aromni.pipeline.build import build
     t0 = time.perf_counter()
-    try:   # build() starts its own Ray, as `aromni build` does (and works on units while it starts)
+    try:   # build() starts its own Ray (when it runs on Ray), as `aromni build` does
         with PhaseClock() as clock:
-            rep = build(recipe, out, workers=workers, progress=False)
+            rep = build(recipe, out, workers=workers, progress=False, executor=executor)
     finally:
-        ray.shutdown()
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()   # what the CLI's exit does; part of the wall
     wall = time.perf_counter() - t0
     acc = rep.manifest["accounting"]
     startup = clock.seconds.get("startup", 0.0)
-    return {"wall": wall, "startup": startup, "units": clock.seconds.get("units", 0.0) - startup,
+    return {"wall": wall, "startup": startup, "executor": rep.executor, "units": clock.seconds.get("units", 0.0) - startup,
             "mix": clock.seconds.get("mix", 0.0), "in_unit": clock.seconds.get("in_unit", 0.0),
             "mix_stages": clock.seconds.get("mix_stages", {}), "written": sum(a["written"] for a in acc.values()),
             "read": sum(a["read"] for a in acc.values()), "tokens": rep.manifest.get("totals", {}).get("tokens")}
@@ -160,12 +161,12 @@ def run_baseline(corpus: Path, out: Path, workers: int, cache: Path) -> dict:
     return {"wall": time.perf_counter() - t0, "written": len(ds)}
 
 
-def run_mixed(tmp: Path, scale: int, workers: int) -> dict:
+def run_mixed(tmp: Path, scale: int, workers: int, executor: str = "auto") -> dict:
     from aromni.recipe import load_recipe
     from tests.robustness.robust_corpus import demo_corpus, scaled_copy
     corpus = scaled_copy(demo_corpus(tmp / "demo"), tmp / f"demo-x{scale}", scale)
     recipe = load_recipe(REPO / "recipes" / "demo.yaml", [f"data_root={corpus}"])
-    return run_aromni(recipe, tmp / "out-mixed", workers)
+    return run_aromni(recipe, tmp / "out-mixed", workers, executor)
 
 
 def main() -> None:
@@ -175,6 +176,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="aromni --workers and datasets num_proc (default 2)")
     ap.add_argument("--mixed", action="store_true", help="also build the demo corpus (stand-in image/speech tokenizers)")
     ap.add_argument("--mixed-scale", type=int, default=4, help="copies of the demo corpus for --mixed (default 4)")
+    ap.add_argument("--executor", default="auto", choices=["auto", "ray", "processes"],
+                    help="aromni's executor (default auto: the local process pool for this recipe)")
     ap.add_argument("--keep", action="store_true", help="keep the corpus and outputs (printed path)")
     args = ap.parse_args()
 
@@ -184,13 +187,14 @@ def main() -> None:
         corpus = write_corpus(tmp / "ultrafineweb", args.rows, args.rows_per_file)
         print(f"corpus: {args.rows} Ultra-FineWeb-format rows in {-(-args.rows // args.rows_per_file)} files "
               f"({time.perf_counter() - t0:.1f} s to write); workers/num_proc {args.workers}; {os.cpu_count()} CPUs")
-        a = run_aromni(text_recipe(corpus.parents[1], tmp), tmp / "out-aromni", args.workers)
+        a = run_aromni(text_recipe(corpus.parents[1], tmp), tmp / "out-aromni", args.workers, args.executor)
         (tmp / "out-hf").mkdir()
         b = run_baseline(corpus, tmp / "out-hf", args.workers, tmp / "hf-cache")
         ratio = b["wall"] / a["wall"]          # aromni speed / baseline speed
         print(f"aromni build --workers {args.workers}: {a['wall']:8.2f} s  {a['written'] / a['wall']:9.0f} rows/s  "
-              f"(read {a['read']}, written {a['written']}; Ray start-up {a['startup']:.2f} s, units {a['units']:.2f} s,"
-              f" mix {a['mix']:.2f} s, rest {a['wall'] - a['startup'] - a['units'] - a['mix']:.2f} s)")
+              f"(executor {a['executor']}; read {a['read']}, written {a['written']}; Ray start-up {a['startup']:.2f} s,"
+              f" units {a['units']:.2f} s, mix {a['mix']:.2f} s, rest {a['wall'] - a['startup'] - a['units'] - a['mix']:.2f}"
+              f" s)")
         print(f"  units phase: in-unit compute {a['in_unit']:.2f} s summed over units (/ {args.workers} workers = "
               f"{a['in_unit'] / args.workers:.2f} s); outside process_unit (worker start-up and imports, task "
               f"dispatch, part writes) {a['units'] - a['in_unit'] / args.workers:.2f} s")
@@ -202,8 +206,9 @@ def main() -> None:
         print(f"goal: aromni >= {GOAL:.1f}x the baseline's speed on the text-only corpus: "
               f"{'met' if ratio >= GOAL else 'NOT met'}")
         if args.mixed:
-            m = run_mixed(tmp, args.mixed_scale, args.workers)
-            print(f"mixed demo x{args.mixed_scale} (stand-in image/speech tokenizers), --workers {args.workers}: "
+            m = run_mixed(tmp, args.mixed_scale, args.workers, args.executor)
+            print(f"mixed demo x{args.mixed_scale} (stand-in image/speech tokenizers, executor {m['executor']}), "
+                  f"--workers {args.workers}: "
                   f"{m['wall']:.2f} s, {m['written']} rows, {m['written'] / m['wall']:.1f} rows/s (Ray start-up "
                   f"{m['startup']:.2f} s, units {m['units']:.2f} s, mix {m['mix']:.2f} s); no datasets baseline")
     finally:

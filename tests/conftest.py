@@ -1,4 +1,4 @@
-"""Shared fixtures: the demo corpus and one demo build per test session (Ray start-up is the expensive part)."""
+"""Shared fixtures: the demo corpus and one demo build per test session."""
 from __future__ import annotations
 
 import os

@@ -30,11 +30,17 @@ def build(
                                               help="join a running Ray cluster (e.g. 127.0.0.1:6379)"),
     force: bool = typer.Option(False, "--force", help="discard parts in --out that this recipe does not produce"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs, CI)"),
+    executor: str = typer.Option("auto", "--executor", help="what runs the units and the mix: auto (Ray when "
+                                 "--ray-address / RAY_ADDRESS names a cluster or the recipe runs model tokenizers, "
+                                 "voice or CLIP in actor pools; otherwise worker processes on this machine, which "
+                                 "start in a fraction of a second where a local Ray takes seconds), ray, processes, "
+                                 "or local (in this process, one unit after another: debugging)"),
 ):
-    """Build a dataset from a recipe: tokenize every unit on Ray, mix groups, write shards and manifest.
+    """Build a dataset from a recipe: tokenize every unit (Ray tasks, or worker processes on one machine), mix
+    groups, write shards and manifest.
 
     Rerunning the same command on the same --out skips finished units (resume after a crash). The same recipe and
-    inputs give byte-identical shards for any --workers.
+    inputs give byte-identical shards for any --workers and any --executor.
 
     Example: aromni build recipes/demo.yaml --out runs/demo mixing.seed=7
     """
@@ -42,17 +48,19 @@ def build(
         # A local build is one node: keep Ray on loopback instead of the machine's public interface.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from aromni.io.paths import InputError
-    from aromni.pipeline.build import BuildError, build as run_build
+    from aromni.pipeline.build import EXECUTORS, BuildError, build as run_build
     from aromni.pipeline.mix import MixError
     from aromni.recipe import RecipeError, load_recipe
 
+    if executor not in EXECUTORS:
+        fail(f"--executor {executor}: one of {', '.join(EXECUTORS)}")
     try:
         r = load_recipe(recipe, overrides or [])
     except RecipeError as e:
         fail(f"{recipe}: {e}")
     try:
         rep = run_build(r, out, workers=workers, ray_address=ray_address, force=force, progress=not no_progress,
-                        console=console)
+                        console=console, executor=executor)
     except RecipeError as e:
         fail(f"{recipe}: {e}")
     except (BuildError, MixError) as e:
@@ -89,7 +97,8 @@ def _mixing(m: dict, out, rep) -> list[str]:
 def _units(m: dict, out, rep) -> list[str]:
     if rep is None:
         return []
-    return [f"units: {rep.units_total} ({rep.units_skipped} already done), {rep.seconds:.1f} s"]
+    on = f" on {rep.executor}" if rep.executor else ""
+    return [f"units: {rep.units_total} ({rep.units_skipped} already done){on}, {rep.seconds:.1f} s"]
 
 
 def _losses(m: dict, out, rep) -> list[str]:

@@ -1,12 +1,15 @@
 """``aromni build``: plan -> run units -> mix -> manifest, each one call.
 
-The driver plans, starts the actor pools and mixes; an executor (``executor.local`` in-process, ``executor.ray`` one
-Ray task per unit) runs the units. A unit's output is a part file plus a done marker, so a rerun on the same
+The driver plans, starts the actor pools and mixes; an executor runs the units and the mix's tasks:
+``executor.ray`` (Ray tasks, with the actor pools; a cluster), ``executor.processes`` (a pool of worker processes on
+this machine) or ``executor.local`` (in-process, one unit after another). ``auto`` picks Ray where a cluster is
+named or already running, or where the recipe runs models in actor pools, and the process pool otherwise. A unit's output is a part file plus a done marker, so a rerun on the same
 ``--out`` redoes only units without a marker, and the final shards depend only on the parts (never on worker count or
 completion order).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -21,7 +24,8 @@ from aromni.layout import AR_OMNI_V0_1
 from aromni.pipeline.executor import UnitsResult, local
 from aromni.pipeline.executor import ray as ray_executor
 from aromni.pipeline.executor.pools import (PoolError, check_voices, cpu_demand, plan_pools, pool_line, pools_stopped,
-                                            start_pools)
+                                            requested_pools, start_pools)
+from aromni.pipeline.executor.processes import ProcessTasks, WorkerDied
 from aromni.pipeline.executor.ray import RayStartError
 from aromni.pipeline.executor.ray import init_ray as _init_ray
 from aromni.pipeline.executor.unit_task import tokenizers_cfg, tokenizers_for
@@ -35,7 +39,9 @@ from aromni.pipeline.steps.filters.near_dup import REASON as NEAR_DUP_REASON
 from aromni.pipeline.unit import relative_to_root
 from aromni.recipe import Recipe, RecipeError, check_paths
 
-__all__ = ["build", "BuildError", "BuildReport", "RecipeError", "tokenizers_for"]
+__all__ = ["build", "BuildError", "BuildReport", "RecipeError", "tokenizers_for", "EXECUTORS"]
+
+EXECUTORS = ("auto", "ray", "processes", "local")
 
 
 class BuildError(RuntimeError):
@@ -55,12 +61,16 @@ class BuildReport:
     # printed. Not in the manifest: it describes the run (cluster, rerun), not the data, and the manifest of the
     # same recipe and inputs stays the same on any cluster
     pools: list = field(default_factory=list)
+    executor: str = ""                              # what ran the units and the mix: ray, processes or local
 
 
 def build(recipe: Recipe, out: str | Path, *, workers: int | None = None, ray_address: str | None = None,
-          force: bool = False, progress: bool = True, console=None, executor: str = "ray") -> BuildReport:
-    """``executor``: ray (one task per unit, with the actor pools) or local (in this process, one unit after
-    another, models loaded here: tests and debugging)."""
+          force: bool = False, progress: bool = True, console=None, executor: str = "auto") -> BuildReport:
+    """``executor`` (``EXECUTORS``): ray (Ray tasks, with the actor pools), processes (``workers`` processes on this
+    machine; models, if any, load in each), local (in this process, one unit after another, models loaded here:
+    tests and debugging), or auto (``choose_executor``). Every executor gives the same bytes."""
+    if executor not in EXECUTORS:
+        raise BuildError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
     t0 = time.perf_counter()
     out = normalize(out)   # a URL that went through pathlib (a Path option) gets its slash back
     # Workers may run elsewhere (a cluster, another cwd): they get absolute paths.
@@ -87,39 +97,65 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
         voices = check_voices(run_recipe)
     except PoolError as e:
         raise BuildError(str(e)) from None
-    if executor == "local":
-        with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
-            result = local.run_units(run_recipe.to_dict(), todo, out, bar)
-    else:
-        result = run_units(run_recipe, todo, out, tok, workers, ray_address, progress, console, len(units),
-                           pool_report=pool_report)
-    if result.failed:
-        raise BuildError(f"{len(result.failed)} unit(s) failed (their inputs are not accounted for yet); finished "
-                         f"units are kept, rerun the same command to retry them:\n  " + "\n  ".join(result.failed[:10]))
-    stats = [result.stats[u.part_stem] if u.part_stem in result.stats else UnitStats.from_dict(done[u.part_stem])
-             for u in units]
-    check_not_empty(recipe, stats)
+    executor = choose_executor(executor, run_recipe, tok, ray_address)
+    with contextlib.ExitStack() as stack:
+        processes = stack.enter_context(ProcessTasks(workers or os.cpu_count() or 1)) \
+            if executor == "processes" else None
+        if executor == "local":
+            with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
+                result = local.run_units(run_recipe.to_dict(), todo, out, bar)
+        else:
+            result = run_units(run_recipe, todo, out, tok, workers, ray_address, progress, console, len(units),
+                               pool_report=pool_report, processes=processes)
+        if result.failed:
+            raise BuildError(f"{len(result.failed)} unit(s) failed (their inputs are not accounted for yet); "
+                             f"finished units are kept, rerun the same command to retry them:\n  "
+                             + "\n  ".join(result.failed[:10]))
+        stats = [result.stats[u.part_stem] if u.part_stem in result.stats else UnitStats.from_dict(done[u.part_stem])
+                 for u in units]
+        check_not_empty(recipe, stats)
 
-    # rejects name units relative to data_root, as the units' own rejects do (the resolved root: symlinks followed)
-    rel = relative_to_root(run_recipe)
-    mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
-                                          rel(u.unit.label), st.written) for u, st in zip(units, stats)],
-                    ray=_ray_if_running())
+        # rejects name units relative to data_root, as the units' own rejects do (the resolved root: symlinks
+        # followed)
+        rel = relative_to_root(run_recipe)
+        try:
+            mixed = run_mix(recipe, out, [PartRef(u.part_stem, u.unit.source, recipe.sources[u.source_index].group,
+                                                  rel(u.unit.label), st.written) for u, st in zip(units, stats)],
+                            tasks=processes or _ray_if_running())
+        except WorkerDied as e:
+            raise BuildError(f"a mix task failed: {e}; rerun the same command (finished units are kept)") from None
     stats = [_move_dropped(st, mixed.dropped.get(u.part_stem, {})) for st, u in zip(stats, units)]
     manifest = build_manifest(recipe, AR_OMNI_V0_1, tok.identities, mixed.shards, stats, mixed.report, mixed.totals,
                               [r["path"] for r in mixed.rejects.values()], voices=voices)
     write_manifest(out, manifest)
     return BuildReport(out, manifest, len(units), len(units) - len(todo), time.perf_counter() - t0,
                        dropped_turns=sum(st.dropped_turns for st in stats), voice=_voice_counts(stats),
-                       pools=pool_report)
+                       pools=pool_report, executor=executor)
+
+
+def choose_executor(executor: str, recipe: Recipe, tok, ray_address: str | None = None) -> str:
+    """``auto``: Ray where the build joins a cluster (an address, RAY_ADDRESS, a Ray this process already runs) or
+    the recipe runs models in actor pools (model tokenizers, voice or CLIP actors: they batch across units, on the
+    GPUs); otherwise the process pool, which starts in a fraction of a second where a local Ray takes seconds.
+    Any other value is kept."""
+    if executor != "auto":
+        return executor
+    if _joins_cluster(ray_address) or requested_pools(recipe, tokenizers_cfg(recipe), tok):
+        return "ray"
+    return "processes"
 
 
 def run_units(recipe: Recipe, todo: list[PlannedUnit], out: str, tok, workers, ray_address, progress, console,
-              total: int, pool_report: list | None = None) -> UnitsResult:
-    """The units still to do, on Ray (with the actor pools every unit shares); nothing to do starts nothing.
-    ``pool_report`` gets what each pool got (printed on ``console`` too)."""
+              total: int, pool_report: list | None = None, processes: ProcessTasks | None = None) -> UnitsResult:
+    """The units still to do, on ``processes`` (a local process pool) or else on Ray (with the actor pools every
+    unit shares); nothing to do starts nothing. ``pool_report`` gets what each pool got (printed on ``console``
+    too)."""
     if not todo:
         return UnitsResult()
+    if processes is not None:
+        with _progress(progress, console, total, total - len(todo)) as bar:
+            return processes.run_units(recipe.to_dict(), todo, out, bar,
+                                       ray_executor.units_per_task(len(todo), processes.cpus, pooled=False))
     tok_cfg = tokenizers_cfg(recipe)
     try:
         # actors: auto is sized from the cluster: the one joined (or already running), else this machine, for which

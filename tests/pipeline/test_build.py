@@ -199,9 +199,12 @@ def test_a_source_that_yields_no_rows_fails_the_build_naming_it(demo_corpus, tmp
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_local_executor_gives_the_ray_build_s_shards(demo_build, demo_recipe, tmp_path):
-    """The in-process executor and the Ray executor run the same units: identical shards and accounting."""
+def test_local_executor_gives_the_process_pool_build_s_shards(demo_build, demo_recipe, tmp_path):
+    """The demo build ran on the process pool (what auto picks: its tokenizers are stand-ins, no actor pool); the
+    in-process executor runs the same units: identical shards and accounting. (Ray against both: the two-node
+    cluster test in test_cluster.py and tests/pipeline/test_executors.py.)"""
     out, rep = demo_build
+    assert rep.executor == "processes"
     local = build(demo_recipe, tmp_path / "local", progress=False, executor="local")
     assert shard_hashes(tmp_path / "local") == shard_hashes(out)
     assert local.manifest["accounting"] == rep.manifest["accounting"]

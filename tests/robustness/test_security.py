@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from robust_corpus import REPO, SECRET, load_demo_recipe_dict
+from robust_corpus import REPO, SECRET, load_demo_recipe_dict, run_build
 
 PACKAGE = REPO / "aromni"
 
@@ -148,11 +148,15 @@ def _holders(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_hf_token_never_written(reference, ray_tmp, tmp_path, monkeypatch):
-    """The reference build ran with HF_TOKEN / HUGGING_FACE_HUB_TOKEN set: no shard, part, reject, manifest, Ray log
-    or console line holds it; nor does the card or a publish dry run made with the token in the environment."""
-    assert _holders(reference.out) == []
-    assert SECRET not in reference.stdout and SECRET not in reference.stderr
+def test_hf_token_never_written(reference, ray_tmp, tmp_path, monkeypatch, build_environ):
+    """The builds ran with HF_TOKEN / HUGGING_FACE_HUB_TOKEN set (the reference on the process pool, one here on
+    Ray): no shard, part, reject, manifest, Ray log or console line holds it; nor does the card or a publish dry run
+    made with the token in the environment."""
+    on_ray = run_build(reference.recipe, tmp_path / "on-ray", build_environ, "--executor", "ray")
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    for b in (reference, on_ray):
+        assert SECRET not in b.stdout and SECRET not in b.stderr
+    assert _holders(reference.out) == [] and _holders(tmp_path / "on-ray") == []
     assert any(ray_tmp.rglob("*.log")) or any(ray_tmp.rglob("*.out"))   # the logs are there to search
     assert _holders(ray_tmp) == []                 # Ray's session logs of every build these tests ran
     from aromni.cli import app

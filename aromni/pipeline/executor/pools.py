@@ -88,8 +88,22 @@ def check_voices(recipe: Recipe) -> list[dict]:
 def plan_pools(recipe: Recipe, tok_cfg, tok, resources) -> list[PoolSpec]:
     """Every pool this recipe asks for, sized for ``resources`` (``{"CPU": n, "GPU": m}``, or a function giving
     them, called only when there is a pool to size: counting this machine's GPUs imports torch, seconds that a
-    text-only build need not spend). Steps that share a model (same voice backend options, same CLIP checkpoint)
-    share one pool, sized by the first of them."""
+    text-only build need not spend)."""
+    specs = requested_pools(recipe, tok_cfg, tok)
+    if not specs:
+        return specs
+    if callable(resources):
+        resources = resources()
+    sizes = size_all([(p.requested, p.num_cpus, p.num_gpus, p.cpus_per_actor) for p in specs], resources)
+    for p, n in zip(specs, sizes):
+        p.actors = n
+    return specs
+
+
+def requested_pools(recipe: Recipe, tok_cfg, tok) -> list[PoolSpec]:
+    """The pools this recipe asks for, not sized yet (``actors`` 0): model tokenizers that run in actors, voice
+    steps with ``actors``, CLIP scorers. Steps that share a model (same voice backend options, same CLIP
+    checkpoint) share one pool, sized by the first of them."""
     specs: list[PoolSpec] = []
     for m in tokenizer_pools.MODALITIES:
         c = getattr(tok_cfg, m)
@@ -112,13 +126,6 @@ def plan_pools(recipe: Recipe, tok_cfg, tok, resources) -> list[PoolSpec]:
         seen.add(key)
         specs.append(PoolSpec(f"steps[{i}] ({s.name})", kind, key, o.actors, 0, o.num_cpus, o.num_gpus,
                               o.cpus_per_actor, step))
-    if not specs:
-        return specs
-    if callable(resources):
-        resources = resources()
-    sizes = size_all([(p.requested, p.num_cpus, p.num_gpus, p.cpus_per_actor) for p in specs], resources)
-    for p, n in zip(specs, sizes):
-        p.actors = n
     return specs
 
 

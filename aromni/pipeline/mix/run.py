@@ -44,19 +44,30 @@ class MixResult:
     seconds: dict = field(default_factory=dict)    # wall time per stage (index, dedup, order + rejects, shards, cleanup)
 
 
-def _cpus(ray) -> int:
-    """How many tasks can run at once: the cluster's CPUs (1 in-process)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray is not None else 1
+def _cpus(tasks) -> int:
+    """How many tasks can run at once: the pool's workers, the Ray cluster's CPUs, or 1 in-process."""
+    if tasks is None:
+        return 1
+    if hasattr(tasks, "together"):   # executor.processes.ProcessTasks
+        return tasks.cpus
+    return max(1, int(tasks.cluster_resources().get("CPU", 1)))
 
 
-def _runner(ray):
-    """map(fn, argument tuples) in-process, or as Ray tasks (1 CPU each, retried: every task rewrites whole files).
-    ``run.together([(fn, args), ...])`` runs independent stages as one wave (one round trip, no idle worker between)."""
-    if ray is None:
+def _runner(tasks):
+    """map(fn, argument tuples) in-process (``tasks`` None), on a local process pool (executor.processes), or as
+    Ray tasks (``tasks`` the ray module; 1 CPU each, retried: every task rewrites whole files). ``run.together([(fn,
+    args), ...])`` runs independent stages as one wave (one round trip, no idle worker between)."""
+    if tasks is None:
         def run(fn, args):
             return [fn(*a) for a in args]
         run.together = lambda stages: [run(fn, args) for fn, args in stages]
         return run
+    if hasattr(tasks, "together"):
+        def run(fn, args):
+            return tasks.run(fn, args)
+        run.together = tasks.together
+        return run
+    ray = tasks
     cache = {}
 
     def remote(fn):
@@ -105,11 +116,13 @@ def _n_ranges(rows: int, cpus: int) -> int:
     return math.ceil(n / cpus) * cpus if n > cpus else n
 
 
-def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
+def run_mix(recipe, out: str, parts: list[PartRef], tasks=None) -> MixResult:
+    """``tasks``: where the stages run: None (this process), an ``executor.processes.ProcessTasks`` pool, or the
+    ray module (a running Ray). Where they run changes nothing in the shards (tested)."""
     out = str(out)
     fs, root = out_fs(out)
     scratch = join(root, SCRATCH)
-    run = _runner(ray)
+    run = _runner(tasks)
     m = recipe.mixing
     ratio = dict(m.ratio)
     content = bool(recipe.filters.dedup)
@@ -126,7 +139,7 @@ def run_mix(recipe, out: str, parts: list[PartRef], ray=None) -> MixResult:
         seconds[stage], clock = round(now - clock, 3), now
 
     # 1. index: each part read once, rows grouped by order-key range
-    cpus = _cpus(ray)
+    cpus = _cpus(tasks)
     batches = _batches(fs, out, parts, cpus)
     expected = sum(p.rows for p in parts)   # the units' stats: the ranges are known before the index, which groups
     n_ranges = _n_ranges(expected, cpus)      # its files by them (exact range reads)
