@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -39,6 +40,9 @@ class WorkerDied(RuntimeError):
 def _init_worker() -> None:
     # A worker owns one CPU (see unit_task.run_unit); set before any tokenizer call in the process.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ctrl-C reaches the whole process group: the driver handles it (and stops the workers); a worker would only
+    # print a traceback from wherever it was waiting.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ProcessTasks:
@@ -48,12 +52,16 @@ class ProcessTasks:
     def __init__(self, workers: int):
         self.cpus = max(1, int(workers))
         self._pool: ProcessPoolExecutor | None = None
+        self._others: set = set()
 
     def __enter__(self) -> "ProcessTasks":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:   # Ctrl-C or a failed build: stop now, not after the units in flight (finished parts are kept)
+            self._restart(kill=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -63,15 +71,23 @@ class ProcessTasks:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self._others = set(multiprocessing.active_children())   # children this pool did not start
             self._pool = ProcessPoolExecutor(self.cpus, mp_context=multiprocessing.get_context(method),
                                              initializer=_init_worker)
         return self._pool
 
-    def _restart(self) -> None:
-        """After a worker died the pool is broken (every pending call fails with BrokenProcessPool): a fresh one."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def _restart(self, kill: bool = False) -> None:
+        """Drop the pool: after a worker died it is broken (every pending call fails with BrokenProcessPool), and
+        the next call gets a fresh one. ``kill``: its workers are terminated, not waited for."""
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        if kill:
+            for p in set(multiprocessing.active_children()) - self._others:
+                p.terminate()
+            for p in set(multiprocessing.active_children()) - self._others:
+                p.join(5)
 
     def calls(self, calls: list[tuple[Callable, tuple]], on_done: Callable[[int, object], None],
               in_flight: int | None = None) -> None:
