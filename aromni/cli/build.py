@@ -25,7 +25,8 @@ def build(
                                                                "sources[0].path=/data/laion"),
     out: str = typer.Option(..., "--out", "-o", help="output folder or URL (s3://bucket/prefix, gs://...): data/, "
                                                     "rejects/, parts/, manifest.json"),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="parallel units (default: all CPUs)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                          help="parallel units (default: all CPUs this process may use)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="join a running Ray cluster (e.g. 127.0.0.1:6379)"),
     force: bool = typer.Option(False, "--force", help="discard parts in --out that this recipe does not produce"),

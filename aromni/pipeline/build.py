@@ -99,8 +99,7 @@ def _build_locked(recipe, run_recipe, out, units, tok, workers, ray_address, pro
         raise BuildError(str(e)) from None
     executor = choose_executor(executor, run_recipe, tok, ray_address)
     with contextlib.ExitStack() as stack:
-        processes = stack.enter_context(ProcessTasks(workers or os.cpu_count() or 1)) \
-            if executor == "processes" else None
+        processes = stack.enter_context(ProcessTasks(workers)) if executor == "processes" else None
         if executor == "local":
             with _progress(progress, console, len(units), len(units) - len(todo)) as bar:
                 result = local.run_units(run_recipe.to_dict(), todo, out, bar)

@@ -45,12 +45,17 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm job's or taskset's share, not the whole node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class ProcessTasks:
     """``with ProcessTasks(workers) as tasks:`` ``tasks.run_units(...)`` for the units, ``tasks.run`` /
     ``tasks.together`` for the mix's stages (the interface mix.run_mix takes), ``tasks.cpus`` for its sizing."""
 
-    def __init__(self, workers: int):
-        self.cpus = max(1, int(workers))
+    def __init__(self, workers: int | None = None):
+        self.cpus = max(1, int(workers or usable_cpus()))
         self._pool: ProcessPoolExecutor | None = None
         self._others: set = set()
 
