@@ -14,7 +14,6 @@ Then it prints xN / x1 for each. Goal: <= 1.2 (flat). Timings and absolute sizes
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO / "tests" / "robustness"))
 
-from robust_corpus import build_cmd, build_env, demo_corpus, scaled_copy, session_procs, write_recipe  # noqa: E402
+from robust_corpus import (build_cmd, build_env, demo_corpus, load_demo_recipe_dict, scaled_copy,  # noqa: E402
+                           session_procs, write_recipe)
 
 MiB = 1 << 20
 
@@ -81,31 +81,6 @@ def measure(recipe: Path, out: Path, env: dict, workers: int) -> dict:
             "driver": s.driver, "worker": s.worker, "tree": s.tree}
 
 
-def index_cost(recipe_path: Path, out: Path) -> tuple[int, float, float]:
-    """The driver's mix index, measured in this process on a finished build: (rows, bytes per row held while
-    mixing, bytes per row held briefly by the cross-build duplicate scan). It is the one thing that grows with rows."""
-    import tracemalloc
-
-    from aromni.pipeline import mix
-    from aromni.pipeline.build import tokenizers_for
-    from aromni.pipeline.plan import plan
-    from aromni.recipe import load_recipe
-    recipe = load_recipe(recipe_path)
-    units = plan(recipe, tokenizers_for(recipe).identities)
-    stems = [u.part_stem for u in units]
-    groups = {u.part_stem: recipe.sources[u.source_index].group for u in units}
-    tracemalloc.start()
-    mix.find_duplicates(recipe, out, stems)
-    dup_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    index = mix.order_groups(recipe, out, stems, groups)
-    held = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    rows = sum(len(g) for g in index.values())
-    return rows, held / rows, dup_peak / rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--factor", type=int, default=10, help="size of the large corpus, in demo corpora (default 10)")
@@ -121,9 +96,11 @@ def main() -> None:
         results = {}
         for factor in (1, args.factor):
             data = scaled_copy(src, tmp / f"x{factor}", factor)
-            # The copies repeat the demo's content: with dedup on they would be dropped as duplicates at mix time
-            # and the xN shards would be x1's. Off, every copy reaches the shards (N times the rows to mix).
-            recipe = write_recipe(tmp / f"x{factor}.yaml", data, {"filters.dedup": False})
+            # The copies repeat the demo's content: with dedup on (or the near_dup step) they would be dropped as
+            # duplicates at mix time and the xN shards would be x1's. Off, every copy reaches the shards (N times
+            # the rows to mix).
+            steps = [s for s in load_demo_recipe_dict()["steps"] if s["name"] != "near_dup"]
+            recipe = write_recipe(tmp / f"x{factor}.yaml", data, {"filters.dedup": False, "steps": steps})
             results[factor] = measure(recipe, tmp / f"out{factor}", env, args.workers)
             r = results[factor]
             print(f"x{factor:<3} {r['units']:4d} units {r['read']:6d} items {r['rows']:6d} shard rows  "
@@ -132,10 +109,8 @@ def main() -> None:
         a, b = results[1], results[args.factor]
         print(f"ratio x{args.factor}/x1: driver {b['driver'] / a['driver']:.2f}  worker {b['worker'] / a['worker']:.2f}  "
               f"tree {b['tree'] / a['tree']:.2f}   (goal <= 1.2; items x{b['read'] / a['read']:.1f})")
-        rows, held, dup = index_cost(tmp / f"x{args.factor}.yaml", tmp / f"out{args.factor}")
-        print(f"what does grow: the driver's mix index, {held:.0f} B/row held while mixing (+{dup:.0f} B/row briefly "
-              f"for the cross-build duplicate scan), measured on {rows} rows: about "
-              f"{(held + dup) * 10e6 / 2**30:.1f} GiB of driver memory per 10 million rows")
+        print("the driver holds no per-row structure: the mix's index, dedup and order are tasks of their own "
+              "(docs/pipeline.md \"Mixing at scale\"; bench/scale.py measures the driver at 1N, 4N and 16N rows)")
     finally:
         if args.keep:
             print(f"kept: {tmp}")
