@@ -105,14 +105,22 @@ def _codes(col: pa.Array) -> tuple[np.ndarray, list]:
     return codes.to_numpy().astype(np.int64), names
 
 
+def _equals(col: pa.Array, value: str) -> np.ndarray:
+    """Bool per element: ``col == value`` (a null is not equal), from the dictionary codes when the column is read
+    as a dictionary (a compare per distinct name instead of a string compare per element)."""
+    codes, names = _codes(col)
+    return np.array([n == value for n in names], dtype=bool)[codes]
+
+
 class ShardSet:
     """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
     ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
 
-    def __init__(self, path: str, cache_row_groups: int = 8):
+    def __init__(self, path: str, cache_row_groups: int = 2):
         self.fs, self.files, self.manifest = discover(path)
         self.path = str(path)
         self._pf: dict[int, pq.ParquetFile] = {}
+        self._dictionary = None
         schema = self._file(0).schema_arrow
         names = set(schema.names)
         if "input_ids" not in names:
@@ -120,6 +128,11 @@ class ShardSet:
         if "segments" in names:
             self.kind = "segments"
             self.columns = ["input_ids", "segments", "task"]
+            # the string columns the loader only compares come as Arrow dictionaries (codes, as parquet stores
+            # them), so a row group's tests are one per distinct name; file 0 is opened again to read them so
+            self._dictionary = [c for c in ("task", "segments.list.element.role", "segments.list.element.modality")
+                                if c.split(".")[0] in names]
+            self._pf.clear()
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -163,7 +176,8 @@ class ShardSet:
         if fi not in self._pf:
             # local files by path: pyarrow's native reader instead of Python file calls through fsspec
             local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
-            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"))
+            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"),
+                                          read_dictionary=self._dictionary)
         return self._pf[fi]
 
     def _lengths(self, fi: int) -> np.ndarray:
@@ -189,12 +203,12 @@ class ShardSet:
             seg = _one_array(t.column("segments"))
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
-            is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
+            modality = flat.field("modality")
             out = FlatRows(ids, off, *_codes(_one_array(t.column("task"))), seg_offsets=so - so[0],
                            seg_start=flat.field("start").to_numpy().astype(np.int64),
                            seg_end=flat.field("end").to_numpy().astype(np.int64),
-                           seg_assistant=is_("role", "assistant"), seg_image=is_("modality", "image"),
-                           seg_speech=is_("modality", "speech"))
+                           seg_assistant=_equals(flat.field("role"), "assistant"),
+                           seg_image=_equals(modality, "image"), seg_speech=_equals(modality, "speech"))
         with self._lock:
             self._cache[rg] = out
             while len(self._cache) > self._cache_size:
@@ -301,12 +315,16 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     # (packing) rows[fresh:] are untouched (max_len free each) and top is the most room in rows[:fresh], so a sample
     # longer than top goes to the first untouched row without a scan: most do once a window fills up
     fresh, top = 0, -1
-    placed: list[tuple[int, int, int, int, int]] = []   # (row, g, row in the shard set, lo, hi) per piece
+    # the pieces in the order placed: each one's row and stream index; a piece is its whole sample (lo 0, hi its
+    # length: filled in below from the order, for all pieces at once) unless ``cut`` holds its token range
+    prow: list[int] = []
+    pg: list[int] = []
+    cut: dict[int, tuple[int, int]] = {}
+    put = prow.append
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
     idx = shards.order(g, g + chunk, shuffle, seed)
     lens = shards.lengths[idx].tolist()       # Python ints, read a chunk at a time
-    idx = idx.tolist()
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -316,14 +334,14 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         return g + 1, since_placed + 1
 
     while True:
-        if g - start >= len(idx):
-            more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
+        if g - start >= len(lens):
+            more = shards.order(start + len(lens), start + len(lens) + chunk, shuffle, seed)
             lens += shards.lengths[more].tolist()
-            idx += more.tolist()
+            idx = np.concatenate([idx, more])
         if pack:                               # the common case, whole samples that fit: first fit, tight loop
             i0 = g - start
             full = False
-            for r, n in zip(itertools.islice(idx, i0, None), itertools.islice(lens, i0, None)):
+            for n in itertools.islice(lens, i0, None):
                 if n > max_len:
                     break                      # (long samples: below)
                 if n > top:                    # no row in use has room: the first untouched row
@@ -341,15 +359,16 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
                     remaining[j] = room - n
                     if room == top:
                         top = max(remaining[:fresh])
-                placed.append((j, g, r, 0, n))
-                g += 1
-            if g - start > i0:
+                put(j)
+            if len(prow) - len(pg):            # the samples just placed: the next ones of the stream
+                pg.extend(range(g, g + len(prow) - len(pg)))
+                g = pg[-1] + 1
                 since_placed = 0
             if full:
                 break
-            if g - start >= len(idx):
+            if g - start >= len(lens):
                 continue                       # the chunk is used up: read the next one
-        r, n = idx[g - start], lens[g - start]
+        r, n = int(idx[g - start]), lens[g - start]
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -377,7 +396,7 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             fits = used + len(pieces) <= n_rows
             where = list(range(used, used + len(pieces)))
         if not fits:
-            if placed:
+            if prow:
                 break                          # the next window starts with this sample
             g, since_placed = drop("more_pieces_than_rows")   # it would not fit an empty window either
             continue
@@ -389,13 +408,24 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             top = max(remaining[:fresh], default=-1)
         else:
             used += len(pieces)
-        placed += [(j, g, r, lo, hi) for j, (lo, hi) in zip(where, pieces)]
+        if len(pieces) > 1:
+            cut.update(zip(range(len(prow), len(prow) + len(pieces)), pieces))
+        prow += where
+        pg += [g] * len(pieces)
         g += 1
         since_placed = 0
-    spec = np.array(placed, dtype=np.int64).reshape(-1, 5)
-    order = np.argsort(spec[:, 0], kind="stable")        # row by row, each row's pieces in the order placed
-    sizes = np.bincount(spec[:, 0], minlength=n_rows)
-    return Plan(start, g, spec[order, 1:], sizes[sizes > 0], dropped)
+    # every piece as (stream index, row in the shard set, lo, hi), then row by row (each row's pieces in the order
+    # placed: a stable sort)
+    spec = np.empty((len(pg), 4), dtype=np.int64)
+    spec[:, 0] = pg
+    spec[:, 1] = idx[spec[:, 0] - start]
+    spec[:, 2] = 0
+    spec[:, 3] = shards.lengths[spec[:, 1]]
+    for k, (lo, hi) in cut.items():
+        spec[k, 2:] = lo, hi
+    rows = np.array(prow, dtype=np.int64)
+    sizes = np.bincount(rows, minlength=n_rows)
+    return Plan(start, g, spec[np.argsort(rows, kind="stable")], sizes[sizes > 0], dropped)
 
 
 def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None
@@ -477,7 +507,10 @@ class Loader:
         self._derived: OrderedDict[int, tuple] = OrderedDict()
         self._table = torch.from_numpy(weight_table(policy))   # the weight of each weight class
         self._weights = self._table.tolist()
-        self.derived_cache = 8           # row groups kept derived (a window touches a few)
+        # row groups kept derived between windows: a window holds the ones it reads while it collates, and the next
+        # one continues in the last of them; keeping more costs time (a decode then lands in memory that left the
+        # caches long ago)
+        self.derived_cache = 2
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
@@ -542,7 +575,11 @@ class Loader:
         rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
         local = spec[:, 1] - self.shards.rg_start[rgs]
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
-        groups = [self.derived(rg) for rg in used]
+        # (the row group of the stream's last sample is asked for last: the next window continues in it)
+        last = int(rgs[np.argmax(spec[:, 0])])
+        held = {rg: self.derived(rg) for rg in used if rg != last}
+        held[last] = self.derived(last)
+        groups = [held[rg] for rg in used]
         if len(used) == 1:
             which = np.zeros(n, np.int64)
             src = groups[0][0].offsets[local]
