@@ -514,6 +514,8 @@ class Loader:
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
+        self._pads: dict = {}                    # runs of pad ids (per id type) and of zero flags, sliced for padding
+        self._zeros = memoryview(np.zeros(0, np.uint8))
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -558,8 +560,9 @@ class Loader:
         row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
         Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
         per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token rule,
-        padding) is a few array operations for all of them; the only per-piece Python is one slice copy per buffer,
-        through memoryviews (a third of a numpy slice assignment's overhead)."""
+        padding) is a few array operations for all of them. The buffers are joined from their parts in order (each
+        row's pieces, then its padding): one bytearray join each, so every byte is written once and the only
+        per-piece Python is taking two memoryview slices."""
         n = len(spec)
         k = spec[:, 3] - spec[:, 2]
         row_first = np.cumsum(per_row) - per_row                       # each row's first piece
@@ -568,9 +571,8 @@ class Loader:
         row_T = np.repeat(widths, per_batch)
         row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
         N = int(row_T.sum())
-        piece_row = np.repeat(np.arange(len(per_row)), per_row)
         ends = np.cumsum(k)
-        dst = row_base[piece_row] + ends - k - (ends - k)[row_first][piece_row]   # where each piece goes
+        dst = ends - k + np.repeat(row_base - (ends - k)[row_first], per_row)   # where each piece goes
         # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
         rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
         local = spec[:, 1] - self.shards.rg_start[rgs]
@@ -590,17 +592,29 @@ class Loader:
                 sel = which == j
                 src[sel] = g.offsets[local[sel]]
         src = src + spec[:, 2]
-        # padding first (a pass over the buffers costs less than a Python step per row), then the pieces
-        ids = np.full(N, self.layout.train_pad, dtype=groups[0][0].ids.dtype)
-        flags = np.zeros(N, dtype=np.uint8)
-        if all(g.ids.dtype == ids.dtype for g, _ in groups):
-            id_dst, id_src = memoryview(ids), [memoryview(g.ids) for g, _ in groups]
+        dtype = groups[0][0].ids.dtype
+        after = np.zeros(n, np.int64)                # the padding after each piece: a row's last one has its row's
+        after[row_first + per_row - 1] = row_T - sizes
+        if all(g.ids.dtype == dtype for g, _ in groups):
+            pad_ids = self._pad_run(dtype, int(widths.max()))
+            id_src, flag_src = [memoryview(g.ids) for g, _ in groups], [memoryview(d.flags) for _, d in groups]
+            id_parts, flag_parts = [], []
+            put_id, put_flag = id_parts.append, flag_parts.append
+            for j, s, e, p in zip(which.tolist(), src.tolist(), (src + k).tolist(), after.tolist()):
+                put_id(id_src[j][s:e])
+                put_flag(flag_src[j][s:e])
+                if p:
+                    put_id(pad_ids[:p])
+                    put_flag(self._zeros[:p])
+            ids = np.frombuffer(bytearray().join(id_parts), dtype=dtype)
+            flags = np.frombuffer(bytearray().join(flag_parts), dtype=np.uint8)
         else:                                        # (shards whose id types differ: numpy converts)
-            id_dst, id_src = ids, [g.ids for g, _ in groups]
-        flag_dst, flag_src = memoryview(flags), [memoryview(d.flags) for _, d in groups]
-        for j, s, e, a, b in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist(), (dst + k).tolist()):
-            id_dst[a:b] = id_src[j][s:e]
-            flag_dst[a:b] = flag_src[j][s:e]
+            ids = np.full(N, self.layout.train_pad, dtype=dtype)
+            flags = np.zeros(N, dtype=np.uint8)
+            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
+                g, d = groups[j]
+                ids[a:a + e - s] = g.ids[s:e]
+                flags[a:a + e - s] = d.flags[s:e]
         # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
         # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
         # attention already does), a single padded sample's positions just continue
@@ -615,12 +629,23 @@ class Loader:
                 g, d = groups[j]
                 labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
             labels[first] = IGNORE_INDEX
-        out, a = [], 0
-        view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731  (numpy views: cheaper)
+        out, a, tensor = [], 0, torch.from_numpy     # (views of numpy views: cheaper than torch's own slicing)
         for B, T in zip(per_batch.tolist(), widths.tolist()):
-            out.append(Batch(view(ids), view(flags), self._table, None if labels is None else view(labels)))
-            a += B * T
+            b = a + B * T
+            out.append(Batch(tensor(ids[a:b].reshape(B, T)), tensor(flags[a:b].reshape(B, T)), self._table,
+                             None if labels is None else tensor(labels[a:b].reshape(B, T))))
+            a = b
         return out, flags
+
+    def _pad_run(self, dtype, n: int) -> memoryview:
+        """A memoryview of at least n pad ids of this type (and ``_zeros``, as many zero flags), kept to slice from."""
+        run = self._pads.get(dtype)
+        if run is None or len(run) < n:
+            size = max(n, self.max_len)
+            run = self._pads[dtype] = memoryview(np.full(size, self.layout.train_pad, dtype=dtype))
+            if len(self._zeros) < size:
+                self._zeros = memoryview(np.zeros(size, np.uint8))
+        return run
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
