@@ -120,7 +120,7 @@ class ShardSet:
         self.fs, self.files, self.manifest = discover(path)
         self.path = str(path)
         self._pf: dict[int, pq.ParquetFile] = {}
-        self._dictionary = None
+        self._dictionary, self._footer0 = None, None
         schema = self._file(0).schema_arrow
         names = set(schema.names)
         if "input_ids" not in names:
@@ -132,7 +132,7 @@ class ShardSet:
             # them), so a row group's tests are one per distinct name; file 0 is opened again to read them so
             self._dictionary = [c for c in ("task", "segments.list.element.role", "segments.list.element.modality")
                                 if c.split(".")[0] in names]
-            self._pf.clear()
+            self._footer0 = self._pf.pop(0).metadata     # (its footer is not read twice)
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -177,6 +177,7 @@ class ShardSet:
             # local files by path: pyarrow's native reader instead of Python file calls through fsspec
             local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
             self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"),
+                                          metadata=self._footer0 if fi == 0 else None,
                                           read_dictionary=self._dictionary)
         return self._pf[fi]
 
@@ -679,7 +680,9 @@ class Loader:
         samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
         cls = flags & WEIGHT_CLASS
-        w = sum(int(np.count_nonzero(cls == c)) * self._weights[c] for c in (1, 2, 3))
+        n2, n3 = int(np.count_nonzero(cls == 2)), int(np.count_nonzero(cls == 3))
+        n1 = int(np.count_nonzero(cls)) - n2 - n3
+        w = n1 * self._weights[1] + n2 * self._weights[2] + n3 * self._weights[3]
         pcount = int(np.count_nonzero(flags & PERCEPT))
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
