@@ -74,13 +74,25 @@ def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     lo, hi = lo[keep], hi[keep]
     if len(lo) * 32 <= n:
         out = np.zeros(n, dtype=bool)
-        for a, b in zip(lo.tolist(), hi.tolist()):
-            out[a:b] = True
+        _fill(out.view(np.uint8), lo, hi, 1)
         return out
     d = np.zeros(n + 1, dtype=np.int32)
     np.add.at(d, lo, 1)
     np.add.at(d, hi, -1)
     return np.cumsum(d[:n], dtype=np.int32) > 0
+
+
+def _fill(out: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> None:
+    """out[lo[i]:hi[i]] = value for every range (uint8; an empty range, hi <= lo, sets nothing): a memoryview copy
+    from a run of the value per range (half the cost of numpy's slice fill)."""
+    keep = hi > lo
+    if not keep.all():
+        lo, hi = lo[keep], hi[keep]
+    if not len(lo):
+        return
+    dst, run = memoryview(out), memoryview(bytes([value]) * int((hi - lo).max()))
+    for a, b in zip(lo.tolist(), hi.tolist()):
+        dst[a:b] = run[:b - a]
 
 
 def _tail_starts(unflagged: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -225,8 +237,7 @@ def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tas
             boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
             lo, hi = boi + 1, boi + 1 + layout.image_tokens
         if mask is None:                           # every code is a target (the holes are cleared below)
-            for a, b in zip(lo.tolist(), hi.tolist()):
-                flags[a:b] = 1 | PERCEPT
+            _fill(flags, lo, hi, 1 | PERCEPT)
         else:                                      # only where labels are not IGNORE_INDEX
             codes = _cover(n, lo, hi)
             codes &= mask
