@@ -10,7 +10,9 @@ token (aromni.train.labels.derive_flags), planning windows, collating micro-batc
 widens them on its device; the last line says what that widening would cost on this CPU), and the rest of building
 a window. Times are CPU seconds of this process (the machine may be shared), best of 3, with pyarrow on one thread
 so both sides run on one core. "raw read" reads the columns the loader needs (input_ids, segments, task) for every
-row group and touches the token buffers.
+row group and touches the token buffers. The loader's epoch is the windows until it has consumed every row; the
+last one takes the first samples of the next epoch, so the loader decodes one row group more than the raw read
+(printed).
 """
 from __future__ import annotations
 
