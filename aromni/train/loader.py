@@ -129,10 +129,11 @@ class ShardSet:
             self.kind = "segments"
             self.columns = ["input_ids", "segments", "task"]
             # the string columns the loader only compares come as Arrow dictionaries (codes, as parquet stores
-            # them), so a row group's tests are one per distinct name; file 0 is opened again to read them so
+            # them), so a row group's tests are one per distinct name; file 0 is opened again for that, with the
+            # footer it has read
             self._dictionary = [c for c in ("task", "segments.list.element.role", "segments.list.element.modality")
                                 if c.split(".")[0] in names]
-            self._footer0 = self._pf.pop(0).metadata     # (its footer is not read twice)
+            self._footer0 = self._pf.pop(0).metadata
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -524,7 +525,7 @@ class Loader:
     # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
     def derived(self, rg: int) -> tuple[FlatRows, Derived]:
         """(flat rows, their flags) of row group ``rg``, derived once for the whole group (aromni.train.labels)
-        and kept for the few row groups a window touches."""
+        and kept for the next window (``derived_cache`` groups)."""
         hit = self._derived.get(rg)
         if hit is not None:
             self._derived.move_to_end(rg)
