@@ -105,11 +105,11 @@ def _codes(col: pa.Array) -> tuple[np.ndarray, list]:
     return codes.to_numpy().astype(np.int64), names
 
 
-def _equals(col: pa.Array, value: str) -> np.ndarray:
-    """Bool per element: ``col == value`` (a null is not equal), from the dictionary codes when the column is read
-    as a dictionary (a compare per distinct name instead of a string compare per element)."""
+def _equals(col: pa.Array, *values: str) -> list[np.ndarray]:
+    """Bool per element for each value: ``col == value`` (a null is not equal), from the dictionary codes when the
+    column is read as a dictionary (a compare per distinct name instead of a string compare per element)."""
     codes, names = _codes(col)
-    return np.array([n == value for n in names], dtype=bool)[codes]
+    return [np.array([n == v for n in names], dtype=bool)[codes] for v in values]
 
 
 class ShardSet:
@@ -205,12 +205,12 @@ class ShardSet:
             seg = _one_array(t.column("segments"))
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
-            modality = flat.field("modality")
+            (assistant,), (image, speech) = _equals(flat.field("role"), "assistant"), \
+                _equals(flat.field("modality"), "image", "speech")
             out = FlatRows(ids, off, *_codes(_one_array(t.column("task"))), seg_offsets=so - so[0],
                            seg_start=flat.field("start").to_numpy().astype(np.int64),
                            seg_end=flat.field("end").to_numpy().astype(np.int64),
-                           seg_assistant=_equals(flat.field("role"), "assistant"),
-                           seg_image=_equals(modality, "image"), seg_speech=_equals(modality, "speech"))
+                           seg_assistant=assistant, seg_image=image, seg_speech=speech)
         with self._lock:
             self._cache[rg] = out
             while len(self._cache) > self._cache_size:
