@@ -105,14 +105,22 @@ def _codes(col: pa.Array) -> tuple[np.ndarray, list]:
     return codes.to_numpy().astype(np.int64), names
 
 
+def _equals(col: pa.Array, *values: str) -> list[np.ndarray]:
+    """Bool per element for each value: ``col == value`` (a null is not equal), from the dictionary codes when the
+    column is read as a dictionary (a compare per distinct name instead of a string compare per element)."""
+    codes, names = _codes(col)
+    return [np.array([n == v for n in names], dtype=bool)[codes] for v in values]
+
+
 class ShardSet:
     """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
     ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
 
-    def __init__(self, path: str, cache_row_groups: int = 8):
+    def __init__(self, path: str, cache_row_groups: int = 2):
         self.fs, self.files, self.manifest = discover(path)
         self.path = str(path)
         self._pf: dict[int, pq.ParquetFile] = {}
+        self._dictionary, self._footer0 = None, None
         schema = self._file(0).schema_arrow
         names = set(schema.names)
         if "input_ids" not in names:
@@ -120,6 +128,12 @@ class ShardSet:
         if "segments" in names:
             self.kind = "segments"
             self.columns = ["input_ids", "segments", "task"]
+            # the string columns the loader only compares come as Arrow dictionaries (codes, as parquet stores
+            # them), so a row group's tests are one per distinct name; file 0 is opened again for that, with the
+            # footer it has read
+            self._dictionary = [c for c in ("task", "segments.list.element.role", "segments.list.element.modality")
+                                if c.split(".")[0] in names]
+            self._footer0 = self._pf.pop(0).metadata
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -163,7 +177,9 @@ class ShardSet:
         if fi not in self._pf:
             # local files by path: pyarrow's native reader instead of Python file calls through fsspec
             local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
-            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"))
+            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"),
+                                          metadata=self._footer0 if fi == 0 else None,
+                                          read_dictionary=self._dictionary)
         return self._pf[fi]
 
     def _lengths(self, fi: int) -> np.ndarray:
@@ -189,12 +205,12 @@ class ShardSet:
             seg = _one_array(t.column("segments"))
             so = seg.offsets.to_numpy()
             flat = seg.values.slice(so[0], so[-1] - so[0])
-            is_ = lambda name, value: pc.equal(flat.field(name), value).to_numpy(zero_copy_only=False)  # noqa: E731
+            (assistant,), (image, speech) = _equals(flat.field("role"), "assistant"), \
+                _equals(flat.field("modality"), "image", "speech")
             out = FlatRows(ids, off, *_codes(_one_array(t.column("task"))), seg_offsets=so - so[0],
                            seg_start=flat.field("start").to_numpy().astype(np.int64),
                            seg_end=flat.field("end").to_numpy().astype(np.int64),
-                           seg_assistant=is_("role", "assistant"), seg_image=is_("modality", "image"),
-                           seg_speech=is_("modality", "speech"))
+                           seg_assistant=assistant, seg_image=image, seg_speech=speech)
         with self._lock:
             self._cache[rg] = out
             while len(self._cache) > self._cache_size:
@@ -301,12 +317,16 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     # (packing) rows[fresh:] are untouched (max_len free each) and top is the most room in rows[:fresh], so a sample
     # longer than top goes to the first untouched row without a scan: most do once a window fills up
     fresh, top = 0, -1
-    placed: list[tuple[int, int, int, int, int]] = []   # (row, g, row in the shard set, lo, hi) per piece
+    # the pieces in the order placed: each one's row and stream index; a piece is its whole sample (lo 0, hi its
+    # length: filled in below from the order, for all pieces at once) unless ``cut`` holds its token range
+    prow: list[int] = []
+    pg: list[int] = []
+    cut: dict[int, tuple[int, int]] = {}
+    put = prow.append
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
     idx = shards.order(g, g + chunk, shuffle, seed)
     lens = shards.lengths[idx].tolist()       # Python ints, read a chunk at a time
-    idx = idx.tolist()
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -316,14 +336,14 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         return g + 1, since_placed + 1
 
     while True:
-        if g - start >= len(idx):
-            more = shards.order(start + len(idx), start + len(idx) + chunk, shuffle, seed)
+        if g - start >= len(lens):
+            more = shards.order(start + len(lens), start + len(lens) + chunk, shuffle, seed)
             lens += shards.lengths[more].tolist()
-            idx += more.tolist()
+            idx = np.concatenate([idx, more])
         if pack:                               # the common case, whole samples that fit: first fit, tight loop
             i0 = g - start
             full = False
-            for r, n in zip(itertools.islice(idx, i0, None), itertools.islice(lens, i0, None)):
+            for n in itertools.islice(lens, i0, None):
                 if n > max_len:
                     break                      # (long samples: below)
                 if n > top:                    # no row in use has room: the first untouched row
@@ -341,15 +361,16 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
                     remaining[j] = room - n
                     if room == top:
                         top = max(remaining[:fresh])
-                placed.append((j, g, r, 0, n))
-                g += 1
-            if g - start > i0:
+                put(j)
+            if len(prow) - len(pg):            # the samples just placed: the next ones of the stream
+                pg.extend(range(g, g + len(prow) - len(pg)))
+                g = pg[-1] + 1
                 since_placed = 0
             if full:
                 break
-            if g - start >= len(idx):
+            if g - start >= len(lens):
                 continue                       # the chunk is used up: read the next one
-        r, n = idx[g - start], lens[g - start]
+        r, n = int(idx[g - start]), lens[g - start]
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -377,7 +398,7 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             fits = used + len(pieces) <= n_rows
             where = list(range(used, used + len(pieces)))
         if not fits:
-            if placed:
+            if prow:
                 break                          # the next window starts with this sample
             g, since_placed = drop("more_pieces_than_rows")   # it would not fit an empty window either
             continue
@@ -389,13 +410,24 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             top = max(remaining[:fresh], default=-1)
         else:
             used += len(pieces)
-        placed += [(j, g, r, lo, hi) for j, (lo, hi) in zip(where, pieces)]
+        if len(pieces) > 1:
+            cut.update(zip(range(len(prow), len(prow) + len(pieces)), pieces))
+        prow += where
+        pg += [g] * len(pieces)
         g += 1
         since_placed = 0
-    spec = np.array(placed, dtype=np.int64).reshape(-1, 5)
-    order = np.argsort(spec[:, 0], kind="stable")        # row by row, each row's pieces in the order placed
-    sizes = np.bincount(spec[:, 0], minlength=n_rows)
-    return Plan(start, g, spec[order, 1:], sizes[sizes > 0], dropped)
+    # every piece as (stream index, row in the shard set, lo, hi), then row by row (each row's pieces in the order
+    # placed: a stable sort)
+    spec = np.empty((len(pg), 4), dtype=np.int64)
+    spec[:, 0] = pg
+    spec[:, 1] = idx[spec[:, 0] - start]
+    spec[:, 2] = 0
+    spec[:, 3] = shards.lengths[spec[:, 1]]
+    for k, (lo, hi) in cut.items():
+        spec[k, 2:] = lo, hi
+    rows = np.array(prow, dtype=np.int64)
+    sizes = np.bincount(rows, minlength=n_rows)
+    return Plan(start, g, spec[np.argsort(rows, kind="stable")], sizes[sizes > 0], dropped)
 
 
 def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None
@@ -477,10 +509,15 @@ class Loader:
         self._derived: OrderedDict[int, tuple] = OrderedDict()
         self._table = torch.from_numpy(weight_table(policy))   # the weight of each weight class
         self._weights = self._table.tolist()
-        self.derived_cache = 8           # row groups kept derived (a window touches a few)
+        # row groups kept derived between windows: a window holds the ones it reads while it collates, and the next
+        # one continues in the last of them; keeping more costs time (a decode then lands in memory that left the
+        # caches long ago)
+        self.derived_cache = 2
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
+        self._pads: dict = {}                    # runs of pad ids (per id type) and of zero flags, sliced for padding
+        self._zeros = memoryview(np.zeros(0, np.uint8))
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -488,7 +525,7 @@ class Loader:
     # ---- one sample -> (ids, labels, weights, perceptual mask) -------------------------------------------
     def derived(self, rg: int) -> tuple[FlatRows, Derived]:
         """(flat rows, their flags) of row group ``rg``, derived once for the whole group (aromni.train.labels)
-        and kept for the few row groups a window touches."""
+        and kept for the next window (``derived_cache`` groups)."""
         hit = self._derived.get(rg)
         if hit is not None:
             self._derived.move_to_end(rg)
@@ -525,8 +562,9 @@ class Loader:
         row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
         Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
         per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token rule,
-        padding) is a few array operations for all of them; the only per-piece Python is one slice copy per buffer,
-        through memoryviews (a third of a numpy slice assignment's overhead)."""
+        padding) is a few array operations for all of them. The buffers are joined from their parts in order (each
+        row's pieces, then its padding): one bytearray join each, so every byte is written once and the only
+        per-piece Python is taking two memoryview slices."""
         n = len(spec)
         k = spec[:, 3] - spec[:, 2]
         row_first = np.cumsum(per_row) - per_row                       # each row's first piece
@@ -535,14 +573,17 @@ class Loader:
         row_T = np.repeat(widths, per_batch)
         row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
         N = int(row_T.sum())
-        piece_row = np.repeat(np.arange(len(per_row)), per_row)
         ends = np.cumsum(k)
-        dst = row_base[piece_row] + ends - k - (ends - k)[row_first][piece_row]   # where each piece goes
+        dst = ends - k + np.repeat(row_base - (ends - k)[row_first], per_row)   # where each piece goes
         # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
         rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
         local = spec[:, 1] - self.shards.rg_start[rgs]
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
-        groups = [self.derived(rg) for rg in used]
+        # (the row group of the stream's last sample is asked for last: the next window continues in it)
+        last = int(rgs[np.argmax(spec[:, 0])])
+        held = {rg: self.derived(rg) for rg in used if rg != last}
+        held[last] = self.derived(last)
+        groups = [held[rg] for rg in used]
         if len(used) == 1:
             which = np.zeros(n, np.int64)
             src = groups[0][0].offsets[local]
@@ -553,17 +594,29 @@ class Loader:
                 sel = which == j
                 src[sel] = g.offsets[local[sel]]
         src = src + spec[:, 2]
-        # padding first (a pass over the buffers costs less than a Python step per row), then the pieces
-        ids = np.full(N, self.layout.train_pad, dtype=groups[0][0].ids.dtype)
-        flags = np.zeros(N, dtype=np.uint8)
-        if all(g.ids.dtype == ids.dtype for g, _ in groups):
-            id_dst, id_src = memoryview(ids), [memoryview(g.ids) for g, _ in groups]
+        dtype = groups[0][0].ids.dtype
+        after = np.zeros(n, np.int64)                # the padding after each piece: a row's last one has its row's
+        after[row_first + per_row - 1] = row_T - sizes
+        if all(g.ids.dtype == dtype for g, _ in groups):
+            pad_ids = self._pad_run(dtype, int(widths.max()))
+            id_src, flag_src = [memoryview(g.ids) for g, _ in groups], [memoryview(d.flags) for _, d in groups]
+            id_parts, flag_parts = [], []
+            put_id, put_flag = id_parts.append, flag_parts.append
+            for j, s, e, p in zip(which.tolist(), src.tolist(), (src + k).tolist(), after.tolist()):
+                put_id(id_src[j][s:e])
+                put_flag(flag_src[j][s:e])
+                if p:
+                    put_id(pad_ids[:p])
+                    put_flag(self._zeros[:p])
+            ids = np.frombuffer(bytearray().join(id_parts), dtype=dtype)
+            flags = np.frombuffer(bytearray().join(flag_parts), dtype=np.uint8)
         else:                                        # (shards whose id types differ: numpy converts)
-            id_dst, id_src = ids, [g.ids for g, _ in groups]
-        flag_dst, flag_src = memoryview(flags), [memoryview(d.flags) for _, d in groups]
-        for j, s, e, a, b in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist(), (dst + k).tolist()):
-            id_dst[a:b] = id_src[j][s:e]
-            flag_dst[a:b] = flag_src[j][s:e]
+            ids = np.full(N, self.layout.train_pad, dtype=dtype)
+            flags = np.zeros(N, dtype=np.uint8)
+            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
+                g, d = groups[j]
+                ids[a:a + e - s] = g.ids[s:e]
+                flags[a:a + e - s] = d.flags[s:e]
         # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
         # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
         # attention already does), a single padded sample's positions just continue
@@ -578,12 +631,23 @@ class Loader:
                 g, d = groups[j]
                 labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
             labels[first] = IGNORE_INDEX
-        out, a = [], 0
-        view = lambda x: torch.from_numpy(x[a:a + B * T].reshape(B, T))   # noqa: E731  (numpy views: cheaper)
+        out, a, tensor = [], 0, torch.from_numpy     # (views of numpy views: cheaper than torch's own slicing)
         for B, T in zip(per_batch.tolist(), widths.tolist()):
-            out.append(Batch(view(ids), view(flags), self._table, None if labels is None else view(labels)))
-            a += B * T
+            b = a + B * T
+            out.append(Batch(tensor(ids[a:b].reshape(B, T)), tensor(flags[a:b].reshape(B, T)), self._table,
+                             None if labels is None else tensor(labels[a:b].reshape(B, T))))
+            a = b
         return out, flags
+
+    def _pad_run(self, dtype, n: int) -> memoryview:
+        """A memoryview of at least n pad ids of this type (and ``_zeros``, as many zero flags), kept to slice from."""
+        run = self._pads.get(dtype)
+        if run is None or len(run) < n:
+            size = max(n, self.max_len)
+            run = self._pads[dtype] = memoryview(np.full(size, self.layout.train_pad, dtype=dtype))
+            if len(self._zeros) < size:
+                self._zeros = memoryview(np.zeros(size, np.uint8))
+        return run
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -617,7 +681,9 @@ class Loader:
         samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
         cls = flags & WEIGHT_CLASS
-        w = sum(int(np.count_nonzero(cls == c)) * self._weights[c] for c in (1, 2, 3))
+        n2, n3 = int(np.count_nonzero(cls == 2)), int(np.count_nonzero(cls == 3))
+        n1 = int(np.count_nonzero(cls)) - n2 - n3
+        w = n1 * self._weights[1] + n2 * self._weights[2] + n3 * self._weights[3]
         pcount = int(np.count_nonzero(flags & PERCEPT))
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
