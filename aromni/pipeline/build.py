@@ -3,9 +3,9 @@
 The driver plans, starts the actor pools and mixes; an executor runs the units and the mix's tasks:
 ``executor.ray`` (Ray tasks, with the actor pools; a cluster), ``executor.processes`` (a pool of worker processes on
 this machine) or ``executor.local`` (in-process, one unit after another). ``auto`` picks Ray where a cluster is
-named or already running, or where the recipe runs models in actor pools, and the process pool otherwise. A unit's output is a part file plus a done marker, so a rerun on the same
-``--out`` redoes only units without a marker, and the final shards depend only on the parts (never on worker count or
-completion order).
+named or already running, or where the recipe runs models in actor pools, and the process pool otherwise. A unit's
+output is a part file plus a done marker, so a rerun on the same ``--out`` redoes only units without a marker, and
+the final shards depend only on the parts (never on worker count, executor or completion order).
 """
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ def choose_executor(executor: str, recipe: Recipe, tok, ray_address: str | None 
     Any other value is kept."""
     if executor != "auto":
         return executor
-    if _joins_cluster(ray_address) or requested_pools(recipe, tokenizers_cfg(recipe), tok):
+    # the recipe's own tokenizer settings: which pools it asks for needs no checkpoint fetched (tokenizers_cfg)
+    if _joins_cluster(ray_address) or requested_pools(recipe, recipe.tokenizers, tok):
         return "ray"
     return "processes"
 

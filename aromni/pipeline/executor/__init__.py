@@ -29,6 +29,18 @@ class UnitsResult:
         self.failed.append(f"{pu.unit.label}: {why}")
         progress.advance(None)
 
+    def record(self, pus: list, outcomes, progress) -> None:
+        """A task's units and what ``unit_task.run_units`` returned for them (``("ok", stats)`` or ``("error",
+        "Type: message")`` each), or the exception that ended the whole task (its worker died): then every one of
+        its units failed with it."""
+        if isinstance(outcomes, BaseException):
+            outcomes = [("error", error_text(outcomes))] * len(pus)
+        for pu, (kind, value) in zip(pus, outcomes):
+            if kind == "ok":
+                self.collect(pu, lambda v=value: v, progress)
+            else:
+                self.fail(pu, value, progress)
+
 
 def error_text(e: BaseException) -> str:
     """``Type: last line of the message``: how a failed unit is reported."""

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
-from aromni.pipeline.executor import UnitsResult, error_text
+from aromni.pipeline.executor import UnitsResult
 from aromni.pipeline.executor.unit_task import run_units as run_units_task
 
 RETRIES = 3   # a call whose worker died is run again this many times (Ray's max_retries for the same tasks)
@@ -165,17 +165,8 @@ class ProcessTasks:
         res = UnitsResult()
         chunks = [todo[i:i + per_task] for i in range(0, len(todo), max(1, per_task))]
 
-        def done(i: int, outcome) -> None:
-            pus = chunks[i]
-            if isinstance(outcome, BaseException):   # the task died (its worker, after the retries)
-                outcome = [("error", error_text(outcome))] * len(pus)
-            for pu, (kind, value) in zip(pus, outcome):
-                if kind == "ok":
-                    res.collect(pu, lambda v=value: v, progress)
-                else:
-                    res.fail(pu, value, progress)
-
-        self.calls([(run_units_task, (recipe_dict, c, out)) for c in chunks], done, in_flight=2 * self.cpus)
+        self.calls([(run_units_task, (recipe_dict, c, out)) for c in chunks],
+                   lambda i, outcomes: res.record(chunks[i], outcomes, progress), in_flight=2 * self.cpus)
         return res
 
     def together(self, stages: list[tuple[Callable, list[tuple]]]) -> list[list]:

@@ -6,7 +6,7 @@ import math
 import os
 from collections import deque
 
-from aromni.pipeline.executor import UnitsResult, error_text
+from aromni.pipeline.executor import UnitsResult
 from aromni.pipeline.executor.unit_task import run_units as run_units_task
 
 
@@ -68,13 +68,8 @@ def run_units(ray, recipe_dict: dict, todo: list, out: str, progress, pools=None
             try:
                 outcomes = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - the task itself died (its worker, after Ray's retries)
-                why = error_text(e)
-                outcomes = [("error", why)] * len(pus)
-            for pu, (kind, value) in zip(pus, outcomes):
-                if kind == "ok":
-                    res.collect(pu, lambda v=value: v, progress)
-                else:
-                    res.fail(pu, value, progress)
+                outcomes = e
+            res.record(pus, outcomes, progress)
     return res
 
 

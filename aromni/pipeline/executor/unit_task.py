@@ -63,4 +63,3 @@ def run_units(recipe_dict: dict, pus: list[PlannedUnit], out: str, pools=None) -
         except Exception as e:  # noqa: BLE001 - any error of a unit's code is that unit's failure
             outcomes.append(("error", error_text(e)))
     return outcomes
-
