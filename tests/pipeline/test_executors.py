@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,7 +55,10 @@ mixing: {{ratio: {{text: 1}}, stop: first_exhausted, seed: 0, shard_rows: 100}}
 
 @pytest.fixture(scope="module")
 def text_build(tmp_path_factory, demo_corpus):
-    """A text-only corpus of 24 units and its build on the process pool (what auto picks for it)."""
+    """A text-only corpus of 24 units and its build on the process pool (what auto picks for it). A Ray that an
+    earlier test of this process left running is stopped first: auto would join it (as it should)."""
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
     tmp = tmp_path_factory.mktemp("executors")
     corpus = write_text_corpus(tmp / "corpus", files=24, rows=40)
     recipe = text_recipe(tmp, corpus, demo_corpus / "tokenizer" / "tokenizer.json")
