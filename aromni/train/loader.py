@@ -21,7 +21,6 @@ tensors where it is used (``Batch.to(device)``).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import queue
@@ -40,6 +39,7 @@ import torch
 from aromni.hashing import stable_hash
 from aromni.layout import AR_OMNI_V0_1, Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy, Segment
+from aromni.train import kernels
 from aromni.train.labels import PERCEPT, PIECE_START, WEIGHT_CLASS, Derived, FlatRows, derive_flags, \
     weight_table
 
@@ -312,21 +312,18 @@ def split_sample(n: int, segments: list[Segment] | None, max_len: int) -> list[t
 def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: bool, long_samples: str = "drop",
                 shuffle: bool = False, seed: int = 0) -> Plan:
     """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
-    remaining = [max_len] * n_rows            # Python ints: first-fit over a few dozen rows beats numpy calls
+    remaining = np.full(n_rows, max_len, dtype=np.int64)     # (packing) each row's room
     used = 0                                   # rows used (pad mode)
-    # (packing) rows[fresh:] are untouched (max_len free each) and top is the most room in rows[:fresh], so a sample
-    # longer than top goes to the first untouched row without a scan: most do once a window fills up
-    fresh, top = 0, -1
     # the pieces in the order placed: each one's row and stream index; a piece is its whole sample (lo 0, hi its
     # length: filled in below from the order, for all pieces at once) unless ``cut`` holds its token range
     prow: list[int] = []
     pg: list[int] = []
     cut: dict[int, tuple[int, int]] = {}
-    put = prow.append
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
     idx = shards.order(g, g + chunk, shuffle, seed)
-    lens = shards.lengths[idx].tolist()       # Python ints, read a chunk at a time
+    lens = shards.lengths[idx]                # read a chunk at a time
+    placed_rows = np.empty(len(lens), dtype=np.int64)
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -338,39 +335,22 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     while True:
         if g - start >= len(lens):
             more = shards.order(start + len(lens), start + len(lens) + chunk, shuffle, seed)
-            lens += shards.lengths[more].tolist()
+            lens = np.concatenate([lens, shards.lengths[more]])
             idx = np.concatenate([idx, more])
-        if pack:                               # the common case, whole samples that fit: first fit, tight loop
-            i0 = g - start
-            full = False
-            for n in itertools.islice(lens, i0, None):
-                if n > max_len:
-                    break                      # (long samples: below)
-                if n > top:                    # no row in use has room: the first untouched row
-                    if fresh == n_rows:
-                        full = True            # fits no row: the next window starts with it (rows are not empty:
-                        break                  # an empty window has max_len free in every row)
-                    j, fresh, room = fresh, fresh + 1, max_len - n
-                    remaining[j] = room
-                    if room > top:
-                        top = room
-                else:                          # first fit among the rows in use: one of them has room
-                    for j, room in enumerate(remaining):
-                        if room >= n:
-                            break
-                    remaining[j] = room - n
-                    if room == top:
-                        top = max(remaining[:fresh])
-                put(j)
-            if len(prow) - len(pg):            # the samples just placed: the next ones of the stream
-                pg.extend(range(g, g + len(prow) - len(pg)))
-                g = pg[-1] + 1
+            placed_rows = np.empty(len(lens), dtype=np.int64)
+        if pack:                               # the common case, whole samples that fit: first fit, compiled
+            placed, status = kernels.first_fit(lens, g - start, remaining, max_len, placed_rows)
+            if placed:                         # the samples just placed: the next ones of the stream
+                prow += placed_rows[:placed].tolist()
+                pg.extend(range(g, g + placed))
+                g += placed
                 since_placed = 0
-            if full:
-                break
-            if g - start >= len(lens):
+            if status == 1:
+                break                          # fits no row: the next window starts with it (rows are not empty:
+                                               # an empty window has max_len free in every row)
+            if status == 0:
                 continue                       # the chunk is used up: read the next one
-        r, n = int(idx[g - start]), lens[g - start]
+        r, n = int(idx[g - start]), int(lens[g - start])
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -382,17 +362,14 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         else:
             pieces = [(0, n)]
         if pack:
-            trial = remaining if len(pieces) == 1 else list(remaining)   # one piece: nothing to undo on failure
+            trial = remaining.copy()
             where = []
             for lo, hi in pieces:
-                need = hi - lo
-                for j, room in enumerate(trial):      # first fit
-                    if room >= need:
-                        break
-                else:
+                fit = np.flatnonzero(trial >= hi - lo)       # first fit
+                if not len(fit):
                     break
-                trial[j] -= need
-                where.append(j)
+                trial[fit[0]] -= hi - lo
+                where.append(int(fit[0]))
             fits = len(where) == len(pieces)
         else:
             fits = used + len(pieces) <= n_rows
@@ -404,10 +381,6 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             continue
         if pack:
             remaining = trial
-            fresh = n_rows
-            while fresh and remaining[fresh - 1] == max_len:
-                fresh -= 1
-            top = max(remaining[:fresh], default=-1)
         else:
             used += len(pieces)
         if len(pieces) > 1:
@@ -516,8 +489,6 @@ class Loader:
         self.consumed = consumed
         self.layout = shards.layout
         self._prefetch = prefetch
-        self._pads: dict = {}                    # runs of pad ids (per id type) and of zero flags, sliced for padding
-        self._zeros = memoryview(np.zeros(0, np.uint8))
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -562,9 +533,8 @@ class Loader:
         row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
         Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
         per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token rule,
-        padding) is a few array operations for all of them. The buffers are joined from their parts in order (each
-        row's pieces, then its padding): one bytearray join each, so every byte is written once and the only
-        per-piece Python is taking two memoryview slices."""
+        padding) is a few array operations for all of them; the copies (each piece, then each row's padding) are one
+        compiled loop each (aromni.train.kernels), so every byte is written once and no Python runs per piece."""
         n = len(spec)
         k = spec[:, 3] - spec[:, 2]
         row_first = np.cumsum(per_row) - per_row                       # each row's first piece
@@ -595,35 +565,21 @@ class Loader:
                 src[sel] = g.offsets[local[sel]]
         src = src + spec[:, 2]
         dtype = groups[0][0].ids.dtype
-        after = np.zeros(n, np.int64)                # the padding after each piece: a row's last one has its row's
-        after[row_first + per_row - 1] = row_T - sizes
-        if all(g.ids.dtype == dtype for g, _ in groups):
-            pad_ids = self._pad_run(dtype, int(widths.max()))
-            id_src, flag_src = [memoryview(g.ids) for g, _ in groups], [memoryview(d.flags) for _, d in groups]
-            id_parts, flag_parts = [], []
-            put_id, put_flag = id_parts.append, flag_parts.append
-            for j, s, e, p in zip(which.tolist(), src.tolist(), (src + k).tolist(), after.tolist()):
-                put_id(id_src[j][s:e])
-                put_flag(flag_src[j][s:e])
-                if p:
-                    put_id(pad_ids[:p])
-                    put_flag(self._zeros[:p])
-            ids = np.frombuffer(bytearray().join(id_parts), dtype=dtype)
-            flags = np.frombuffer(bytearray().join(flag_parts), dtype=np.uint8)
-        else:                                        # (shards whose id types differ: numpy converts)
-            ids = np.full(N, self.layout.train_pad, dtype=dtype)
-            flags = np.zeros(N, dtype=np.uint8)
-            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
-                g, d = groups[j]
-                ids[a:a + e - s] = g.ids[s:e]
-                flags[a:a + e - s] = d.flags[s:e]
-        # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart;
+        ids, flags = np.empty(N, dtype=dtype), np.empty(N, dtype=np.uint8)
+        for j, (g, d) in enumerate(groups):
+            sel = slice(None) if len(groups) == 1 else which == j
+            if g.ids.dtype == dtype:
+                kernels.gather(ids, flags, g.ids, d.flags, src[sel], dst[sel], k[sel])
+            else:                                    # (shards whose id types differ: numpy converts)
+                for s, a, m in zip(src[sel].tolist(), dst[sel].tolist(), k[sel].tolist()):
+                    ids[a:a + m] = g.ids[s:s + m]
+                    flags[a:a + m] = d.flags[s:s + m]
         # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
         # attention already does), a single padded sample's positions just continue
+        kernels.pad(ids, flags, row_base + sizes, row_T - sizes, self.layout.train_pad, PIECE_START if self.pack else 0)
+        # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart
         first = dst[k > 0]
         flags[first] = (flags[first] & PERCEPT) | PIECE_START
-        if self.pack:
-            flags[(row_base + sizes)[sizes < row_T]] = PIECE_START
         labels = None
         if any(d.labels is not None for _, d in groups):   # imported labels that are not the ids: carried
             labels = np.full(N, IGNORE_INDEX, dtype=np.int64)
@@ -638,16 +594,6 @@ class Loader:
                              None if labels is None else tensor(labels[a:b].reshape(B, T))))
             a = b
         return out, flags
-
-    def _pad_run(self, dtype, n: int) -> memoryview:
-        """A memoryview of at least n pad ids of this type (and ``_zeros``, as many zero flags), kept to slice from."""
-        run = self._pads.get(dtype)
-        if run is None or len(run) < n:
-            size = max(n, self.max_len)
-            run = self._pads[dtype] = memoryview(np.full(size, self.layout.train_pad, dtype=dtype))
-            if len(self._zeros) < size:
-                self._zeros = memoryview(np.zeros(size, np.uint8))
-        return run
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -680,11 +626,8 @@ class Loader:
         micro += [self._empty_micro() for _ in steps[filled:]]
         samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
-        cls = flags & WEIGHT_CLASS
-        n2, n3 = int(np.count_nonzero(cls == 2)), int(np.count_nonzero(cls == 3))
-        n1 = int(np.count_nonzero(cls)) - n2 - n3
+        n1, n2, n3, pcount = kernels.flag_counts(flags).tolist()
         w = n1 * self._weights[1] + n2 * self._weights[2] + n3 * self._weights[3]
-        pcount = int(np.count_nonzero(flags & PERCEPT))
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
     # ---- iteration (optionally prefetched in a thread: windows are a pure function of the start) -----------

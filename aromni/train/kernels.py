@@ -1,0 +1,116 @@
+"""The loader's loops over samples and tokens, compiled by numba.
+
+A window is ~100 samples and pieces and ~70 k tokens. As Python, or as numpy calls of a few microseconds each, the
+first fit, the copies into the window's buffers and the counts of its flags took about as long as decoding the row
+groups the window reads; these are the plain loops a reader would write. ``cache=True`` keeps the machine code on disk
+(next to this file, or in NUMBA_CACHE_DIR), so only the first process on a machine pays the compile (~7 s here; a
+later one loads it in ~0.8 s). ``nogil``: a prefetch thread runs them beside the trainer.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from aromni.train.labels import PERCEPT, WEIGHT_CLASS
+
+# flag_counts reads eight flag bytes a word by bit position: the weight class in bits 0-1, the perceptual mark bit 2
+if (WEIGHT_CLASS, PERCEPT) != (3, 4):
+    raise ImportError("aromni.train.kernels.flag_counts assumes WEIGHT_CLASS == 3 and PERCEPT == 4")
+
+
+
+@njit(cache=True, nogil=True)
+def first_fit(lens, i0, remaining, max_len, rows_out):
+    """Place whole samples ``lens[i0:]`` first fit into rows with ``remaining`` room (updated in place), writing each
+    one's row to ``rows_out``. Stops at the first sample longer than ``max_len`` (status 2: the caller splits or
+    drops it), at the first that fits no row (status 1: the window is full) or at the end of ``lens`` (status 0).
+    Returns (samples placed, status)."""
+    n_rows = len(remaining)
+    placed = 0
+    for i in range(i0, len(lens)):
+        n = lens[i]
+        if n > max_len:
+            return placed, 2
+        j = 0
+        while j < n_rows and remaining[j] < n:
+            j += 1
+        if j == n_rows:
+            return placed, 1
+        remaining[j] -= n
+        rows_out[placed] = j
+        placed += 1
+    return placed, 0
+
+
+@njit(cache=True, nogil=True)
+def gather(out_ids, out_flags, ids, flags, src, dst, length):
+    """out[dst[i]:dst[i] + length[i]] = source[src[i]:src[i] + length[i]] for the ids and the flags of each piece."""
+    for i in range(len(src)):
+        s, d, m = src[i], dst[i], length[i]
+        out_ids[d:d + m] = ids[s:s + m]
+        out_flags[d:d + m] = flags[s:s + m]
+
+
+@njit(cache=True, nogil=True)
+def pad(out_ids, out_flags, starts, length, pad_id, first_flag):
+    """Fill each run [starts[i], starts[i] + length[i]) with ``pad_id`` and zero flags, its first flag ``first_flag``
+    (a packed row's padding is a piece of its own: its positions restart)."""
+    for i in range(len(starts)):
+        a, m = starts[i], length[i]
+        if m:
+            out_ids[a:a + m] = pad_id
+            out_flags[a:a + m] = 0
+            out_flags[a] = first_flag
+
+
+def flag_counts(flags: np.ndarray) -> np.ndarray:
+    """[tokens of weight class 1, 2, 3, perceptual tokens] of a window's flags (uint8, C-contiguous): one pass, eight
+    bytes at a time."""
+    whole = len(flags) // 8 * 8
+    return _flag_counts(flags[:whole].view(np.uint64), flags[whole:])
+
+
+_LANES = np.uint64(0x0101010101010101)     # bit 0 of each of a word's 8 bytes
+_PAIRS = np.uint64(0x00FF00FF00FF00FF)
+_SUM16 = np.uint64(0x0001000100010001)
+
+
+@njit(cache=True, nogil=True)
+def _byte_sum(acc):
+    """The sum of a word's 8 bytes (each <= 255)."""
+    pairs = (acc & _PAIRS) + ((acc >> np.uint64(8)) & _PAIRS)      # 4 lanes of 16 bits, each <= 510
+    return (pairs * _SUM16) >> np.uint64(48)                       # their sum, <= 2040, in the top 16 bits
+
+
+@njit(cache=True, nogil=True)
+def _flag_counts(words, tail):
+    # each byte of a word is one token's flags (aromni.train.labels): bits 0-1 the weight class (WEIGHT_CLASS),
+    # bit 2 the perceptual mark (PERCEPT); per
+    # byte lane, class 1 = b0 and not b1, class 2 = b1 and not b0, class 3 = both. A lane's counter is a byte, so
+    # the lanes are summed out every 255 words.
+    out = np.zeros(4, np.int64)
+    one, two = np.uint64(1), np.uint64(2)
+    i, n = 0, len(words)
+    while i < n:
+        a1 = a2 = a3 = ap = np.uint64(0)
+        stop = min(i + 255, n)
+        while i < stop:
+            x = words[i]
+            b0 = x & _LANES
+            b1 = (x >> one) & _LANES
+            a1 += b0 & ~b1
+            a2 += b1 & ~b0
+            a3 += b0 & b1
+            ap += (x >> two) & _LANES
+            i += 1
+        out[0] += _byte_sum(a1)
+        out[1] += _byte_sum(a2)
+        out[2] += _byte_sum(a3)
+        out[3] += _byte_sum(ap)
+    for f in tail:
+        c = f & WEIGHT_CLASS
+        if c:
+            out[c - 1] += 1
+        if f & PERCEPT:
+            out[3] += 1
+    return out

@@ -1,0 +1,69 @@
+"""The loader's compiled loops against the plain numpy/Python they replace (test_loader checks whole batches)."""
+import numpy as np
+import pytest
+
+from aromni.train import kernels
+from aromni.train.labels import PERCEPT, WEIGHT_CLASS
+
+
+def numpy_counts(flags: np.ndarray) -> list[int]:
+    cls = flags & WEIGHT_CLASS
+    return [int((cls == 1).sum()), int((cls == 2).sum()), int((cls == 3).sum()), int(((flags & PERCEPT) != 0).sum())]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 255 * 8, 255 * 8 + 3, 256 * 8 * 3 + 5, 100_003])
+def test_flag_counts_equal_numpy(n):
+    rng = np.random.default_rng(n)
+    flags = rng.integers(0, 16, n).astype(np.uint8)
+    assert kernels.flag_counts(flags).tolist() == numpy_counts(flags)
+
+
+def test_flag_counts_saturated_lanes():
+    # every byte counts in every field: a byte lane's counter would overflow without the summing every 255 words
+    flags = np.full(8 * 1000 + 3, 3 | PERCEPT, np.uint8)
+    assert kernels.flag_counts(flags).tolist() == [0, 0, len(flags), len(flags)]
+    flags[:] = 1
+    assert kernels.flag_counts(flags[1:]).tolist() == [len(flags) - 1, 0, 0, 0]   # an unaligned start
+
+
+def plain_first_fit(lens, i0, remaining, max_len):
+    rows = []
+    for n in lens[i0:]:
+        if n > max_len:
+            return rows, 2
+        fit = [j for j, r in enumerate(remaining) if r >= n]
+        if not fit:
+            return rows, 1
+        remaining[fit[0]] -= n
+        rows.append(fit[0])
+    return rows, 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_fit_equals_plain(seed):
+    rng = np.random.default_rng(seed)
+    max_len, n_rows = int(rng.integers(5, 200)), int(rng.integers(1, 9))
+    lens = rng.integers(1, max_len + (max_len // 4 if seed % 2 else 1), int(rng.integers(0, 60))).astype(np.int64)
+    start = np.full(n_rows, max_len, np.int64) - rng.integers(0, max_len // 2, n_rows)
+    i0 = int(rng.integers(0, len(lens) + 1))
+    want_rows, want_status = plain_first_fit(lens.tolist(), i0, start.tolist(), max_len)
+    remaining, out = start.copy(), np.empty(len(lens), np.int64)
+    placed, status = kernels.first_fit(lens, i0, remaining, max_len, out)
+    assert (out[:placed].tolist(), status) == (want_rows, want_status)
+    want_remaining = start.copy()
+    np.subtract.at(want_remaining, out[:placed], lens[i0:i0 + placed])
+    assert remaining.tolist() == want_remaining.tolist()
+
+
+def test_gather_and_pad_equal_slices():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 65536, 1000).astype(np.int32)
+    ids.flags.writeable = False                  # as Arrow hands the decoded ids over
+    flags = rng.integers(0, 16, 1000).astype(np.uint8)
+    src, k = np.array([10, 500, 0], np.int64), np.array([5, 0, 7], np.int64)
+    dst = np.array([0, 5, 5], np.int64)
+    out_ids, out_flags = np.empty(20, np.int32), np.empty(20, np.uint8)
+    kernels.gather(out_ids, out_flags, ids, flags, src, dst, k)
+    kernels.pad(out_ids, out_flags, np.array([12, 20], np.int64), np.array([8, 0], np.int64), 7, 8)
+    assert out_ids.tolist() == ids[10:15].tolist() + ids[0:7].tolist() + [7] * 8
+    assert out_flags.tolist() == flags[10:15].tolist() + flags[0:7].tolist() + [8] + [0] * 7
