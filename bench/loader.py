@@ -8,11 +8,12 @@ says where the loader's time goes inside one real epoch (each stage's exclusive 
 reading + decoding row groups, deriving labels/weights/perceptual positions per row group as one byte of flags a
 token (aromni.train.labels.derive_flags), planning windows, collating micro-batches (int32 ids + flags: the trainer
 widens them on its device; the last line says what that widening would cost on this CPU), and the rest of building
-a window. Times are CPU seconds of this process (the machine may be shared), the best of --repeat runs of each side, the
-two sides alternating, with pyarrow on one thread so both run on one core. "raw read" reads the columns the loader needs (input_ids, segments, task) for every
-row group and touches the token buffers. The loader's epoch is the windows until it has consumed every row; the
-last one takes the first samples of the next epoch, so the loader decodes one row group more than the raw read
-(printed).
+a window. Times are CPU seconds of this process (the machine may be shared), the best of --repeat runs of each
+side, the two sides alternating, with pyarrow on one thread so both run on one core; each loader run's ratio to the
+raw read just before it is printed too (median, range). "raw read" reads the columns the loader needs (input_ids,
+segments, task) for every row group and touches the token buffers. The loader's epoch is the windows until it has
+consumed every row; the last one takes the first samples of the next epoch, so the loader decodes one row group more
+than the raw read (printed).
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ if (WEIGHT_CLASS, PERCEPT) != (3, 4):
     raise ImportError("aromni.train.kernels.flag_counts assumes WEIGHT_CLASS == 3 and PERCEPT == 4")
 
 
-
 @njit(cache=True, nogil=True)
 def first_fit(lens, i0, remaining, max_len, rows_out):
     """Place whole samples ``lens[i0:]`` first fit into rows with ``remaining`` room (updated in place), writing each
@@ -85,9 +84,8 @@ def _byte_sum(acc):
 @njit(cache=True, nogil=True)
 def _flag_counts(words, tail):
     # each byte of a word is one token's flags (aromni.train.labels): bits 0-1 the weight class (WEIGHT_CLASS),
-    # bit 2 the perceptual mark (PERCEPT); per
-    # byte lane, class 1 = b0 and not b1, class 2 = b1 and not b0, class 3 = both. A lane's counter is a byte, so
-    # the lanes are summed out every 255 words.
+    # bit 2 the perceptual mark (PERCEPT). Per byte lane, class 1 = b0 and not b1, class 2 = b1 and not b0,
+    # class 3 = both. A lane's counter is a byte, so the lanes are summed out every 255 words.
     out = np.zeros(4, np.int64)
     one, two = np.uint64(1), np.uint64(2)
     i, n = 0, len(words)

@@ -362,15 +362,10 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         else:
             pieces = [(0, n)]
         if pack:
-            trial = remaining.copy()
-            where = []
-            for lo, hi in pieces:
-                fit = np.flatnonzero(trial >= hi - lo)       # first fit
-                if not len(fit):
-                    break
-                trial[fit[0]] -= hi - lo
-                where.append(int(fit[0]))
-            fits = len(where) == len(pieces)
+            # a cut sample's pieces go in by the same first fit, all or none (on a copy: nothing to undo)
+            trial, at = remaining.copy(), np.empty(len(pieces), np.int64)
+            placed, _ = kernels.first_fit(np.array([hi - lo for lo, hi in pieces], np.int64), 0, trial, max_len, at)
+            fits, where = placed == len(pieces), at.tolist()
         else:
             fits = used + len(pieces) <= n_rows
             where = list(range(used, used + len(pieces)))
