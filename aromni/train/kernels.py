@@ -42,12 +42,60 @@ def first_fit(lens, i0, remaining, max_len, rows_out):
 
 
 @njit(cache=True, nogil=True)
-def gather(out_ids, out_flags, ids, flags, src, dst, length):
-    """out[dst[i]:dst[i] + length[i]] = source[src[i]:src[i] + length[i]] for the ids and the flags of each piece."""
+def layout(spec, per_row, per_batch, rg_start):
+    """Where the pieces ``spec`` (rows of (stream index, row in the shard set, lo, hi), row after row; ``per_row``
+    pieces in each row, ``per_batch`` rows in each micro-batch) go in a window's flat buffers, micro-batch after
+    micro-batch, each [its rows, its longest row]: (each piece's destination and length, its row group and row in
+    that group (``rg_start``: the first row of each row group), each row's padding as start and length, each
+    micro-batch's width, the buffers' size)."""
+    n, R = len(spec), len(per_row)
+    dst, length = np.empty(n, np.int64), np.empty(n, np.int64)
+    rg, local = np.empty(n, np.int64), np.empty(n, np.int64)
+    pad_at, pad_len = np.empty(R, np.int64), np.empty(R, np.int64)
+    widths = np.empty(len(per_batch), np.int64)
+    sizes = np.empty(R, np.int64)
+    i = 0
+    for r in range(R):                     # each row's size
+        size = 0
+        for _ in range(per_row[r]):
+            length[i] = spec[i, 3] - spec[i, 2]
+            size += length[i]
+            i += 1
+        sizes[r] = size
+    i = r = base = 0
+    for b in range(len(per_batch)):        # each micro-batch's width, then its rows one after another
+        T = 0
+        for q in range(r, r + per_batch[b]):
+            T = max(T, sizes[q])
+        widths[b] = T
+        for _ in range(per_batch[b]):
+            at = base
+            for _ in range(per_row[r]):
+                dst[i] = at
+                at += length[i]
+                i += 1
+            pad_at[r], pad_len[r] = at, base + T - at
+            base += T
+            r += 1
+    g = 0
+    for i in range(n):                     # each piece's row group (pieces come from a few neighbouring ones)
+        row = spec[i, 1]
+        if row < rg_start[g] or row >= rg_start[g + 1]:
+            g = np.searchsorted(rg_start, row, side="right") - 1
+        rg[i], local[i] = g, row - rg_start[g]
+    return dst, length, rg, local, pad_at, pad_len, widths, base
+
+
+@njit(cache=True, nogil=True)
+def gather(out_ids, out_flags, ids, flags, src, dst, length, first_flag, keep):
+    """out[dst[i]:dst[i] + length[i]] = source[src[i]:src[i] + length[i]] for the ids and the flags of each piece; a
+    piece's first flag becomes ``(flag & keep) | first_flag``: nothing before it predicts it, positions restart."""
     for i in range(len(src)):
         s, d, m = src[i], dst[i], length[i]
-        out_ids[d:d + m] = ids[s:s + m]
-        out_flags[d:d + m] = flags[s:s + m]
+        if m:
+            out_ids[d:d + m] = ids[s:s + m]
+            out_flags[d:d + m] = flags[s:s + m]
+            out_flags[d] = (out_flags[d] & keep) | first_flag
 
 
 @njit(cache=True, nogil=True)

@@ -1,10 +1,11 @@
-"""Labels, loss weights and perceptual positions for a whole row group at once, over flat numpy arrays.
+"""Labels, loss weights and perceptual positions for a whole row group at once, over its flat arrays.
 
 ``aromni.sample.labels_and_weights`` is the reference definition of labels and weights, one row at a time; this module
-computes the same arrays for every row of a decoded row group with a handful of vectorised passes (a test asserts
-equality row by row on the demo shards and on random rows). ``derive_flags`` gives them as one byte of flags a token
-(``Derived``: the weight class, whose weights are a 4-entry table, and the perceptual mark), which is what the loader
-slices samples out of and ships; ``derive`` spells the flags out as (labels, weights, perceptual mask).
+computes the same arrays for every row of a decoded row group in one compiled loop over the rows (numba; tests assert
+equality row by row on the demo shards and on random rows, for both rules below). ``derive_flags`` gives them as one
+byte of flags a token (``Derived``: the weight class, whose weights are a 4-entry table, and the perceptual mark),
+which is what the loader slices samples out of and ships; ``derive`` spells the flags out as (labels, weights,
+perceptual mask). Segments are clipped to their row (the build's grammar check keeps them inside it).
 
 Two rules for the weights (``rule``):
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from aromni.layout import Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy
@@ -66,92 +68,115 @@ class FlatRows:
         return [self.task_names[c] for c in self.task_codes.tolist()]
 
 
-def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Boolean [n]: True inside any [lo, hi) range (ranges may overlap or be empty). Ranges are segments, a few per
-    row: then one slice assignment each (a memset) beats a pass over n; many tiny ranges take one cumsum instead."""
-    lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
-    keep = hi > lo
-    lo, hi = lo[keep], hi[keep]
-    if len(lo) * 32 <= n:
-        out = np.zeros(n, dtype=bool)
-        _fill(out.view(np.uint8), lo, hi, 1)
-        return out
-    d = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(d, lo, 1)
-    np.add.at(d, hi, -1)
-    return np.cumsum(d[:n], dtype=np.int32) > 0
-
-
-def _fill(out: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int) -> None:
-    """out[lo[i]:hi[i]] = value for every range (uint8; an empty range, hi <= lo, sets nothing): a memoryview copy
-    from a run of the value per range (half the cost of numpy's slice fill)."""
-    keep = hi > lo
-    if not keep.all():
-        lo, hi = lo[keep], hi[keep]
-    if not len(lo):
-        return
-    dst, run = memoryview(out), memoryview(bytes([value]) * int((hi - lo).max()))
-    for a, b in zip(lo.tolist(), hi.tolist()):
-        dst[a:b] = run[:b - a]
-
-
-def _tail_starts(unflagged: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Per row [starts[r], ends[r]): where its last ``count[r]`` flagged positions begin (its start when it has
-    fewer), from the sorted *unflagged* positions (a few per row when most positions are flagged), so no pass over
-    every token: rank(p) = p - #unflagged before p, and the flagged position of rank k is
-    k + #{i: unflagged[i] - i <= k}."""
-    rank_end = ends - np.searchsorted(unflagged, ends)        # flagged positions before each row's end
-    k = rank_end - count                                      # rank of the first flagged position kept
-    first = k + np.searchsorted(unflagged - np.arange(len(unflagged)), k, side="right")
-    return np.clip(first, starts, ends)
-
-
-def _positions(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Every position of the ranges [lo, hi), concatenated."""
-    size = hi - lo
-    total = int(size.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(lo - (np.cumsum(size) - size), size) + np.arange(total)
-
-
-def _last_flagged(flag: np.ndarray, starts: np.ndarray, ends: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Positions of the last ``count[r]`` flagged positions of each row [starts[r], ends[r]) (all of the row's
-    flagged ones when it has fewer), concatenated."""
-    pos = _positions(_tail_starts(np.flatnonzero(~flag), starts, ends, count), ends)
-    return pos[flag[pos]]
-
-
 def _task_rows(g: FlatRows, wanted) -> np.ndarray:
-    """Per row: is its task among ``wanted`` (rows with stored labels count as task ``labels``)."""
+    """Per row: is its task among ``wanted`` (rows with stored labels count as task ``labels``): one test per distinct
+    task name, then a lookup per row."""
     if EVERY_TASK in wanted:
         return np.ones(len(g.task_codes), dtype=bool)
     hit = np.array([(LABELS_TASK if t is None else t) in wanted for t in g.task_names], dtype=bool)
     return hit[g.task_codes]
 
 
-def _members(x: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
-    """x in sorted_values, per element (np.isin builds a table as wide as the values' range: a row group's)."""
-    if not len(sorted_values):
-        return np.zeros(len(x), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
-    return sorted_values[at] == x
+# targets (``mode`` of _derive_rows): every token but a leading bos (pretraining), the assistant segments (SFT), or
+# the flags as given (rows with stored labels: 1 where the label is not -100)
+_ALL, _ASSISTANT, _GIVEN = 0, 1, 2
+# which targets the response tail skips: the row's last target when it is a stop id (aromni), every eos (upstream)
+_LEAVE_LAST_STOP, _LEAVE_EOS = 0, 1
 
 
-def _is_any(x: np.ndarray, values) -> np.ndarray:
-    """x == any of a few values (np.isin sorts: for two stop ids, two compares are cheaper)."""
-    out = x == values[0]
-    for v in values[1:]:
-        out |= x == v
-    return out
+@njit(cache=True, nogil=True)
+def _derive_rows(ids, off, mode, seg_off, seg_start, seg_end, seg_assistant, seg_image, percept_row, image_tokens,
+                 tail_row, leave, transcript, upstream_pairs, bos, boi, eos, ins, res, stop_ids, flags):
+    """Write every row's flags (a row's tokens are ids[off[r]:off[r + 1]]; its segments seg_*[seg_off[r]:seg_off[r +
+    1]], relative to the row and clipped to it): targets (``mode``), then the perceptual mark on the image codes of
+    rows with ``percept_row``, the response tail (class 2) of rows with ``tail_row``, the transcript (class 3) when
+    ``transcript``. One pass over each row's tokens for each rule that applies, no temporaries."""
+    for r in range(len(off) - 1):
+        a, b = off[r], off[r + 1]
+        if a >= b:
+            continue
+        n = b - a
+        s0, s1 = seg_off[r], seg_off[r + 1]
+        # ---- targets: weight class 1
+        if mode == _ALL:
+            flags[a:b] = 1
+        elif mode == _ASSISTANT:
+            flags[a:b] = 0
+            for s in range(s0, s1):
+                if seg_assistant[s]:
+                    flags[a + min(max(seg_start[s], 0), n):a + min(max(seg_end[s], 0), n)] = 1
+        # ---- perceptual mark: the codes of image spans (boi and eoi excluded) that are targets
+        if percept_row[r]:
+            if mode == _GIVEN:             # (no segments) the image_tokens ids after a labelled boi, inside the row
+                for p in range(a, b - image_tokens):
+                    if ids[p] == boi and flags[p] & 1:
+                        _mark_targets(flags, p + 1, p + 1 + image_tokens)
+            else:
+                for s in range(s0, s1):
+                    if seg_image[s]:
+                        lo, hi = a + min(max(seg_start[s], 0), n) + 1, a + min(max(seg_end[s], 0), n) - 1
+                        if mode == _ALL:
+                            flags[lo:hi] = 1 | PERCEPT     # (every code is a target: a memset)
+                        else:
+                            _mark_targets(flags, lo, hi)
+        if mode == _ALL and ids[a] == bos:
+            flags[a] = 0                    # bos is never a target: nothing precedes it
+        # ---- the response tail: the last len(response) targets, skipping ``leave``'s ids
+        if tail_row[r]:
+            resp = 0
+            for s in range(s0, s1):
+                if seg_assistant[s]:
+                    resp += seg_end[s] - seg_start[s]
+            if resp > 0 and _is_stop(ids[b - 1], stop_ids):
+                resp -= 1                   # len(response) leaves out the row's final stop id
+            last = True                     # (aromni) the first target met from the end is the row's last
+            p = b - 1
+            while resp > 0 and p >= a:
+                f = flags[p]
+                if f & WEIGHT_CLASS:
+                    skip = ids[p] == eos if leave == _LEAVE_EOS else last and _is_stop(ids[p], stop_ids)
+                    last = False
+                    if not skip:
+                        flags[p] = (f & PERCEPT) | 2
+                        resp -= 1
+                p -= 1
+        # ---- the transcript: targets strictly between an <-Ins-> and the <-Res-> it pairs with, in the row.
+        # aromni pairs each <-Ins-> with the first <-Res-> after it, upstream with the first one no earlier <-Ins->
+        # took. Either way a position is inside iff an <-Ins-> before it is still waiting (upstream: a queue of them,
+        # each <-Res-> takes the oldest; aromni: a <-Res-> answers all) and a <-Res-> comes after it in the row.
+        if transcript:
+            last_res = a                    # (none: nothing is inside)
+            for p in range(b - 1, a - 1, -1):
+                if ids[p] == res:
+                    last_res = p
+                    break
+            waiting = 0
+            for p in range(a, last_res):
+                t = ids[p]
+                if t == res:
+                    waiting = waiting - 1 if upstream_pairs and waiting else 0
+                if waiting:
+                    f = flags[p]
+                    if f & WEIGHT_CLASS:
+                        flags[p] = (f & PERCEPT) | 3
+                if t == ins:
+                    waiting += 1
 
 
-def _last_assistant_target(R: int, seg_row, seg_end, seg_assistant) -> np.ndarray:
-    """Per row (SFT: targets are the assistant segments): the position of its last target, the end of its last
-    assistant segment; -1 when none. (Pretraining rows: their last token, unless a hole; see derive_flags.)"""
-    last = np.full(R, -1, dtype=np.int64)
-    np.maximum.at(last, seg_row[seg_assistant], seg_end[seg_assistant] - 1)
-    return last
+@njit(cache=True, nogil=True)
+def _mark_targets(flags, lo, hi):
+    """The perceptual mark on the targets of lo..hi, while the weight class of a target is still 1 (no branch: the
+    loop vectorises)."""
+    for q in range(lo, hi):
+        flags[q] |= (flags[q] & 1) * PERCEPT
+
+
+@njit(cache=True, nogil=True)
+def _is_stop(x, stop_ids):
+    for v in stop_ids:
+        if x == v:
+            return True
+    return False
 
 
 @dataclass
@@ -184,118 +209,37 @@ def derive(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("t
 
 def derive_flags(g: FlatRows, policy: LossPolicy, layout: Layout, perceptual_tasks=("text_to_image",),
                  rule: str = "aromni") -> Derived:
-    """The row group's labels, weights and perceptual positions as one byte of flags a token. Pretraining rows
-    (``on: all``) never get a target mask: their only non-targets are a leading bos per row (``holes``), so each
-    step works from those, the row ends and the segments, and one pass over the tokens (writing the flags) is all
-    a row group costs. (Large temporaries cost more than their pass here: a fresh array of a row group's size is
-    fresh pages from the kernel.)"""
+    """The row group's labels, weights and perceptual positions as one byte of flags a token: the per-task tests here
+    (one per distinct task name), every row's flags in one compiled loop (``_derive_rows``)."""
     if rule not in WEIGHT_RULES:
         raise ValueError(f"unknown weight rule {rule!r} (allowed: {', '.join(WEIGHT_RULES)})")
-    ids = np.asarray(g.ids)                       # int32 as stored: no widened copy
+    if policy.on not in ("all", "assistant"):
+        raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
+    ids = np.asarray(g.ids)                       # as stored (int32): no widened copy
     off = np.asarray(g.offsets, dtype=np.int64)
-    n, R = len(ids), len(off) - 1
-    lens = np.diff(off)
-    starts, ends = off[:-1], off[1:]
-    nonempty = lens > 0
-
+    R = len(off) - 1
     stored = None
-    mask = holes = None                            # targets: mask, or (on all) everything but the holes
     if g.labels is not None:                       # stored labels: used as they are
         labels = np.asarray(g.labels)
-        mask = labels != IGNORE_INDEX
-        seg_row = None
-        if not np.array_equal(labels[mask], ids[mask]):
+        given = labels != IGNORE_INDEX
+        if not np.array_equal(labels[given], ids[given]):
             stored = labels                        # (labels that are not the ids: carried as they are)
+        flags, mode = given.view(np.uint8), _GIVEN
+        seg_off, seg_start, no = np.zeros(R + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        seg_end, seg_assistant, seg_image = seg_start, no, no
     else:
-        seg_row = np.repeat(np.arange(R), np.diff(g.seg_offsets))
-        gs = starts[seg_row] + g.seg_start
-        ge = starts[seg_row] + g.seg_end
-        if policy.on == "all":
-            first = starts[nonempty]
-            holes = first[ids[first] == layout.bos]   # bos is never a target
-        elif policy.on == "assistant":
-            mask = _cover(n, gs[g.seg_assistant], ge[g.seg_assistant])
-        else:
-            raise ValueError(f"unknown loss policy on={policy.on!r} (allowed: all, assistant)")
-    if mask is None:
-        flags = np.ones(n, dtype=np.uint8)        # weight class 1 where a target, 0 elsewhere
-        is_target = lambda pos: ~_members(pos, holes)  # noqa: E731
-    else:
-        flags = mask.view(np.uint8).copy()
-        is_target = lambda pos: mask[pos]              # noqa: E731
-
-    # ---- perceptual positions: the codes of every labelled image span in the chosen tasks ---------------------
-    # (set first, while a target is a 1: the weight classes below keep the bit)
-    percept_rows = _task_rows(g, set(perceptual_tasks))
-    if percept_rows.any():
-        if seg_row is not None:
-            img = g.seg_image & percept_rows[seg_row]
-            lo, hi = gs[img] + 1, ge[img] - 1
-        else:
-            boi = np.flatnonzero((ids == layout.boi) & mask)
-            r = np.searchsorted(off, boi, side="right") - 1
-            boi = boi[percept_rows[r] & (boi + layout.image_tokens < off[1:][r])]   # the whole span inside the row
-            lo, hi = boi + 1, boi + 1 + layout.image_tokens
-        if mask is None:                           # every code is a target (the holes are cleared below)
-            _fill(flags, lo, hi, 1 | PERCEPT)
-        else:                                      # only where labels are not IGNORE_INDEX
-            codes = _cover(n, lo, hi)
-            codes &= mask
-            bits = codes.view(np.uint8)
-            np.multiply(bits, PERCEPT, out=bits)
-            flags |= bits
-    if holes is not None:
-        flags[holes] = 0
-
-    # ---- the response tail of response_tasks (segments rows: the response length comes from the segments) ----
-    # (upstream: only its pretraining trainer weights the tail, only its SFT trainer the transcript)
-    upstream_sft = rule == "upstream" and policy.on == "assistant"
-    if seg_row is not None and policy.response_weight != 1.0 and policy.response_tasks and not upstream_sft:
-        tail_rows = _task_rows(g, set(policy.response_tasks))
-        if tail_rows.any():
-            asst = g.seg_assistant
-            resp = np.bincount(seg_row[asst], weights=(ge - gs)[asst], minlength=R).astype(np.int64)
-            last = np.full(R, -1, dtype=np.int64)
-            last[nonempty] = ids[ends[nonempty] - 1]
-            stop_end = _is_any(last, layout.stop_ids)      # rows that end with a stop id
-            resp -= (resp > 0) & stop_end
-            resp[~tail_rows] = 0
-            if rule == "aromni" and mask is None:  # the row's last target (its last token, unless a hole) leaves
-                leave = (ends - 1)[stop_end]       # the tail if it is a stop id
-                leave = leave[is_target(leave)]
-            elif rule == "aromni":
-                final = _last_assistant_target(R, seg_row, ge, g.seg_assistant)
-                leave = final[(final >= 0) & _is_any(ids[np.maximum(final, 0)], layout.stop_ids)]
-            else:                                  # upstream: every eos target leaves it
-                leave = np.flatnonzero(ids == layout.eos)
-            some = resp > 0
-            if mask is None:                       # out of the tail: the holes and those, a few per row (disjoint:
-                out = np.sort(np.concatenate([holes, leave]))   # the holes are no targets, those are)
-                keep = flags[out]                  # (they keep their flags)
-                tail = _positions(_tail_starts(out, starts[some], ends[some], resp[some]), ends[some])
-                flags[tail] = (flags[tail] & PERCEPT) | 2
-                flags[out] = keep
-            else:
-                eligible = mask.copy()
-                eligible[leave] = False
-                tail = _last_flagged(eligible, starts[some], ends[some], resp[some])
-                flags[tail] = (flags[tail] & PERCEPT) | 2
-
-    # ---- the transcript between <-Ins-> and <-Res-> (SFT) ----------------------------------------------------
-    if policy.transcript_weight != 1.0 and not (rule == "upstream" and policy.on == "all"):
-        ins, res = np.flatnonzero(ids == layout.ins), np.flatnonzero(ids == layout.res)
-        lo, hi = [], []
-        used = np.zeros(len(res), dtype=bool)
-        for i in ins:                              # the markers are rare: a loop over them, not over tokens
-            j = int(np.searchsorted(res, i, side="right"))
-            if rule == "upstream":
-                while j < len(res) and used[j]:
-                    j += 1
-            if j < len(res) and res[j] < off[np.searchsorted(off, i, side="right")]:   # in i's row
-                used[j] = True
-                lo.append(i + 1)
-                hi.append(res[j])
-        inside = _cover(n, np.asarray(lo, np.int64), np.asarray(hi, np.int64))
-        inside &= (flags & WEIGHT_CLASS) != 0      # targets only
-        flags[inside] = (flags[inside] & PERCEPT) | 3
+        flags, mode = np.empty(len(ids), np.uint8), _ALL if policy.on == "all" else _ASSISTANT
+        seg_off, seg_start, seg_end = (np.asarray(x, np.int64) for x in (g.seg_offsets, g.seg_start, g.seg_end))
+        seg_assistant, seg_image = np.asarray(g.seg_assistant, bool), np.asarray(g.seg_image, bool)
+    # (upstream has one trainer per stage: only its pretraining trainer weights the tail, only its SFT trainer the
+    # transcript)
+    upstream = rule == "upstream"
+    tail = (g.labels is None and policy.response_weight != 1.0 and bool(policy.response_tasks)
+            and not (upstream and policy.on == "assistant"))
+    tail_rows = _task_rows(g, set(policy.response_tasks)) if tail else np.zeros(R, bool)
+    transcript = policy.transcript_weight != 1.0 and not (upstream and policy.on == "all")
+    _derive_rows(ids, off, mode, seg_off, seg_start, seg_end, seg_assistant, seg_image,
+                 _task_rows(g, set(perceptual_tasks)), layout.image_tokens, tail_rows,
+                 _LEAVE_EOS if upstream else _LEAVE_LAST_STOP, transcript, upstream, layout.bos, layout.boi,
+                 layout.eos, layout.ins, layout.res, np.asarray(layout.stop_ids, ids.dtype), flags)
     return Derived(flags, weight_table(policy), stored)

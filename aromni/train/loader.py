@@ -527,61 +527,40 @@ class Loader:
         """(micro-batches, the flat flags buffer they are views of) for pieces ``spec`` ([n, 4] as ``Plan.pieces``,
         row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
         Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
-        per tensor (ids as stored, flags), so the bookkeeping (sizes, where each piece goes, the first-token rule,
-        padding) is a few array operations for all of them; the copies (each piece, then each row's padding) are one
-        compiled loop each (aromni.train.kernels), so every byte is written once and no Python runs per piece."""
-        n = len(spec)
-        k = spec[:, 3] - spec[:, 2]
-        row_first = np.cumsum(per_row) - per_row                       # each row's first piece
-        sizes = np.add.reduceat(k, row_first)
-        widths = np.maximum.reduceat(sizes, np.cumsum(per_batch) - per_batch)   # each micro-batch's T
-        row_T = np.repeat(widths, per_batch)
-        row_base = np.cumsum(row_T) - row_T                            # where each row starts in the buffers
-        N = int(row_T.sum())
-        ends = np.cumsum(k)
-        dst = ends - k + np.repeat(row_base - (ends - k)[row_first], per_row)   # where each piece goes
-        # where each piece's tokens start in its row group's flat arrays: one searchsorted for all of them
-        rgs = np.searchsorted(self.shards.rg_start, spec[:, 1], side="right") - 1
-        local = spec[:, 1] - self.shards.rg_start[rgs]
+        per tensor (ids as stored, flags); where everything goes (``kernels.layout``), the copies of the pieces with
+        their first-token rule (``gather``) and each row's padding (``pad``) are compiled loops, so every byte is
+        written once and no Python runs per piece."""
+        dst, k, rgs, local, pad_at, pad_len, widths, N = kernels.layout(spec, per_row, per_batch, self.shards.rg_start)
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
         # (the row group of the stream's last sample is asked for last: the next window continues in it)
         last = int(rgs[np.argmax(spec[:, 0])])
         held = {rg: self.derived(rg) for rg in used if rg != last}
         held[last] = self.derived(last)
         groups = [held[rg] for rg in used]
-        if len(used) == 1:
-            which = np.zeros(n, np.int64)
-            src = groups[0][0].offsets[local]
-        else:
-            which = np.searchsorted(used, rgs)
-            src = np.empty(n, np.int64)
-            for j, (g, _) in enumerate(groups):
-                sel = which == j
-                src[sel] = g.offsets[local[sel]]
-        src = src + spec[:, 2]
         dtype = groups[0][0].ids.dtype
         ids, flags = np.empty(N, dtype=dtype), np.empty(N, dtype=np.uint8)
+        src = np.empty(len(spec), np.int64)
         for j, (g, d) in enumerate(groups):
-            sel = slice(None) if len(groups) == 1 else which == j
+            sel = slice(None) if len(groups) == 1 else rgs == used[j]
+            src[sel] = g.offsets[local[sel]] + spec[sel, 2]  # where each piece's tokens start in its row group
             if g.ids.dtype == dtype:
-                kernels.gather(ids, flags, g.ids, d.flags, src[sel], dst[sel], k[sel])
+                kernels.gather(ids, flags, g.ids, d.flags, src[sel], dst[sel], k[sel], PIECE_START, PERCEPT)
             else:                                    # (shards whose id types differ: numpy converts)
                 for s, a, m in zip(src[sel].tolist(), dst[sel].tolist(), k[sel].tolist()):
                     ids[a:a + m] = g.ids[s:s + m]
                     flags[a:a + m] = d.flags[s:s + m]
+                    if m:
+                        flags[a] = (flags[a] & PERCEPT) | PIECE_START
         # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
         # attention already does), a single padded sample's positions just continue
-        kernels.pad(ids, flags, row_base + sizes, row_T - sizes, self.layout.train_pad, PIECE_START if self.pack else 0)
-        # nothing before a piece's first token predicts it: weight class 0 (no label), and its positions restart
-        first = dst[k > 0]
-        flags[first] = (flags[first] & PERCEPT) | PIECE_START
+        kernels.pad(ids, flags, pad_at, pad_len, self.layout.train_pad, PIECE_START if self.pack else 0)
         labels = None
         if any(d.labels is not None for _, d in groups):   # imported labels that are not the ids: carried
             labels = np.full(N, IGNORE_INDEX, dtype=np.int64)
-            for j, s, e, a in zip(which.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
-                g, d = groups[j]
+            for r, s, e, a in zip(rgs.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
+                g, d = held[r]
                 labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
-            labels[first] = IGNORE_INDEX
+            labels[dst[k > 0]] = IGNORE_INDEX       # (a piece's first token: no label, as its flags say)
         out, a, tensor = [], 0, torch.from_numpy     # (views of numpy views: cheaper than torch's own slicing)
         for B, T in zip(per_batch.tolist(), widths.tolist()):
             b = a + B * T

@@ -63,7 +63,48 @@ def test_gather_and_pad_equal_slices():
     src, k = np.array([10, 500, 0], np.int64), np.array([5, 0, 7], np.int64)
     dst = np.array([0, 5, 5], np.int64)
     out_ids, out_flags = np.empty(20, np.int32), np.empty(20, np.uint8)
-    kernels.gather(out_ids, out_flags, ids, flags, src, dst, k)
+    kernels.gather(out_ids, out_flags, ids, flags, src, dst, k, 8, PERCEPT)
     kernels.pad(out_ids, out_flags, np.array([12, 20], np.int64), np.array([8, 0], np.int64), 7, 8)
     assert out_ids.tolist() == ids[10:15].tolist() + ids[0:7].tolist() + [7] * 8
-    assert out_flags.tolist() == flags[10:15].tolist() + flags[0:7].tolist() + [8] + [0] * 7
+    first = lambda f: (int(f) & PERCEPT) | 8          # noqa: E731  (a piece's first flag; the empty piece has none)
+    assert out_flags.tolist() == [first(flags[10])] + flags[11:15].tolist() + [first(flags[0])] + \
+        flags[1:7].tolist() + [8] + [0] * 7
+
+
+def plain_layout(spec, per_row, per_batch, rg_start):
+    """kernels.layout's definition, one piece at a time."""
+    rows, i = [], 0
+    for m in per_row:
+        rows.append(list(range(i, i + m)))
+        i += m
+    dst, pad_at, pad_len, widths, base, r = [0] * len(spec), [], [], [], 0, 0
+    for B in per_batch:
+        batch = rows[r:r + B]
+        T = max(sum(spec[p][3] - spec[p][2] for p in row) for row in batch)
+        widths.append(T)
+        for row in batch:
+            at = base
+            for p in row:
+                dst[p] = at
+                at += spec[p][3] - spec[p][2]
+            pad_at.append(at)
+            pad_len.append(base + T - at)
+            base += T
+        r += B
+    rg = [max(j for j in range(len(rg_start) - 1) if rg_start[j] <= p[1]) for p in spec]
+    local = [p[1] - rg_start[g] for p, g in zip(spec, rg)]
+    return [dst, [p[3] - p[2] for p in spec], rg, local, pad_at, pad_len, widths, base]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_layout_equals_plain(seed):
+    rng = np.random.default_rng(seed)
+    rg_start = np.concatenate([[0], np.cumsum(rng.integers(1, 50, int(rng.integers(1, 6))))]).astype(np.int64)
+    per_batch = rng.integers(1, 5, int(rng.integers(1, 5))).astype(np.int64)
+    per_row = rng.integers(1, 4, int(per_batch.sum())).astype(np.int64)
+    n = int(per_row.sum())
+    lo = rng.integers(0, 20, n)
+    spec = np.stack([np.arange(n) + 100, rng.integers(0, rg_start[-1], n), lo, lo + rng.integers(0, 30, n)], 1)
+    got = kernels.layout(spec.astype(np.int64), per_row, per_batch, rg_start)
+    want = plain_layout(spec.tolist(), per_row.tolist(), per_batch.tolist(), rg_start.tolist())
+    assert [x.tolist() if isinstance(x, np.ndarray) else int(x) for x in got] == want

@@ -9,7 +9,7 @@ import pytest
 
 from aromni.layout import AR_OMNI_V0_1 as L
 from aromni.sample import IGNORE_INDEX, LossPolicy, Sample, Segment, image_code_positions, labels_and_weights, \
-    rows_to_table
+    response_length, rows_to_table
 from aromni.train.labels import derive
 from aromni.train.loader import ShardSet
 
@@ -96,6 +96,43 @@ def test_random_rows_row_by_row(tmp_path, seed):
             assert_rows_equal(shards, policy, tasks)
 
 
+def upstream_reference(ids, segs, task, policy):
+    """(labels, weights) by AR-Omni's trainers' rules (the module docstring of aromni.train.labels), one row at a
+    time: the tail (pretraining only) is the last len(response) targets that are not eos; the transcript (SFT only)
+    pairs each <-Ins-> with the first unused <-Res-> after it."""
+    lab, w = labels_and_weights(ids, segs, task, LossPolicy(on=policy.on, response_weight=1.0), L)
+    ids, target = np.asarray(ids), lab != IGNORE_INDEX
+    if policy.on == "all" and task in policy.response_tasks and policy.response_weight != 1.0:
+        resp = response_length(segs, ids, L)
+        tail = np.flatnonzero(target & (ids != L.eos))
+        if resp > 0:
+            w[tail[-resp:]] = policy.response_weight
+    if policy.on == "assistant" and policy.transcript_weight != 1.0:
+        res, used = np.flatnonzero(ids == L.res).tolist(), set()
+        for i in np.flatnonzero(ids == L.ins).tolist():
+            j = next((r for r in res if r > i and r not in used), None)
+            if j is not None:
+                used.add(j)
+                inside = np.arange(i + 1, j)
+                w[inside[target[inside]]] = policy.transcript_weight
+    return lab, w
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_upstream_rule_row_by_row(tmp_path, seed):
+    pq.write_table(rows_to_table(random_rows(300, seed)), tmp_path / "rows.parquet", row_group_size=37)
+    shards = ShardSet(str(tmp_path / "rows.parquet"))
+    for policy in POLICIES + [LossPolicy(on="assistant", transcript_weight=1.5, response_weight=3.0)]:
+        for rg in range(len(shards.rg_rows)):
+            g = shards.row_group(rg)
+            labels, weights, _ = derive(g, policy, L, (), "upstream")
+            for k in range(len(g.offsets) - 1):
+                ids, segs, task, _ = shards.row(int(shards.rg_start[rg]) + k)
+                lab, w = upstream_reference(ids, segs, task, policy)
+                lo, hi = g.offsets[k], g.offsets[k + 1]
+                assert labels[lo:hi].tolist() == lab.tolist() and weights[lo:hi].tolist() == w.tolist(), (rg, k)
+
+
 def test_rows_with_stored_labels_keep_them_and_find_labelled_image_spans_as_upstream(tmp_path):
     """AR-Omni-Instruct rows (input_ids + labels): labels as stored; perceptual positions are the 1024 ids after a
     labelled boi that lie inside the row (upstream's extract_image_parts), for task `labels`."""
@@ -124,39 +161,9 @@ def test_rows_with_stored_labels_keep_them_and_find_labelled_image_spans_as_upst
         [0, 0, 0, 1, 2, 2, 1, 1, 1]
 
 
-def test_range_helpers_match_their_definitions_on_both_paths():
-    """_cover (slice loop for few ranges, cumsum for many) and _last_flagged (from the unflagged positions) against
-    the plain definitions, on random flags and ranges of every shape: empty, overlapping, past a row's flags."""
-    from aromni.train.labels import _cover, _last_flagged
-    rng = np.random.default_rng(5)
-    for trial in range(60):
-        n = int(rng.integers(1, 400))
-        m = int(rng.integers(0, n // 2 + 2)) if trial % 2 else int(rng.integers(0, 4))   # many / few ranges
-        lo = rng.integers(0, n + 1, m)
-        hi = np.minimum(lo + rng.integers(-3, 40, m), n)
-        want = np.zeros(n, dtype=bool)
-        for a, b in zip(lo, hi):
-            want[a:max(a, b)] = True
-        assert _cover(n, lo, hi).tolist() == want.tolist()
-
-        flag = rng.random(n) < rng.choice([0.1, 0.5, 0.97, 1.0])
-        cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 6))))
-        starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [n]])
-        count = rng.integers(0, 50, len(starts))
-        want = [p for s, e, c in zip(starts, ends, count) for p in np.flatnonzero(flag[s:e])[::-1][:c][::-1] + s]
-        assert _last_flagged(flag, starts, ends, count).tolist() == [int(p) for p in want]
-
-
-def test_membership_and_task_codes_match_their_definitions():
-    """_members (searchsorted over sorted values) equals np.isin; the task column's dictionary codes give back each
-    row's task, a null one as None."""
-    from aromni.train.labels import _members
+def test_task_codes_give_back_each_rows_task():
+    """The task column's dictionary codes give back each row's task, a null one as None."""
     from aromni.train.loader import _codes
-    rng = np.random.default_rng(9)
-    for size in (0, 1, 5, 300):
-        values = np.unique(rng.integers(0, 1000, size))
-        x = rng.integers(-5, 1005, 200)
-        assert _members(x, values).tolist() == np.isin(x, values).tolist()
     tasks = ["chat", None, "text_to_image", "chat", None, "speech_to_text"]
     for col in (pa.array(tasks), pa.array(tasks).dictionary_encode()):
         codes, names = _codes(col)
