@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from aromni.train.labels import PERCEPT, WEIGHT_CLASS
+from aromni.train.memops import copy_run, fill_bytes
 
 # flag_counts reads eight flag bytes a word by bit position: the weight class in bits 0-1, the perceptual mark bit 2
 if (WEIGHT_CLASS, PERCEPT) != (3, 4):
@@ -92,9 +93,9 @@ def gather(out_ids, out_flags, ids, flags, src, dst, length, first_flag, keep):
     piece's first flag becomes ``(flag & keep) | first_flag``: nothing before it predicts it, positions restart."""
     for i in range(len(src)):
         s, d, m = src[i], dst[i], length[i]
-        if m:
-            out_ids[d:d + m] = ids[s:s + m]
-            out_flags[d:d + m] = flags[s:s + m]
+        if m > 0:
+            copy_run(out_ids, d, ids, s, m)
+            copy_run(out_flags, d, flags, s, m)
             out_flags[d] = (out_flags[d] & keep) | first_flag
 
 
@@ -104,9 +105,9 @@ def pad(out_ids, out_flags, starts, length, pad_id, first_flag):
     (a packed row's padding is a piece of its own: its positions restart)."""
     for i in range(len(starts)):
         a, m = starts[i], length[i]
-        if m:
+        if m > 0:
             out_ids[a:a + m] = pad_id
-            out_flags[a:a + m] = 0
+            fill_bytes(out_flags, a, m, 0)
             out_flags[a] = first_flag
 
 

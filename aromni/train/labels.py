@@ -31,6 +31,7 @@ from numba import njit
 
 from aromni.layout import Layout
 from aromni.sample import IGNORE_INDEX, LossPolicy
+from aromni.train.memops import fill_bytes
 
 # One byte of flags per token carries everything but the ids (the loader's batches and the trainer's expansion read
 # them): the weight class in the low two bits (0: no target, labels -100 and weight 0; 1: a target of weight 1;
@@ -99,12 +100,12 @@ def _derive_rows(ids, off, mode, seg_off, seg_start, seg_end, seg_assistant, seg
         s0, s1 = seg_off[r], seg_off[r + 1]
         # ---- targets: weight class 1
         if mode == _ALL:
-            flags[a:b] = 1
+            _fill(flags, a, b, 1)
         elif mode == _ASSISTANT:
-            flags[a:b] = 0
+            _fill(flags, a, b, 0)
             for s in range(s0, s1):
                 if seg_assistant[s]:
-                    flags[a + min(max(seg_start[s], 0), n):a + min(max(seg_end[s], 0), n)] = 1
+                    _fill(flags, a + min(max(seg_start[s], 0), n), a + min(max(seg_end[s], 0), n), 1)
         # ---- perceptual mark: the codes of image spans (boi and eoi excluded) that are targets
         if percept_row[r]:
             if mode == _GIVEN:             # (no segments) the image_tokens ids after a labelled boi, inside the row
@@ -116,7 +117,7 @@ def _derive_rows(ids, off, mode, seg_off, seg_start, seg_end, seg_assistant, seg
                     if seg_image[s]:
                         lo, hi = a + min(max(seg_start[s], 0), n) + 1, a + min(max(seg_end[s], 0), n) - 1
                         if mode == _ALL:
-                            flags[lo:hi] = 1 | PERCEPT     # (every code is a target: a memset)
+                            _fill(flags, lo, hi, 1 | PERCEPT)     # (every code is a target)
                         else:
                             _mark_targets(flags, lo, hi)
         if mode == _ALL and ids[a] == bos:
@@ -161,6 +162,13 @@ def _derive_rows(ids, off, mode, seg_off, seg_start, seg_end, seg_assistant, seg
                         flags[p] = (f & PERCEPT) | 3
                 if t == ins:
                     waiting += 1
+
+
+@njit(cache=True, nogil=True)
+def _fill(flags, lo, hi, value):
+    """flags[lo:hi] = value (nothing when hi <= lo), as one memset."""
+    if hi > lo:
+        fill_bytes(flags, lo, hi - lo, value)
 
 
 @njit(cache=True, nogil=True)

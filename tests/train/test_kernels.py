@@ -108,3 +108,34 @@ def test_layout_equals_plain(seed):
     got = kernels.layout(spec.astype(np.int64), per_row, per_batch, rg_start)
     want = plain_layout(spec.tolist(), per_row.tolist(), per_batch.tolist(), rg_start.tolist())
     assert [x.tolist() if isinstance(x, np.ndarray) else int(x) for x in got] == want
+
+
+def test_memops_equal_slices():
+    """copy_run and fill_bytes (memcpy / memset inside compiled loops) against numpy slices, for each id type."""
+    from numba import njit
+
+    from aromni.train.memops import copy_run, fill_bytes
+
+    @njit
+    def copy(dst, d, src, s, m):
+        copy_run(dst, d, src, s, m)
+
+    @njit
+    def fill(dst, d, m, v):
+        fill_bytes(dst, d, m, v)
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint8, np.int32, np.int64):
+        src = rng.integers(0, 120, 500).astype(dtype)
+        for d, s, m in ((0, 0, 500), (3, 17, 0), (100, 250, 250), (499, 0, 1)):
+            dst = rng.integers(0, 120, 600).astype(dtype)
+            want = dst.copy()
+            want[d:d + m] = src[s:s + m]
+            copy(dst, d, src, s, m)
+            assert dst.tolist() == want.tolist()
+    for d, m, v in ((0, 600, 7), (5, 0, 9), (10, 300, 255)):
+        dst = rng.integers(0, 120, 600).astype(np.uint8)
+        want = dst.copy()
+        want[d:d + m] = v
+        fill(dst, d, m, v)
+        assert dst.tolist() == want.tolist()
