@@ -43,6 +43,36 @@ def first_fit(lens, i0, remaining, max_len, rows_out):
 
 
 @njit(cache=True, nogil=True)
+def by_row(g, rows, idx, start, lengths, cut_at, cut_spans, n_rows):
+    """A window's pieces as a plan holds them, from the pieces in the order placed (each one's stream index ``g``,
+    its row in the window; ``idx[g - start]`` its row in the shard set, ``lengths`` each row's length; pieces
+    ``cut_at`` cover ``cut_spans`` of their sample, the others all of it): (pieces [n, 4] as (stream index, row in
+    the shard set, lo, hi), row after row, each row's pieces in the order placed; the number of pieces in each
+    row)."""
+    n = len(g)
+    sizes = np.zeros(n_rows, np.int64)
+    for i in range(n):
+        sizes[rows[i]] += 1
+    at = np.empty(n_rows, np.int64)            # where each row's next piece goes
+    total = 0
+    for r in range(n_rows):
+        at[r] = total
+        total += sizes[r]
+    where = np.empty(n, np.int64)
+    out = np.empty((n, 4), np.int64)
+    for i in range(n):
+        j = at[rows[i]]
+        at[rows[i]] += 1
+        where[i] = j
+        row = idx[g[i] - start]
+        out[j, 0], out[j, 1], out[j, 2], out[j, 3] = g[i], row, 0, lengths[row]
+    for c in range(len(cut_at)):
+        j = where[cut_at[c]]
+        out[j, 2], out[j, 3] = cut_spans[c, 0], cut_spans[c, 1]
+    return out, sizes
+
+
+@njit(cache=True, nogil=True)
 def layout(spec, per_row, per_batch, rg_start):
     """Where the pieces ``spec`` (rows of (stream index, row in the shard set, lo, hi), row after row; ``per_row``
     pieces in each row, ``per_batch`` rows in each micro-batch) go in a window's flat buffers, micro-batch after

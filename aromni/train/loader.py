@@ -184,9 +184,10 @@ class ShardSet:
 
     def _lengths(self, fi: int) -> np.ndarray:
         pf = self._file(fi)
+        threads = pa.cpu_count() > 1              # (as in row_group: a pool of one only adds hand-offs)
         if "n_tokens" in pf.schema_arrow.names:
-            return pf.read(columns=["n_tokens"]).column(0).to_numpy()
-        return pc.list_value_length(pf.read(columns=["input_ids"]).column(0)).to_numpy()
+            return pf.read(columns=["n_tokens"], use_threads=threads).column(0).to_numpy()
+        return pc.list_value_length(pf.read(columns=["input_ids"], use_threads=threads).column(0)).to_numpy()
 
     def row_group(self, rg: int) -> FlatRows:
         with self._lock:
@@ -314,10 +315,11 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     """Lay the stream from ``start`` into ``n_rows`` rows; every process computes the same plan."""
     remaining = np.full(n_rows, max_len, dtype=np.int64)     # (packing) each row's room
     used = 0                                   # rows used (pad mode)
-    # the pieces in the order placed: each one's row and stream index; a piece is its whole sample (lo 0, hi its
-    # length: filled in below from the order, for all pieces at once) unless ``cut`` holds its token range
-    prow: list[int] = []
-    pg: list[int] = []
+    # the pieces in the order placed, a run of them at a time: their rows and stream indices. A piece is its whole
+    # sample unless ``cut`` holds its token range (keyed by its place in that order)
+    rows_parts: list[np.ndarray] = []
+    g_parts: list[np.ndarray] = []
+    n_pieces = 0
     cut: dict[int, tuple[int, int]] = {}
     dropped: Counter = Counter()
     g, chunk = start, max(64, 4 * n_rows)
@@ -341,8 +343,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         if pack:                               # the common case, whole samples that fit: first fit, compiled
             placed, status = kernels.first_fit(lens, g - start, remaining, max_len, placed_rows)
             if placed:                         # the samples just placed: the next ones of the stream
-                prow += placed_rows[:placed].tolist()
-                pg.extend(range(g, g + placed))
+                rows_parts.append(placed_rows[:placed].copy())
+                g_parts.append(np.arange(g, g + placed))
+                n_pieces += placed
                 g += placed
                 since_placed = 0
             if status == 1:
@@ -365,12 +368,12 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
             # a cut sample's pieces go in by the same first fit, all or none (on a copy: nothing to undo)
             trial, at = remaining.copy(), np.empty(len(pieces), np.int64)
             placed, _ = kernels.first_fit(np.array([hi - lo for lo, hi in pieces], np.int64), 0, trial, max_len, at)
-            fits, where = placed == len(pieces), at.tolist()
+            fits, where = placed == len(pieces), at
         else:
             fits = used + len(pieces) <= n_rows
-            where = list(range(used, used + len(pieces)))
+            where = np.arange(used, used + len(pieces))
         if not fits:
-            if prow:
+            if n_pieces:
                 break                          # the next window starts with this sample
             g, since_placed = drop("more_pieces_than_rows")   # it would not fit an empty window either
             continue
@@ -379,23 +382,18 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         else:
             used += len(pieces)
         if len(pieces) > 1:
-            cut.update(zip(range(len(prow), len(prow) + len(pieces)), pieces))
-        prow += where
-        pg += [g] * len(pieces)
+            cut.update(zip(range(n_pieces, n_pieces + len(pieces)), pieces))
+        rows_parts.append(where)
+        g_parts.append(np.full(len(pieces), g))
+        n_pieces += len(pieces)
         g += 1
         since_placed = 0
-    # every piece as (stream index, row in the shard set, lo, hi), then row by row (each row's pieces in the order
-    # placed: a stable sort)
-    spec = np.empty((len(pg), 4), dtype=np.int64)
-    spec[:, 0] = pg
-    spec[:, 1] = idx[spec[:, 0] - start]
-    spec[:, 2] = 0
-    spec[:, 3] = shards.lengths[spec[:, 1]]
-    for k, (lo, hi) in cut.items():
-        spec[k, 2:] = lo, hi
-    rows = np.array(prow, dtype=np.int64)
-    sizes = np.bincount(rows, minlength=n_rows)
-    return Plan(start, g, spec[np.argsort(rows, kind="stable")], sizes[sizes > 0], dropped)
+    # every piece as (stream index, row in the shard set, lo, hi), row by row (each row's pieces in the order placed)
+    at = np.fromiter(cut, np.int64, len(cut))
+    spans = np.array(list(cut.values()), np.int64).reshape(-1, 2)
+    pieces, sizes = kernels.by_row(np.concatenate(g_parts), np.concatenate(rows_parts), idx, start, shards.lengths,
+                                   at, spans, n_rows)
+    return Plan(start, g, pieces, sizes[sizes > 0], dropped)
 
 
 def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None

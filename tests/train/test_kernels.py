@@ -139,3 +139,23 @@ def test_memops_equal_slices():
         want[d:d + m] = v
         fill(dst, d, m, v)
         assert dst.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_by_row_is_a_stable_sort_by_row(seed):
+    """by_row lays the pieces placed out row after row, each row's in the order placed, cut pieces with their span."""
+    rng = np.random.default_rng(seed)
+    n, n_rows, start = int(rng.integers(1, 40)), int(rng.integers(1, 9)), int(rng.integers(0, 100))
+    g = start + np.sort(rng.integers(0, 60, n))
+    rows = rng.integers(0, n_rows, n)
+    idx = rng.permutation(200)
+    lengths = rng.integers(1, 500, 200)
+    cut_at = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+    spans = rng.integers(0, 100, (len(cut_at), 2))
+    pieces, sizes = kernels.by_row(g, rows, idx, start, lengths, cut_at, spans, n_rows)
+    placed = [[int(g[i]), int(idx[g[i] - start]), 0, int(lengths[idx[g[i] - start]])] for i in range(n)]
+    for c, i in enumerate(cut_at):
+        placed[i][2:] = spans[c].tolist()
+    want = [placed[i] for i in sorted(range(n), key=lambda i: rows[i])]     # (sorted is stable)
+    assert pieces.tolist() == want
+    assert sizes.tolist() == np.bincount(rows, minlength=n_rows).tolist()
