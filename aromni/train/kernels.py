@@ -20,21 +20,27 @@ if (WEIGHT_CLASS, PERCEPT) != (3, 4):
 
 
 @njit(cache=True, nogil=True)
+def _first_row(remaining, n):
+    """The first row with room for n tokens; -1 when none has."""
+    for j in range(len(remaining)):
+        if remaining[j] >= n:
+            return j
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def first_fit(lens, i0, remaining, max_len, rows_out):
     """Place whole samples ``lens[i0:]`` first fit into rows with ``remaining`` room (updated in place), writing each
     one's row to ``rows_out``. Stops at the first sample longer than ``max_len`` (status 2: the caller splits or
     drops it), at the first that fits no row (status 1: the window is full) or at the end of ``lens`` (status 0).
     Returns (samples placed, status)."""
-    n_rows = len(remaining)
     placed = 0
     for i in range(i0, len(lens)):
         n = lens[i]
         if n > max_len:
             return placed, 2
-        j = 0
-        while j < n_rows and remaining[j] < n:
-            j += 1
-        if j == n_rows:
+        j = _first_row(remaining, n)
+        if j < 0:
             return placed, 1
         remaining[j] -= n
         rows_out[placed] = j
@@ -43,9 +49,33 @@ def first_fit(lens, i0, remaining, max_len, rows_out):
 
 
 @njit(cache=True, nogil=True)
-def by_row(g, rows, idx, start, lengths, cut_at, cut_spans, n_rows):
+def first_fit_stream(g, g_end, perm, lengths, remaining, max_len, rows_out, srows_out):
+    """``first_fit`` over the stream from index g: its sample is row ``perm[g % n]`` of the shard set (row g % n
+    when ``perm`` is empty; n = len(lengths)), of length ``lengths[row]``. Writes each placed sample's row in the
+    window to ``rows_out`` and in the shard set to ``srows_out``; stops as first_fit does, status 0 at ``g_end`` (the
+    epoch's end) or when the outputs are full. Returns (samples placed, status)."""
+    n = len(lengths)
+    placed = 0
+    while g < g_end and placed < len(rows_out):
+        k = g % n
+        r = perm[k] if len(perm) else k
+        m = lengths[r]
+        if m > max_len:
+            return placed, 2
+        j = _first_row(remaining, m)
+        if j < 0:
+            return placed, 1
+        remaining[j] -= m
+        rows_out[placed], srows_out[placed] = j, r
+        placed += 1
+        g += 1
+    return placed, 0
+
+
+@njit(cache=True, nogil=True)
+def by_row(g, rows, srows, lengths, cut_at, cut_spans, n_rows):
     """A window's pieces as a plan holds them, from the pieces in the order placed (each one's stream index ``g``,
-    its row in the window; ``idx[g - start]`` its row in the shard set, ``lengths`` each row's length; pieces
+    its row in the window, its sample's row in the shard set ``srows``; ``lengths`` each row's length; pieces
     ``cut_at`` cover ``cut_spans`` of their sample, the others all of it): (pieces [n, 4] as (stream index, row in
     the shard set, lo, hi), row after row, each row's pieces in the order placed; the number of pieces in each
     row)."""
@@ -64,8 +94,7 @@ def by_row(g, rows, idx, start, lengths, cut_at, cut_spans, n_rows):
         j = at[rows[i]]
         at[rows[i]] += 1
         where[i] = j
-        row = idx[g[i] - start]
-        out[j, 0], out[j, 1], out[j, 2], out[j, 3] = g[i], row, 0, lengths[row]
+        out[j, 0], out[j, 1], out[j, 2], out[j, 3] = g[i], srows[i], 0, lengths[srows[i]]
     for c in range(len(cut_at)):
         j = where[cut_at[c]]
         out[j, 2], out[j, 3] = cut_spans[c, 0], cut_spans[c, 1]
@@ -127,6 +156,35 @@ def gather(out_ids, out_flags, ids, flags, src, dst, length, first_flag, keep):
             copy_run(out_ids, d, ids, s, m)
             copy_run(out_flags, d, flags, s, m)
             out_flags[d] = (out_flags[d] & keep) | first_flag
+
+
+@njit(cache=True, nogil=True)
+def collate(spec, per_row, per_batch, rg_start, group_rg, group_ids, group_flags, group_offsets, pad_id, pad_flag,
+            first_flag, keep):
+    """A window's micro-batches in one call: ``layout``, then each piece copied from its row group (``group_rg[j]``
+    holds ``group_ids[j]``, ``group_flags[j]``, ``group_offsets[j]``: tuples, one entry per row group the pieces come
+    from) with ``gather``'s first-token rule, each row's padding (``pad``), and the flag counts (``flag_counts``).
+    Returns (ids, flags, each micro-batch's width, the counts, each piece's source and destination, lengths)."""
+    dst, length, rg, local, pad_at, pad_len, widths, N = layout(spec, per_row, per_batch, rg_start)
+    n = len(spec)
+    out_ids = np.empty(N, group_ids[0].dtype)
+    out_flags = np.empty(N, np.uint8)
+    src = np.empty(n, np.int64)
+    for i in range(n):
+        j = 0
+        while group_rg[j] != rg[i]:
+            j += 1
+        s = group_offsets[j][local[i]] + spec[i, 2]
+        src[i] = s
+        d, m = dst[i], length[i]
+        if m > 0:
+            copy_run(out_ids, d, group_ids[j], s, m)
+            copy_run(out_flags, d, group_flags[j], s, m)
+            out_flags[d] = (out_flags[d] & keep) | first_flag
+    pad(out_ids, out_flags, pad_at, pad_len, pad_id, pad_flag)
+    whole = N // 8 * 8
+    counts = _flag_counts(out_flags[:whole].view(np.uint64), out_flags[whole:])
+    return out_ids, out_flags, widths, counts, src, dst, length
 
 
 @njit(cache=True, nogil=True)

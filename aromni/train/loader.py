@@ -166,6 +166,7 @@ class ShardSet:
         self.fingerprint = hashlib.sha256(json.dumps(
             [[f.rsplit("/", 1)[-1], int(self._file(i).metadata.num_rows)] for i, f in enumerate(self.files)]
         ).encode()).hexdigest()[:16]
+        self._in_order = np.zeros(0, np.int64)     # (epoch_map without shuffle)
         self._cache: OrderedDict[int, FlatRows] = OrderedDict()
         self._cache_size = cache_row_groups
         self._lock = threading.Lock()
@@ -247,6 +248,12 @@ class ShardSet:
             out[sel] = self._epoch_rows(int(e), seed)[g[sel] % n]
         return out
 
+    def epoch_map(self, g: int, shuffle: bool, seed: int) -> tuple[np.ndarray, int]:
+        """How stream index g's epoch maps to rows: (the epoch's row order, empty when it is the shards' order: row g
+        % len; the stream index where the epoch ends)."""
+        epoch = g // len(self)
+        return (self._epoch_rows(epoch, seed) if shuffle else self._in_order), (epoch + 1) * len(self)
+
     def _epoch_rows(self, epoch: int, seed: int) -> np.ndarray:
         key = (epoch, seed)
         if getattr(self, "_epoch_key", None) != key:
@@ -317,15 +324,15 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     used = 0                                   # rows used (pad mode)
     # the pieces in the order placed, a run of them at a time: their rows and stream indices. A piece is its whole
     # sample unless ``cut`` holds its token range (keyed by its place in that order)
-    rows_parts: list[np.ndarray] = []
-    g_parts: list[np.ndarray] = []
+    rows_parts: list[np.ndarray] = []         # (each piece's row in the window,
+    srows_parts: list[np.ndarray] = []        #  its sample's row in the shard set,
+    g_parts: list[np.ndarray] = []            #  and its sample's stream index)
     n_pieces = 0
     cut: dict[int, tuple[int, int]] = {}
     dropped: Counter = Counter()
-    g, chunk = start, max(64, 4 * n_rows)
-    idx = shards.order(g, g + chunk, shuffle, seed)
-    lens = shards.lengths[idx]                # read a chunk at a time
-    placed_rows = np.empty(len(lens), dtype=np.int64)
+    g = start
+    room = max(64, 4 * n_rows)                 # samples placed per compiled call (it returns when they are full)
+    rows_out, srows_out = np.empty(room, np.int64), np.empty(room, np.int64)
     since_placed = 0
 
     def drop(reason: str) -> tuple[int, int]:
@@ -335,15 +342,13 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         return g + 1, since_placed + 1
 
     while True:
-        if g - start >= len(lens):
-            more = shards.order(start + len(lens), start + len(lens) + chunk, shuffle, seed)
-            lens = np.concatenate([lens, shards.lengths[more]])
-            idx = np.concatenate([idx, more])
-            placed_rows = np.empty(len(lens), dtype=np.int64)
         if pack:                               # the common case, whole samples that fit: first fit, compiled
-            placed, status = kernels.first_fit(lens, g - start, remaining, max_len, placed_rows)
+            perm, epoch_end = shards.epoch_map(g, shuffle, seed)
+            placed, status = kernels.first_fit_stream(g, epoch_end, perm, shards.lengths, remaining, max_len,
+                                                      rows_out, srows_out)
             if placed:                         # the samples just placed: the next ones of the stream
-                rows_parts.append(placed_rows[:placed].copy())
+                rows_parts.append(rows_out[:placed].copy())
+                srows_parts.append(srows_out[:placed].copy())
                 g_parts.append(np.arange(g, g + placed))
                 n_pieces += placed
                 g += placed
@@ -352,8 +357,9 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
                 break                          # fits no row: the next window starts with it (rows are not empty:
                                                # an empty window has max_len free in every row)
             if status == 0:
-                continue                       # the chunk is used up: read the next one
-        r, n = int(idx[g - start]), int(lens[g - start])
+                continue                       # the epoch's end, or room for more: go on
+        r = int(shards.order(g, g + 1, shuffle, seed)[0])
+        n = int(shards.lengths[r])
         if n > max_len:
             pieces = None
             if long_samples == "split":
@@ -384,6 +390,7 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         if len(pieces) > 1:
             cut.update(zip(range(n_pieces, n_pieces + len(pieces)), pieces))
         rows_parts.append(where)
+        srows_parts.append(np.full(len(pieces), r))
         g_parts.append(np.full(len(pieces), g))
         n_pieces += len(pieces)
         g += 1
@@ -391,8 +398,8 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
     # every piece as (stream index, row in the shard set, lo, hi), row by row (each row's pieces in the order placed)
     at = np.fromiter(cut, np.int64, len(cut))
     spans = np.array(list(cut.values()), np.int64).reshape(-1, 2)
-    pieces, sizes = kernels.by_row(np.concatenate(g_parts), np.concatenate(rows_parts), idx, start, shards.lengths,
-                                   at, spans, n_rows)
+    pieces, sizes = kernels.by_row(np.concatenate(g_parts), np.concatenate(rows_parts), np.concatenate(srows_parts),
+                                   shards.lengths, at, spans, n_rows)
     return Plan(start, g, pieces, sizes[sizes > 0], dropped)
 
 
@@ -522,39 +529,32 @@ class Loader:
 
     def _collate_pieces(self, spec: np.ndarray, per_row: np.ndarray, per_batch: np.ndarray
                         ) -> tuple[list[Batch], np.ndarray]:
-        """(micro-batches, the flat flags buffer they are views of) for pieces ``spec`` ([n, 4] as ``Plan.pieces``,
-        row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each micro-batch.
-        Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one flat buffer
-        per tensor (ids as stored, flags); where everything goes (``kernels.layout``), the copies of the pieces with
-        their first-token rule (``gather``) and each row's padding (``pad``) are compiled loops, so every byte is
-        written once and no Python runs per piece."""
-        dst, k, rgs, local, pad_at, pad_len, widths, N = kernels.layout(spec, per_row, per_batch, self.shards.rg_start)
+        """(micro-batches, [tokens of weight class 1, 2, 3, perceptual tokens]) for pieces ``spec`` ([n, 4] as
+        ``Plan.pieces``, row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each
+        micro-batch. Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one
+        flat buffer per tensor (ids as stored, flags); one compiled call (``kernels.collate``) places the pieces,
+        copies them with their first-token rule, pads the rows and counts the flags, so every byte is written once
+        and no Python runs per piece."""
+        rg_start = self.shards.rg_start
+        rgs = np.searchsorted(rg_start, spec[:, 1], side="right") - 1
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
         # (the row group of the stream's last sample is asked for last: the next window continues in it)
         last = int(rgs[np.argmax(spec[:, 0])])
         held = {rg: self.derived(rg) for rg in used if rg != last}
         held[last] = self.derived(last)
         groups = [held[rg] for rg in used]
-        dtype = groups[0][0].ids.dtype
-        ids, flags = np.empty(N, dtype=dtype), np.empty(N, dtype=np.uint8)
-        src = np.empty(len(spec), np.int64)
-        for j, (g, d) in enumerate(groups):
-            sel = slice(None) if len(groups) == 1 else rgs == used[j]
-            src[sel] = g.offsets[local[sel]] + spec[sel, 2]  # where each piece's tokens start in its row group
-            if g.ids.dtype == dtype:
-                kernels.gather(ids, flags, g.ids, d.flags, src[sel], dst[sel], k[sel], PIECE_START, PERCEPT)
-            else:                                    # (shards whose id types differ: numpy converts)
-                for s, a, m in zip(src[sel].tolist(), dst[sel].tolist(), k[sel].tolist()):
-                    ids[a:a + m] = g.ids[s:s + m]
-                    flags[a:a + m] = d.flags[s:s + m]
-                    if m:
-                        flags[a] = (flags[a] & PERCEPT) | PIECE_START
-        # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
-        # attention already does), a single padded sample's positions just continue
-        kernels.pad(ids, flags, pad_at, pad_len, self.layout.train_pad, PIECE_START if self.pack else 0)
+        ids = tuple(g.ids for g, _ in groups)
+        if len({a.dtype for a in ids}) > 1:          # (shards whose id types differ: one type for the window)
+            ids = tuple(a.astype(np.int64) for a in ids)
+        ids, flags, widths, counts, src, dst, k = kernels.collate(
+            spec, per_row, per_batch, rg_start, np.array(used, np.int64), ids, tuple(d.flags for _, d in groups),
+            tuple(g.offsets for g, _ in groups), self.layout.train_pad,
+            # a packed row's padding is its own piece (restarted positions keep real tokens from seeing it; causal
+            # attention already does), a single padded sample's positions just continue
+            PIECE_START if self.pack else 0, PIECE_START, PERCEPT)
         labels = None
         if any(d.labels is not None for _, d in groups):   # imported labels that are not the ids: carried
-            labels = np.full(N, IGNORE_INDEX, dtype=np.int64)
+            labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
             for r, s, e, a in zip(rgs.tolist(), src.tolist(), (src + k).tolist(), dst.tolist()):
                 g, d = held[r]
                 labels[a:a + e - s] = d.arrays(g.ids, s, e)[0]
@@ -565,7 +565,7 @@ class Loader:
             out.append(Batch(tensor(ids[a:b].reshape(B, T)), tensor(flags[a:b].reshape(B, T)), self._table,
                              None if labels is None else tensor(labels[a:b].reshape(B, T))))
             a = b
-        return out, flags
+        return out, counts
 
     def plan(self, start: int) -> Plan:
         return plan_window(self.shards, start, self.train_batch, self.max_len, self.pack, self.long_samples,
@@ -592,13 +592,13 @@ class Loader:
                 spec = np.concatenate([plan.pieces[first_piece[lo]:first_piece[hi]] for lo, hi in steps[:filled]])
                 per_row = np.concatenate([plan.row_sizes[lo:hi] for lo, hi in steps[:filled]])
             per_batch = np.array([hi - lo for lo, hi in steps[:filled]], np.int64)
-            micro, flags = self._collate_pieces(spec, per_row, per_batch)
+            micro, counts = self._collate_pieces(spec, per_row, per_batch)
         else:
-            micro, flags, spec = [], np.zeros(0, np.uint8), np.zeros((0, 4), np.int64)
+            micro, counts, spec = [], np.zeros(4, np.int64), np.zeros((0, 4), np.int64)
         micro += [self._empty_micro() for _ in steps[filled:]]
         samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
-        n1, n2, n3, pcount = kernels.flag_counts(flags).tolist()
+        n1, n2, n3, pcount = counts.tolist()
         w = n1 * self._weights[1] + n2 * self._weights[2] + n3 * self._weights[3]
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 

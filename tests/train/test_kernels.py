@@ -152,7 +152,7 @@ def test_by_row_is_a_stable_sort_by_row(seed):
     lengths = rng.integers(1, 500, 200)
     cut_at = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
     spans = rng.integers(0, 100, (len(cut_at), 2))
-    pieces, sizes = kernels.by_row(g, rows, idx, start, lengths, cut_at, spans, n_rows)
+    pieces, sizes = kernels.by_row(g, rows, idx[g - start], lengths, cut_at, spans, n_rows)
     placed = [[int(g[i]), int(idx[g[i] - start]), 0, int(lengths[idx[g[i] - start]])] for i in range(n)]
     for c, i in enumerate(cut_at):
         placed[i][2:] = spans[c].tolist()
