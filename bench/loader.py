@@ -4,20 +4,20 @@
     .venv/bin/python bench/loader.py --rows 24000       # one size
     .venv/bin/python bench/loader.py --data runs/demo   # an existing build (small: numbers are noisy)
 
-Goal (issue 17): <= 1.5x the raw read time (issue 8 asked >= 1M tokens/s per core and <= 1.2x), at every size. Each
-size is measured on its own shards (2000 rows a file, row groups of 512 rows), so fixed costs show as what they are:
-the shard index (footers and every row's length, read once per run) and the one row group a loader's epoch decodes
-twice (its last window takes the first samples of the next epoch: 8% more decoding at 6k rows, 0.5% at 96k; a run of
-several epochs decodes it once per epoch, as the raw read does). The breakdown line says where the loader's time goes
-inside one real epoch (each stage's exclusive time, so they add up to the total): the shard index, reading +
-decoding row groups, deriving labels/weights/perceptual positions per row group as one byte of flags a token
-(aromni.train.labels.derive_flags), planning windows, collating micro-batches (int32 ids + flags: the trainer widens
-them on its device; the last line says what that widening would cost on this CPU), and the rest of building a
-window. Times are CPU seconds of this process (the machine may be shared), with pyarrow on one thread so both sides
-run on one core. The two sides alternate --repeat times; the goal is judged on the median of each loader run's ratio
-to the raw read just before it (this machine's speed drifts by 20-30% within minutes: a pair shares the drift), and
-the best of each side is printed beside it. "raw read" reads the columns the loader needs (input_ids, segments,
-task) for every row group and touches the token buffers.
+Goal (issue 17): <= 1.5x the raw read time (issue 8 asked >= 1M tokens/s per core and <= 1.2x), at every size. Each size
+is measured on its own shards (2000 rows a file, written as `aromni build` writes them: zstd, row groups of 512 rows),
+so fixed costs show as what they are: the shard index (footers and every row's length, read once per run) and the one
+row group a loader's epoch decodes twice (its last window takes the first samples of the next epoch: 8% more decoding at
+6k rows, 0.5% at 96k; a run of several epochs decodes it once per epoch, as the raw read does). The breakdown line says
+where the loader's time goes inside one real epoch (each stage's exclusive time, so they add up to the total): the shard
+index, reading + decoding row groups, deriving labels/weights/perceptual positions per row group as one byte of flags a
+token (aromni.train.labels.derive_flags), planning windows, collating micro-batches (int32 ids + flags: the trainer
+widens them on its device; the last line says what that widening would cost on this CPU), and the rest of building a
+window. Times are CPU seconds of this process (the machine may be shared), with pyarrow on one thread so both sides run
+on one core. The two sides alternate --repeat times; the goal is judged on the median of each loader run's ratio to the
+raw read just before it (this machine's speed drifts by 20-30% within minutes: a pair shares the drift), and the best of
+each side is printed beside it. "raw read" reads the columns the loader needs (input_ids, segments, task) for every row
+group, with the loader's reader settings (no pre-buffering for local files), and touches the token buffers.
 """
 from __future__ import annotations
 
@@ -35,8 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aromni.layout import AR_OMNI_V0_1 as L  # noqa: E402
+from aromni.pipeline.mix.shards import shard_parquet_options  # noqa: E402
+from aromni.recipe import OutputConfig  # noqa: E402
 from aromni.sample import Sample, Segment, rows_to_table  # noqa: E402
 from aromni.train.loader import Loader, ShardSet  # noqa: E402  (imported before any timing)
+
+
+SHARD_OPTIONS = shard_parquet_options(OutputConfig())     # zstd 3, row groups of 512, dictionaries for task/source
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[Sample]:
@@ -64,7 +69,8 @@ def synthetic_rows(n: int, seed: int = 0) -> list[Sample]:
             head = [0] + text(8)
             tail = [L.eoh] + text(int(rng.integers(10, 60))) + [2]
             body = head + speech + tail
-            segs = [Segment("user", "text", 0, len(head)), Segment("user", "speech", len(head), len(head) + len(speech)),
+            segs = [Segment("user", "text", 0, len(head)),
+                    Segment("user", "speech", len(head), len(head) + len(speech)),
                     Segment("assistant", "text", len(head) + len(speech), len(body))]
             task = "speech_to_text"
         out.append(Sample(f"bench/{seed}/{i}", "bench", task, body, segs))
@@ -73,13 +79,12 @@ def synthetic_rows(n: int, seed: int = 0) -> list[Sample]:
 
 def write_shards(n_rows: int, d: Path, per_shard: int = 2000) -> Path:
     """``n_rows`` synthetic rows in shards of ``per_shard`` (each shard's rows from its own seed: memory stays one
-    shard's)."""
+    shard's), written as ``aromni build`` writes its shards (the default recipe's output options)."""
     (d / "data").mkdir(parents=True, exist_ok=True)
     n = (n_rows + per_shard - 1) // per_shard
     for k in range(n):
         t = rows_to_table(synthetic_rows(min(per_shard, n_rows - k * per_shard), seed=k))
-        pq.write_table(t, d / "data" / f"train-{k:05d}-of-{n:05d}.parquet", compression="zstd",
-                       compression_level=3, row_group_size=512)
+        pq.write_table(t, d / "data" / f"train-{k:05d}-of-{n:05d}.parquet", **SHARD_OPTIONS)
     return d
 
 
@@ -91,7 +96,7 @@ def one_array(col: pa.ChunkedArray) -> pa.Array:
 def raw_read(files: list[str]) -> int:
     tokens = 0
     for f in files:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, pre_buffer=False)      # (as the loader reads local files)
         for i in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(i, columns=["input_ids", "segments", "task"], use_threads=False)
             ids = one_array(t.column("input_ids"))
