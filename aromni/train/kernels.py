@@ -164,7 +164,8 @@ def collate(spec, per_row, per_batch, rg_start, group_rg, group_ids, group_flags
     """A window's micro-batches in one call: ``layout``, then each piece copied from its row group (``group_rg[j]``
     holds ``group_ids[j]``, ``group_flags[j]``, ``group_offsets[j]``: tuples, one entry per row group the pieces come
     from) with ``gather``'s first-token rule, each row's padding (``pad``), and the flag counts (``flag_counts``).
-    Returns (ids, flags, each micro-batch's width, the counts, each piece's source and destination, lengths)."""
+    Returns (ids, flags, each micro-batch's width, the flag counts and the real tokens, each piece's source,
+    destination and length)."""
     dst, length, rg, local, pad_at, pad_len, widths, N = layout(spec, per_row, per_batch, rg_start)
     n = len(spec)
     out_ids = np.empty(N, group_ids[0].dtype)
@@ -183,7 +184,9 @@ def collate(spec, per_row, per_batch, rg_start, group_rg, group_ids, group_flags
             out_flags[d] = (out_flags[d] & keep) | first_flag
     pad(out_ids, out_flags, pad_at, pad_len, pad_id, pad_flag)
     whole = N // 8 * 8
-    counts = _flag_counts(out_flags[:whole].view(np.uint64), out_flags[whole:])
+    counts = np.empty(5, np.int64)
+    counts[:4] = _flag_counts(out_flags[:whole].view(np.uint64), out_flags[whole:])
+    counts[4] = length.sum()
     return out_ids, out_flags, widths, counts, src, dst, length
 
 

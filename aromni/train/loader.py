@@ -399,11 +399,14 @@ def plan_window(shards: ShardSet, start: int, n_rows: int, max_len: int, pack: b
         g += 1
         since_placed = 0
     # every piece as (stream index, row in the shard set, lo, hi), row by row (each row's pieces in the order placed)
-    at = np.fromiter(cut, np.int64, len(cut))
-    spans = np.array(list(cut.values()), np.int64).reshape(-1, 2)
-    pieces, sizes = kernels.by_row(np.concatenate(g_parts), np.concatenate(rows_parts), np.concatenate(srows_parts),
-                                   shards.lengths, at, spans, n_rows)
+    join = (lambda parts: parts[0]) if len(g_parts) == 1 else np.concatenate   # noqa: E731  (one run: most windows)
+    at, spans = (np.fromiter(cut, np.int64, len(cut)), np.array(list(cut.values()), np.int64)) if cut else _NO_CUTS
+    pieces, sizes = kernels.by_row(join(g_parts), join(rows_parts), join(srows_parts), shards.lengths, at, spans,
+                                   n_rows)
     return Plan(start, g, pieces, sizes[sizes > 0], dropped)
+
+
+_NO_CUTS = (np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
 
 
 def expand(ids: torch.Tensor, flags: torch.Tensor, table: torch.Tensor, labels: torch.Tensor | None = None
@@ -532,12 +535,12 @@ class Loader:
 
     def _collate_pieces(self, spec: np.ndarray, per_row: np.ndarray, per_batch: np.ndarray
                         ) -> tuple[list[Batch], np.ndarray]:
-        """(micro-batches, [tokens of weight class 1, 2, 3, perceptual tokens]) for pieces ``spec`` ([n, 4] as
-        ``Plan.pieces``, row after row), ``per_row`` pieces in each row (at least one) and ``per_batch`` rows in each
-        micro-batch. Micro-batches, each [rows, longest row] and C-contiguous, are laid out one after another in one
-        flat buffer per tensor (ids as stored, flags); one compiled call (``kernels.collate``) places the pieces,
-        copies them with their first-token rule, pads the rows and counts the flags, so every byte is written once
-        and no Python runs per piece."""
+        """(micro-batches, [tokens of weight class 1, 2, 3, perceptual tokens, real tokens]) for pieces ``spec``
+        ([n, 4] as ``Plan.pieces``, row after row), ``per_row`` pieces in each row (at least one) and
+        ``per_batch`` rows in each micro-batch. Micro-batches, each [rows, longest row] and C-contiguous, are
+        laid out one after another in one flat buffer per tensor (ids as stored, flags); one compiled call
+        (``kernels.collate``) places the pieces, copies them with their first-token rule, pads the rows and
+        counts the flags, so every byte is written once and no Python runs per piece."""
         rg_start = self.shards.rg_start
         rgs = np.searchsorted(rg_start, spec[:, 1], side="right") - 1
         used = sorted(set(rgs.tolist()))             # the few row groups the pieces come from
@@ -597,11 +600,11 @@ class Loader:
             per_batch = np.array([hi - lo for lo, hi in steps[:filled]], np.int64)
             micro, counts = self._collate_pieces(spec, per_row, per_batch)
         else:
-            micro, counts, spec = [], np.zeros(4, np.int64), np.zeros((0, 4), np.int64)
+            micro, counts, spec = [], np.zeros(5, np.int64), np.zeros((0, 4), np.int64)
         micro += [self._empty_micro() for _ in steps[filled:]]
-        samples, tokens = spec[:, 0].tolist(), int((spec[:, 3] - spec[:, 2]).sum())   # in row order
+        samples = spec[:, 0].tolist()                  # in row order
         # this rank's weight sum and perceptual positions, from the flags (empty micro-batches hold neither)
-        n1, n2, n3, pcount = counts.tolist()
+        n1, n2, n3, pcount, tokens = counts.tolist()
         w = n1 * self._weights[1] + n2 * self._weights[2] + n3 * self._weights[3]
         return Window(plan.start, plan.end, micro, w, pcount, filled, tokens, samples, plan.dropped)
 
