@@ -1,10 +1,11 @@
-"""The loader's loops over samples and tokens, compiled by numba.
+"""The loader's loops over samples, pieces and tokens, compiled by numba.
 
 A window is ~100 samples and pieces and ~70 k tokens. As Python, or as numpy calls of a few microseconds each, the
-first fit, the copies into the window's buffers and the counts of its flags took about as long as decoding the row
-groups the window reads; these are the plain loops a reader would write. ``cache=True`` keeps the machine code on disk
-(next to this file, or in NUMBA_CACHE_DIR), so only the first process on a machine pays the compile (~7 s here; a
-later one loads it in ~0.8 s). ``nogil``: a prefetch thread runs them beside the trainer.
+first fit, a window's layout, the copies into its buffers and the counts of its flags took about as long as decoding
+the row groups the window reads; these are the plain loops a reader would write (copies and fills of runs go through
+``memops``: numba's slice assignment is a strided loop). ``cache=True`` keeps the machine code on disk (next to this
+file, or in NUMBA_CACHE_DIR), so only the first process on a machine pays the compile (~8.5 s with labels' loop; a
+later one loads it in ~0.6 s). ``nogil``: a prefetch thread runs them beside the trainer.
 """
 from __future__ import annotations
 
@@ -147,23 +148,12 @@ def layout(spec, per_row, per_batch, rg_start):
 
 
 @njit(cache=True, nogil=True)
-def gather(out_ids, out_flags, ids, flags, src, dst, length, first_flag, keep):
-    """out[dst[i]:dst[i] + length[i]] = source[src[i]:src[i] + length[i]] for the ids and the flags of each piece; a
-    piece's first flag becomes ``(flag & keep) | first_flag``: nothing before it predicts it, positions restart."""
-    for i in range(len(src)):
-        s, d, m = src[i], dst[i], length[i]
-        if m > 0:
-            copy_run(out_ids, d, ids, s, m)
-            copy_run(out_flags, d, flags, s, m)
-            out_flags[d] = (out_flags[d] & keep) | first_flag
-
-
-@njit(cache=True, nogil=True)
 def collate(spec, per_row, per_batch, rg_start, group_rg, group_ids, group_flags, group_offsets, pad_id, pad_flag,
             first_flag, keep):
     """A window's micro-batches in one call: ``layout``, then each piece copied from its row group (``group_rg[j]``
     holds ``group_ids[j]``, ``group_flags[j]``, ``group_offsets[j]``: tuples, one entry per row group the pieces come
-    from) with ``gather``'s first-token rule, each row's padding (``pad``), and the flag counts (``flag_counts``).
+    from), a piece's first flag becoming ``(flag & keep) | first_flag`` (nothing before it predicts it, positions
+    restart), then each row's padding (``pad``) and the flag counts (``flag_counts``).
     Returns (ids, flags, each micro-batch's width, the flag counts and the real tokens, each piece's source,
     destination and length)."""
     dst, length, rg, local, pad_at, pad_len, widths, N = layout(spec, per_row, per_batch, rg_start)

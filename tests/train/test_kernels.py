@@ -55,22 +55,6 @@ def test_first_fit_equals_plain(seed):
     assert remaining.tolist() == want_remaining.tolist()
 
 
-def test_gather_and_pad_equal_slices():
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 65536, 1000).astype(np.int32)
-    ids.flags.writeable = False                  # as Arrow hands the decoded ids over
-    flags = rng.integers(0, 16, 1000).astype(np.uint8)
-    src, k = np.array([10, 500, 0], np.int64), np.array([5, 0, 7], np.int64)
-    dst = np.array([0, 5, 5], np.int64)
-    out_ids, out_flags = np.empty(20, np.int32), np.empty(20, np.uint8)
-    kernels.gather(out_ids, out_flags, ids, flags, src, dst, k, 8, PERCEPT)
-    kernels.pad(out_ids, out_flags, np.array([12, 20], np.int64), np.array([8, 0], np.int64), 7, 8)
-    assert out_ids.tolist() == ids[10:15].tolist() + ids[0:7].tolist() + [7] * 8
-    first = lambda f: (int(f) & PERCEPT) | 8          # noqa: E731  (a piece's first flag; the empty piece has none)
-    assert out_flags.tolist() == [first(flags[10])] + flags[11:15].tolist() + [first(flags[0])] + \
-        flags[1:7].tolist() + [8] + [0] * 7
-
-
 def plain_layout(spec, per_row, per_batch, rg_start):
     """kernels.layout's definition, one piece at a time."""
     rows, i = [], 0
@@ -159,3 +143,61 @@ def test_by_row_is_a_stable_sort_by_row(seed):
     want = [placed[i] for i in sorted(range(n), key=lambda i: rows[i])]     # (sorted is stable)
     assert pieces.tolist() == want
     assert sizes.tolist() == np.bincount(rows, minlength=n_rows).tolist()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_collate_equals_slices(seed):
+    """kernels.collate against numpy slices: pieces from two or three row groups, each row padded to its micro-batch's
+    width, a piece's first flag (perceptual bit kept) marked as a piece start, the flag counts and the real tokens."""
+    rng = np.random.default_rng(seed)
+    n_groups = int(rng.integers(2, 4))
+    rows_per = rng.integers(3, 9, n_groups + 1)
+    rg_start = np.concatenate([[0], np.cumsum(rows_per)]).astype(np.int64)
+    groups = []
+    for j in range(n_groups + 1):
+        lens = rng.integers(0, 40, rows_per[j])
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        ids = rng.integers(0, 65536, off[-1]).astype(np.int32)
+        ids.flags.writeable = False                  # as Arrow hands the decoded ids over
+        groups.append((ids, rng.integers(0, 16, off[-1]).astype(np.uint8), off))
+    used = np.sort(rng.choice(n_groups + 1, n_groups, replace=False)).astype(np.int64)
+    per_batch = rng.integers(1, 4, int(rng.integers(1, 4))).astype(np.int64)
+    per_row = rng.integers(1, 4, int(per_batch.sum())).astype(np.int64)
+    spec = []
+    for i in range(int(per_row.sum())):
+        rg = int(rng.choice(used))
+        local = int(rng.integers(0, rows_per[rg]))
+        n = int(groups[rg][2][local + 1] - groups[rg][2][local])
+        lo = int(rng.integers(0, n + 1))
+        spec.append([i, int(rg_start[rg]) + local, lo, int(rng.integers(lo, n + 1))])
+    spec = np.array(spec, np.int64)
+    pick = [groups[r] for r in used]
+    ids, flags, widths, counts, _, _, _ = kernels.collate(
+        spec, per_row, per_batch, rg_start, used, tuple(p[0] for p in pick), tuple(p[1] for p in pick),
+        tuple(p[2] for p in pick), 7, 8, 8, PERCEPT)
+    want_ids, want_flags, want_widths, r, i = [], [], [], 0, 0
+    for B in per_batch.tolist():
+        rows = []
+        for _ in range(B):
+            row_ids, row_flags = [], []
+            for _ in range(per_row[r]):
+                g, row, lo, hi = spec[i].tolist()
+                rg = int(np.searchsorted(rg_start, row, side="right") - 1)
+                a = int(groups[rg][2][row - rg_start[rg]])
+                f = groups[rg][1][a + lo:a + hi].tolist()
+                if f:
+                    f[0] = (f[0] & PERCEPT) | 8
+                row_ids += groups[rg][0][a + lo:a + hi].tolist()
+                row_flags += f
+                i += 1
+            rows.append((row_ids, row_flags))
+            r += 1
+        T = max(len(x) for x, _ in rows)
+        want_widths.append(T)
+        for row_ids, row_flags in rows:
+            pad = T - len(row_ids)
+            want_ids += row_ids + [7] * pad
+            want_flags += row_flags + ([8] + [0] * (pad - 1) if pad else [])
+    assert ids.tolist() == want_ids and flags.tolist() == want_flags and widths.tolist() == want_widths
+    # (padding flags are 0 or a piece start: weight class 0, not perceptual)
+    assert counts.tolist() == numpy_counts(np.array(want_flags, np.uint8)) + [int((spec[:, 3] - spec[:, 2]).sum())]
