@@ -27,6 +27,7 @@ import queue
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -116,10 +117,20 @@ class ShardSet:
     """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
     ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
 
+    # files kept open (each holds a descriptor or an object-store file, and its footer); the others are opened
+    # again when read. A dataset at the paper's scale has thousands of shards: keeping all of them open ran out of
+    # descriptors (a common limit is 1,024) and, from a bucket, of memory
+    open_files = 8
+    # object stores: how many files' footers and lengths are read at once while the index is built (each file is a
+    # few requests of latency; one after another, tens of thousands of shards would take an hour before a step)
+    index_threads = 16
+
     def __init__(self, path: str, cache_row_groups: int = 2):
         self.fs, self.files, self.manifest = discover(path)
         self.path = str(path)
-        self._pf: dict[int, pq.ParquetFile] = {}
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._pf: OrderedDict[int, tuple] = OrderedDict()          # file -> (ParquetFile, the handle it reads)
+        self._read_lock = threading.RLock()      # one reader at a time: a file it reads is never closed under it
         self._dictionary, self._footer0 = None, None
         schema = self._file(0).schema_arrow
         names = set(schema.names)
@@ -133,7 +144,8 @@ class ShardSet:
             # footer it has read
             self._dictionary = [c for c in ("task", "segments.list.element.role", "segments.list.element.modality")
                                 if c.split(".")[0] in names]
-            self._footer0 = self._pf.pop(0).metadata
+            self._footer0 = self._file(0).metadata
+            self._close(0)
         elif "labels" in names:
             self.kind = "labels"
             self.columns = ["input_ids", "labels"]
@@ -143,29 +155,26 @@ class ShardSet:
         lay = (self.manifest or {}).get("layout")
         self.layout = Layout.from_dict(json.loads(lay) if isinstance(lay, str) else lay) if lay else AR_OMNI_V0_1
         self.stand_in = bool(self.manifest and self.manifest.get("stand_in_tokenizers"))
-        rg_file, rg_index, rg_rows, lengths = [], [], [], []
-        for fi in range(len(self.files)):
-            pf = self._file(fi)
-            for ri in range(pf.metadata.num_row_groups):
-                rg_file.append(fi)
-                rg_index.append(ri)
-                rg_rows.append(pf.metadata.row_group(ri).num_rows)
-            lengths.append(self._lengths(fi))
-        self.rg_file, self.rg_index = np.asarray(rg_file), np.asarray(rg_index)
-        self.rg_rows = np.asarray(rg_rows, dtype=np.int64)
+        if self._local:                            # (the last files indexed stay open for the first reads)
+            index = [self._index(self._file(fi)) for fi in range(len(self.files))]
+        else:
+            with ThreadPoolExecutor(min(self.index_threads, len(self.files))) as pool:
+                index = list(pool.map(self._index_file, range(len(self.files))))
+        file_rows = [int(sum(rows)) for rows, _ in index]
+        self.rg_file = np.concatenate([np.full(len(rows), fi) for fi, (rows, _) in enumerate(index)])
+        self.rg_index = np.concatenate([np.arange(len(rows)) for rows, _ in index])
+        self.rg_rows = np.concatenate([np.asarray(rows, np.int64) for rows, _ in index])
         self.rg_start = np.concatenate([[0], np.cumsum(self.rg_rows)])
-        self.lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+        self.lengths = np.concatenate([lens for _, lens in index]).astype(np.int64)
         if len(self.lengths) == 0:
             raise DataError(f"data.path {path}: the shards hold no rows")
         if self.manifest:
             want = {f"{self.path.rstrip('/')}/{s['path']}": s.get("rows") for s in self.manifest.get("shards", [])}
-            for fi, f in enumerate(self.files):
-                got = self._file(fi).metadata.num_rows
+            for f, got in zip(self.files, file_rows):
                 if want.get(f) is not None and want[f] != got:
                     raise DataError(f"{f}: {got} rows, the manifest says {want[f]} (rebuilt or truncated shard?)")
         self.fingerprint = hashlib.sha256(json.dumps(
-            [[f.rsplit("/", 1)[-1], int(self._file(i).metadata.num_rows)] for i, f in enumerate(self.files)]
-        ).encode()).hexdigest()[:16]
+            [[f.rsplit("/", 1)[-1], rows] for f, rows in zip(self.files, file_rows)]).encode()).hexdigest()[:16]
         self._in_order = np.zeros(0, np.int64)     # (epoch_map without shuffle)
         self._cache: OrderedDict[int, FlatRows] = OrderedDict()
         self._cache_size = cache_row_groups
@@ -174,24 +183,52 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _file(self, fi: int) -> pq.ParquetFile:
-        if fi not in self._pf:
-            # local files by path: pyarrow's native reader instead of Python file calls through fsspec, and no
-            # pre-buffering (it coalesces a row group's column reads, which saves requests to an object store, but
-            # hands every read to an I/O thread: on a local disk that doubled the cost of reading the lengths and
-            # added ~5% to a row group's decode)
-            local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
-            self._pf[fi] = pq.ParquetFile(self.files[fi] if local else self.fs.open(self.files[fi], "rb"),
-                                          metadata=self._footer0 if fi == 0 else None,
-                                          read_dictionary=self._dictionary, pre_buffer=not local)
-        return self._pf[fi]
+    def _open(self, fi: int) -> tuple:
+        """(ParquetFile, the handle to close). Local files by path: pyarrow's native reader instead of Python file
+        calls through fsspec, and no pre-buffering (it coalesces a row group's column reads, which saves requests to
+        an object store, but hands every read to an I/O thread: on a local disk that doubled the cost of reading the
+        lengths and added ~5% to a row group's decode). Object-store files without fsspec's read-ahead cache:
+        Arrow asks for exactly the byte ranges it needs (a cache of a 50 MB block a file fetched whole shards just
+        to read their lengths, and kept them)."""
+        handle = None if self._local else self.fs.open(self.files[fi], "rb", cache_type="none")
+        pf = pq.ParquetFile(self.files[fi] if self._local else handle, metadata=self._footer0 if fi == 0 else None,
+                            read_dictionary=self._dictionary, pre_buffer=not self._local)
+        return pf, handle
 
-    def _lengths(self, fi: int) -> np.ndarray:
-        pf = self._file(fi)
+    def _file(self, fi: int) -> pq.ParquetFile:
+        """File ``fi``, open (the ``open_files`` used last stay open)."""
+        with self._read_lock:
+            if fi in self._pf:
+                self._pf.move_to_end(fi)
+            else:
+                self._pf[fi] = self._open(fi)
+                while len(self._pf) > self.open_files:
+                    self._close(next(iter(self._pf)))
+            return self._pf[fi][0]
+
+    def _close(self, fi: int) -> None:
+        pf, handle = self._pf.pop(fi)
+        pf.close()
+        if handle is not None:
+            handle.close()
+
+    def _index(self, pf: pq.ParquetFile) -> tuple[list[int], np.ndarray]:
+        """(rows of each row group, each row's length) of one file."""
+        rows = [pf.metadata.row_group(ri).num_rows for ri in range(pf.metadata.num_row_groups)]
         threads = pa.cpu_count() > 1              # (as in row_group: a pool of one only adds hand-offs)
         if "n_tokens" in pf.schema_arrow.names:
-            return pf.read(columns=["n_tokens"], use_threads=threads).column(0).to_numpy()
-        return pc.list_value_length(pf.read(columns=["input_ids"], use_threads=threads).column(0)).to_numpy()
+            return rows, pf.read(columns=["n_tokens"], use_threads=threads).column(0).to_numpy()
+        return rows, pc.list_value_length(pf.read(columns=["input_ids"], use_threads=threads).column(0)).to_numpy()
+
+    def _index_file(self, fi: int) -> tuple[list[int], np.ndarray]:
+        """``_index`` of file ``fi`` on a file of its own (index threads share nothing), closed after."""
+        pf, handle = self._open(fi)
+        try:
+            return self._index(pf)
+        finally:
+            pf.close()
+            if handle is not None:
+                handle.close()
 
     def row_group(self, rg: int) -> FlatRows:
         with self._lock:
@@ -200,8 +237,9 @@ class ShardSet:
                 return self._cache[rg]
         # (decoding on Arrow's pool only when it has more than one thread: a pool of one adds a hand-off per column
         # and leaves the decoded row group in another core's cache)
-        t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns,
-                                                             use_threads=pa.cpu_count() > 1)
+        with self._read_lock:
+            t = self._file(int(self.rg_file[rg])).read_row_group(int(self.rg_index[rg]), columns=self.columns,
+                                                                 use_threads=pa.cpu_count() > 1)
         ids, off = _flat(t.column("input_ids"))
         if self.kind == "labels":
             lab, _ = _flat(t.column("labels"))
