@@ -35,18 +35,8 @@ def first_fit(lens, i0, remaining, max_len, rows_out):
     one's row to ``rows_out``. Stops at the first sample longer than ``max_len`` (status 2: the caller splits or
     drops it), at the first that fits no row (status 1: the window is full) or at the end of ``lens`` (status 0).
     Returns (samples placed, status)."""
-    placed = 0
-    for i in range(i0, len(lens)):
-        n = lens[i]
-        if n > max_len:
-            return placed, 2
-        j = _first_row(remaining, n)
-        if j < 0:
-            return placed, 1
-        remaining[j] -= n
-        rows_out[placed] = j
-        placed += 1
-    return placed, 0
+    return first_fit_stream(i0, len(lens), np.zeros(0, np.int64), lens, remaining, max_len, rows_out,
+                            np.empty(len(rows_out), np.int64))
 
 
 @njit(cache=True, nogil=True)
