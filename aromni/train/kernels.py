@@ -35,7 +35,7 @@ def first_fit(lens, i0, remaining, max_len, rows_out):
     one's row to ``rows_out``. Stops at the first sample longer than ``max_len`` (status 2: the caller splits or
     drops it), at the first that fits no row (status 1: the window is full) or at the end of ``lens`` (status 0).
     Returns (samples placed, status)."""
-    return first_fit_stream(i0, len(lens), np.zeros(0, np.int64), lens, remaining, max_len, rows_out,
+    return first_fit_stream(i0, len(lens), np.zeros(0, np.int32), lens, remaining, max_len, rows_out,
                             np.empty(len(rows_out), np.int64))
 
 

@@ -165,7 +165,10 @@ class ShardSet:
         self.rg_index = np.concatenate([np.arange(len(rows)) for rows, _ in index])
         self.rg_rows = np.concatenate([np.asarray(rows, np.int64) for rows, _ in index])
         self.rg_start = np.concatenate([[0], np.cumsum(self.rg_rows)])
-        self.lengths = np.concatenate([lens for _, lens in index]).astype(np.int64)
+        # every row's length and, with shuffle, each epoch's row order: 4 bytes a row each (row numbers int64 past
+        # 2^31 rows)
+        self.lengths = np.concatenate([lens for _, lens in index]).astype(np.int32)
+        self._rows_dtype = np.int32 if len(self.lengths) < 2**31 else np.int64
         if len(self.lengths) == 0:
             raise DataError(f"data.path {path}: the shards hold no rows")
         if self.manifest:
@@ -175,7 +178,7 @@ class ShardSet:
                     raise DataError(f"{f}: {got} rows, the manifest says {want[f]} (rebuilt or truncated shard?)")
         self.fingerprint = hashlib.sha256(json.dumps(
             [[f.rsplit("/", 1)[-1], rows] for f, rows in zip(self.files, file_rows)]).encode()).hexdigest()[:16]
-        self._in_order = np.zeros(0, np.int64)     # (epoch_map without shuffle)
+        self._in_order = np.zeros(0, self._rows_dtype)     # (epoch_map without shuffle)
         self._cache: OrderedDict[int, FlatRows] = OrderedDict()
         self._cache_size = cache_row_groups
         self._lock = threading.Lock()
@@ -303,7 +306,7 @@ class ShardSet:
             for rg in rng.permutation(len(self.rg_rows)):
                 r = np.random.default_rng(stable_hash("rows", seed, epoch, int(rg)))
                 parts.append(self.rg_start[rg] + r.permutation(int(self.rg_rows[rg])))
-            self._epoch_key, self._epoch_cache = key, np.concatenate(parts)
+            self._epoch_key, self._epoch_cache = key, np.concatenate(parts).astype(self._rows_dtype)
         return self._epoch_cache
 
 
