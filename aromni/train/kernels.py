@@ -163,9 +163,8 @@ def collate(spec, per_row, per_batch, rg_start, group_rg, group_ids, group_flags
             copy_run(out_flags, d, group_flags[j], s, m)
             out_flags[d] = (out_flags[d] & keep) | first_flag
     pad(out_ids, out_flags, pad_at, pad_len, pad_id, pad_flag)
-    whole = N // 8 * 8
     counts = np.empty(5, np.int64)
-    counts[:4] = _flag_counts(out_flags[:whole].view(np.uint64), out_flags[whole:])
+    counts[:4] = flag_counts(out_flags)
     counts[4] = length.sum()
     return out_ids, out_flags, widths, counts, src, dst, length
 
@@ -182,7 +181,8 @@ def pad(out_ids, out_flags, starts, length, pad_id, first_flag):
             out_flags[a] = first_flag
 
 
-def flag_counts(flags: np.ndarray) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def flag_counts(flags):
     """[tokens of weight class 1, 2, 3, perceptual tokens] of a window's flags (uint8, C-contiguous): one pass, eight
     bytes at a time."""
     whole = len(flags) // 8 * 8
