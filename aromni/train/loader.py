@@ -113,6 +113,13 @@ def _equals(col: pa.Array, *values: str) -> list[np.ndarray]:
     return [np.array([n == v for n in names], dtype=bool)[codes] for v in values]
 
 
+def _shut(pf: pq.ParquetFile, handle) -> None:
+    """Close a file ``ShardSet._open`` opened: the reader, and the object-store handle it reads (if any)."""
+    pf.close()
+    if handle is not None:
+        handle.close()
+
+
 class ShardSet:
     """All rows of a dataset in one global order. Two row layouts are understood: aromni's (``input_ids`` +
     ``segments`` + ``task``: labels derive from segments) and AR-Omni-Instruct's (``input_ids`` + ``labels``)."""
@@ -210,10 +217,7 @@ class ShardSet:
             return self._pf[fi][0]
 
     def _close(self, fi: int) -> None:
-        pf, handle = self._pf.pop(fi)
-        pf.close()
-        if handle is not None:
-            handle.close()
+        _shut(*self._pf.pop(fi))
 
     def _index(self, pf: pq.ParquetFile) -> tuple[list[int], np.ndarray]:
         """(rows of each row group, each row's length) of one file."""
@@ -225,13 +229,11 @@ class ShardSet:
 
     def _index_file(self, fi: int) -> tuple[list[int], np.ndarray]:
         """``_index`` of file ``fi`` on a file of its own (index threads share nothing), closed after."""
-        pf, handle = self._open(fi)
+        opened = self._open(fi)
         try:
-            return self._index(pf)
+            return self._index(opened[0])
         finally:
-            pf.close()
-            if handle is not None:
-                handle.close()
+            _shut(*opened)
 
     def row_group(self, rg: int) -> FlatRows:
         with self._lock:
